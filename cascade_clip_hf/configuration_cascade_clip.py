@@ -1,0 +1,214 @@
+"""Cascade-CLIP model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
+
+
+SETTINGS = ("inductive", "transductive")
+
+
+@strict
+class CascadeClipConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`CascadeClipForZeroShotSegmentation`]: a CLIP vision and text tower (transformers' own CLIP
+    configurations) plus the Cascade-CLIP parts: deep visual prompts, tapped intermediate layers grouped into cascade
+    stages, and one text-queried decoder per stage.
+
+    The defaults describe the COCO-Stuff preset of the original release (ViT-B/16 at 512x512, 50 prompt tokens in all
+    12 layers, layers 5-10 tapped in two stages). Benchmark presets are built by [`CascadeClipConfig.from_preset`].
+
+    Args:
+        vision_config (`dict` or `CLIPVisionConfig`, *optional*):
+            The CLIP vision tower. `image_size` sets the position-embedding grid the model is trained at.
+        text_config (`dict` or `CLIPTextConfig`, *optional*):
+            The CLIP text tower that turns class names into class embeddings.
+        projection_dim (`int`, *optional*):
+            The joint image-text dimension. It is also the width of the decoders. Defaults to the vision tower's
+            `projection_dim`; the text tower's must be the same.
+        num_prompt_tokens (`int`, *optional*, defaults to 50):
+            Number of learned prompt tokens inserted after the CLS token.
+        num_prompt_layers (`int`, *optional*, defaults to 12):
+            How many encoder layers, counted from the first, get their own set of prompt tokens. Layers after these
+            run without prompt tokens.
+        prompt_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on the projected prompt tokens.
+        prompt_layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the LayerNorm applied to every tapped layer and to the final layer.
+        cascade_stages (`list[list[int]]`, *optional*, defaults to `[[5, 6, 7], [8, 9, 10]]`):
+            0-based indices of the tapped encoder layers, grouped into stages. Each stage's layers are fused with
+            learned Gaussian-initialised weights and decoded by a decoder of its own; the final layer is one more stage.
+        decoder_num_layers (`int`, *optional*, defaults to 3):
+            Layers per decoder.
+        decoder_num_attention_heads (`int`, *optional*, defaults to 8):
+            Heads of the decoders' cross-attention.
+        decoder_intermediate_size (`int`, *optional*, defaults to 2048):
+            Width of the decoders' feed-forward layers.
+        decoder_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on the decoders' residual branches and feed-forward activations.
+        decoder_attention_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on the decoders' attention probabilities.
+        decoder_layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+            Epsilon of the decoders' LayerNorms.
+        seen_class_ids (`list[int]`, *optional*):
+            Ids (keys of `id2label`) of the classes seen in training. Their scores are lowered by `seen_score_shift`
+            for inductive models. `None` means every class of the vocabulary was seen.
+        setting (`str`, *optional*, defaults to `"inductive"`):
+            `"inductive"` (unseen classes' pixels ignored in training) or `"transductive"` (unseen pixels
+            pseudo-labelled). Only inductive models shift the scores of seen classes.
+        seen_score_shift (`float`, *optional*, defaults to 0.1):
+            Subtracted from the sigmoid scores of seen classes by inductive models.
+        templates (`list[str]`, *optional*):
+            Prompt templates (with one `{}` for the class name) whose averaged text embeddings describe a class.
+        focal_loss_weight (`float`, *optional*, defaults to 100.0):
+            Weight of the sigmoid focal loss.
+        dice_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the dice loss.
+        focal_alpha (`float`, *optional*, defaults to 0.25):
+            Alpha of the sigmoid focal loss.
+        focal_gamma (`float`, *optional*, defaults to 2.0):
+            Gamma of the sigmoid focal loss.
+        ignore_index (`int`, *optional*, defaults to 255):
+            Label value of pixels that carry no class.
+        slide_crop_size (`int`, *optional*, defaults to 512):
+            Window size of sliding-window inference.
+        slide_stride (`int`, *optional*, defaults to 426):
+            Window stride of sliding-window inference.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialisation of the decoders' linear layers.
+
+    Example:
+
+    ```python
+    >>> from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
+
+    >>> config = CascadeClipConfig.from_preset("pascal-voc-2012", "inductive")
+    >>> model = CascadeClipForZeroShotSegmentation(config)
+    ```"""
+
+    model_type = "cascade_clip"
+    sub_configs_defaults = {"vision_config": CLIPVisionConfig, "text_config": CLIPTextConfig}
+
+    vision_config: dict | CLIPVisionConfig | None = None
+    text_config: dict | CLIPTextConfig | None = None
+    projection_dim: int | None = None
+    num_prompt_tokens: int = 50
+    num_prompt_layers: int = 12
+    prompt_dropout: float | int = 0.1
+    prompt_layer_norm_eps: float = 1e-6
+    cascade_stages: list[list[int]] | tuple | None = None
+    decoder_num_layers: int = 3
+    decoder_num_attention_heads: int = 8
+    decoder_intermediate_size: int = 2048
+    decoder_dropout: float | int = 0.1
+    decoder_attention_dropout: float | int = 0.1
+    decoder_layer_norm_eps: float = 1e-5
+    seen_class_ids: list[int] | tuple | None = None
+    setting: str = "inductive"
+    seen_score_shift: float | int = 0.1
+    templates: list[str] | tuple | None = None
+    focal_loss_weight: float | int = 100.0
+    dice_loss_weight: float | int = 1.0
+    focal_alpha: float | int = 0.25
+    focal_gamma: float | int = 2.0
+    ignore_index: int = 255
+    slide_crop_size: int = 512
+    slide_stride: int = 426
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.vision_config is None:
+            self.vision_config = {"image_size": 512, "patch_size": 16}
+        if self.projection_dim is None:
+            vision_projection_dim = (
+                self.vision_config.get("projection_dim", 512)
+                if isinstance(self.vision_config, dict)
+                else self.vision_config.projection_dim
+            )
+            self.projection_dim = vision_projection_dim
+        self.cascade_stages = [list(stage) for stage in (self.cascade_stages or ((5, 6, 7), (8, 9, 10)))]
+        self.templates = list(self.templates or ("a photo of a {}.",))
+        if self.seen_class_ids is not None:
+            self.seen_class_ids = [int(class_id) for class_id in self.seen_class_ids]
+        # A Cascade-CLIP model has no vocabulary unless one is given: do not invent LABEL_0/LABEL_1.
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            self.id2label = {}
+        super().__post_init__(**kwargs)
+        self.label2id = {name: class_id for class_id, name in self.id2label.items()}
+
+    @property
+    def extract_layers(self) -> list[int]:
+        """The tapped encoder layers, stage after stage."""
+        return [layer for stage in self.cascade_stages for layer in stage]
+
+    @property
+    def num_decoders(self) -> int:
+        """One decoder per cascade stage plus one for the final layer."""
+        return len(self.cascade_stages) + 1
+
+    @property
+    def class_names(self) -> list[str]:
+        """The default vocabulary, in id order."""
+        return [self.id2label[class_id] for class_id in sorted(self.id2label)]
+
+    @classmethod
+    def from_preset(cls, benchmark: str, setting: str = "inductive", **overrides) -> "CascadeClipConfig":
+        """
+        The configuration the original release trains on one benchmark: its class names, seen classes, prompt-token
+        count, tapped layers, templates and sliding window, on a ViT-B/16 at 512x512.
+
+        Args:
+            benchmark (`str`): `"coco-stuff-164k"`, `"pascal-voc-2012"` or `"pascal-context-59"`.
+            setting (`str`): `"inductive"` or `"transductive"`.
+            overrides: any configuration argument, applied last.
+        """
+        from .presets import preset_config_kwargs
+
+        return cls(**{**preset_config_kwargs(benchmark, setting), **overrides})
+
+    def validate_cascade(self):
+        """Checks that the towers, prompts, stages and decoders fit together."""
+        num_layers = self.vision_config.num_hidden_layers
+        if self.text_config.projection_dim != self.projection_dim:
+            raise ValueError(
+                f"The text tower projects to {self.text_config.projection_dim} dimensions but the model's joint "
+                f"dimension is {self.projection_dim}: set text_config.projection_dim={self.projection_dim}."
+            )
+        if self.vision_config.projection_dim != self.projection_dim:
+            raise ValueError(
+                f"The vision tower projects to {self.vision_config.projection_dim} dimensions but the model's joint "
+                f"dimension is {self.projection_dim}: set vision_config.projection_dim={self.projection_dim}."
+            )
+        if not 1 <= self.num_prompt_layers <= num_layers:
+            raise ValueError(f"num_prompt_layers must lie in [1, {num_layers}], got {self.num_prompt_layers}.")
+        if self.num_prompt_tokens < 0:
+            raise ValueError(f"num_prompt_tokens must not be negative, got {self.num_prompt_tokens}.")
+        if not self.cascade_stages or any(len(stage) == 0 for stage in self.cascade_stages):
+            raise ValueError(f"cascade_stages must be non-empty lists of layer indices, got {self.cascade_stages}.")
+        layers = self.extract_layers
+        if len(set(layers)) != len(layers) or any(not 0 <= layer < num_layers - 1 for layer in layers):
+            raise ValueError(
+                f"cascade_stages must name distinct layers in [0, {num_layers - 2}] (the last layer, "
+                f"{num_layers - 1}, is always its own stage), got {self.cascade_stages}."
+            )
+        if self.projection_dim % self.decoder_num_attention_heads != 0:
+            raise ValueError(
+                f"The decoders' width ({self.projection_dim}) is not a multiple of decoder_num_attention_heads "
+                f"({self.decoder_num_attention_heads})."
+            )
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}.")
+        if self.seen_class_ids is not None:
+            unknown = sorted(set(self.seen_class_ids) - set(self.id2label))
+            if unknown:
+                raise ValueError(f"seen_class_ids {unknown} are not ids of id2label (0..{len(self.id2label) - 1}).")
+        bad_templates = [template for template in self.templates if template.count("{}") != 1]
+        if bad_templates:
+            raise ValueError(f"Every template needs exactly one '{{}}' for the class name: {bad_templates}.")
+        if self.slide_crop_size <= 0 or self.slide_stride <= 0:
+            raise ValueError(
+                f"slide_crop_size and slide_stride must be positive, got {self.slide_crop_size} and "
+                f"{self.slide_stride}."
+            )
+
+
+__all__ = ["CascadeClipConfig"]
