@@ -1,0 +1,798 @@
+"""PyTorch Cascade-CLIP: zero-shot semantic segmentation with cascaded vision-language embedding alignment."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    CLIPModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput, logging
+
+from .configuration_cascade_clip import CascadeClipConfig
+from .processing_cascade_clip import tokenize_class_prompts
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class CascadeClipSegmentationOutput(ModelOutput):
+    r"""
+    Output of [`CascadeClipForZeroShotSegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            `mask_loss + dice_loss`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_classes, grid_height, grid_width)`):
+            Mask logits at the resolution of the patch grid: the sum of the decoders' mask logits. Upsample them
+            (bilinearly) and take the sigmoid, minus `score_shift`, to get per-pixel class scores.
+        decoder_logits (`tuple(torch.FloatTensor)`):
+            One `(batch_size, num_classes, grid_height, grid_width)` tensor per decoder: the cascade stages in order,
+            then the final layer.
+        class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`):
+            The class embeddings the masks were decoded for.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The L2-normalised global image embedding (the projected CLS token).
+        score_shift (`torch.FloatTensor` of shape `(num_classes,)`):
+            What calibration subtracts from each class's sigmoid score: `seen_score_shift` for classes seen in
+            training by an inductive model, 0 otherwise.
+        mask_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The weighted sigmoid focal loss.
+        dice_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The weighted dice loss.
+        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The vision tower's input to its first layer and the output of every layer, each of shape
+            `(batch_size, sequence_length, hidden_size)`; the sequence holds the CLS token, the prompt tokens where
+            the layer has them, and the patch tokens.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    decoder_logits: tuple[torch.FloatTensor, ...] | None = None
+    class_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    score_shift: torch.FloatTensor | None = None
+    mask_loss: torch.FloatTensor | None = None
+    dice_loss: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def resize_position_grid(grid_embeddings: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """
+    Resizes square-grid position embeddings bilinearly, as the original does.
+
+    Args:
+        grid_embeddings (`torch.Tensor` of shape `(grid_size * grid_size, hidden_size)`).
+        size (`tuple[int, int]`): the target `(height, width)` of the grid.
+
+    Returns:
+        `torch.Tensor` of shape `(height * width, hidden_size)`.
+    """
+    grid_size = math.isqrt(grid_embeddings.shape[0])
+    hidden_size = grid_embeddings.shape[1]
+    grid = grid_embeddings.reshape(1, grid_size, grid_size, hidden_size).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+    return grid.reshape(hidden_size, size[0] * size[1]).transpose(0, 1)
+
+
+class CascadeClipPrompts(nn.Module):
+    """Learned prompt tokens: one set per prompted encoder layer, all through one shared projection."""
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        width = config.vision_config.hidden_size
+        self.embeddings = nn.Parameter(torch.zeros(config.num_prompt_layers, config.num_prompt_tokens, width))
+        self.projection = nn.Linear(width, width)
+        self.dropout = nn.Dropout(config.prompt_dropout)
+
+    def forward(self, layer_index: int, batch_size: int) -> torch.Tensor:
+        """Returns the prompt tokens of one layer, of shape `(batch_size, num_prompt_tokens, hidden_size)`."""
+        prompts = self.projection(self.embeddings[layer_index])
+        return self.dropout(prompts.expand(batch_size, -1, -1))
+
+
+class CascadeClipLayerTap(nn.Module):
+    """Turns one tapped encoder layer's patch tokens into joint-space features: LayerNorm, then projection."""
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(config.vision_config.hidden_size, eps=config.vision_config.layer_norm_eps)
+        self.projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.layernorm(patch_tokens))
+
+
+class CascadeClipVisionEncoder(nn.Module):
+    """
+    A transformers CLIP vision tower run layer by layer with deep visual prompts, returning L2-normalised
+    joint-space patch features of the tapped layers and of the final layer, and the global image embedding.
+    """
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        self.config = config
+        self.clip = CLIPVisionModelWithProjection._from_config(config.vision_config)
+        self.prompts = CascadeClipPrompts(config)
+        self.prompt_layernorm = nn.LayerNorm(config.vision_config.hidden_size, eps=config.prompt_layer_norm_eps)
+        self.taps = nn.ModuleList([CascadeClipLayerTap(config) for _ in config.extract_layers])
+        self.grid_size = config.vision_config.image_size // config.vision_config.patch_size
+
+    def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """
+        Patch embedding plus position embeddings, the grid part resized bilinearly when the input's grid differs
+        from the configured one.
+
+        Returns:
+            The embeddings, of shape `(batch_size, 1 + height * width, hidden_size)`, and the grid `(height, width)`.
+        """
+        embeddings = self.clip.vision_model.embeddings
+        patch_embeds = embeddings.patch_embedding(pixel_values.to(embeddings.patch_embedding.weight.dtype))
+        batch_size, hidden_size, height, width = patch_embeds.shape
+        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
+
+        positions = embeddings.position_embedding.weight
+        grid_positions = positions[1:]
+        if (height, width) != (self.grid_size, self.grid_size):
+            grid_positions = resize_position_grid(grid_positions, (height, width))
+        class_embeds = (embeddings.class_embedding + positions[0]).expand(batch_size, 1, hidden_size)
+        return torch.cat([class_embeds, patch_embeds + grid_positions], dim=1), (height, width)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int], tuple[torch.Tensor, ...] | None]:
+        """
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`).
+
+        Returns:
+            - one `(batch_size, grid_height * grid_width, projection_dim)` feature map per tapped layer, then one
+              for the final layer, all L2-normalised;
+            - the L2-normalised global image embedding, `(batch_size, projection_dim)`;
+            - the grid `(grid_height, grid_width)`;
+            - the hidden states, when asked for.
+        """
+        vision_model = self.clip.vision_model
+        hidden_states, grid = self.embed(pixel_values)
+        hidden_states = vision_model.pre_layrnorm(hidden_states)
+        batch_size, num_patches = hidden_states.shape[0], grid[0] * grid[1]
+        tap_index = {layer: index for index, layer in enumerate(self.config.extract_layers)}
+
+        all_hidden_states = []
+        features = []
+        for layer_index, encoder_layer in enumerate(vision_model.encoder.layers):
+            class_token, patch_tokens = hidden_states[:, :1], hidden_states[:, -num_patches:]
+            if layer_index < self.config.num_prompt_layers:
+                # Layer 0 inserts its prompts after the CLS token; later layers overwrite the prompt slots.
+                prompts = self.prompts(layer_index, batch_size).to(hidden_states.dtype)
+                hidden_states = torch.cat([class_token, prompts, patch_tokens], dim=1)
+            else:
+                hidden_states = torch.cat([class_token, patch_tokens], dim=1)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states = encoder_layer(hidden_states, None)
+            if layer_index in tap_index:
+                patch_tokens = self.prompt_layernorm(hidden_states[:, -num_patches:])
+                features.append(F.normalize(self.taps[tap_index[layer_index]](patch_tokens), dim=-1))
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+
+        final_tokens = torch.cat([hidden_states[:, :1], hidden_states[:, -num_patches:]], dim=1)
+        final_tokens = self.clip.visual_projection(vision_model.post_layernorm(self.prompt_layernorm(final_tokens)))
+        features.append(F.normalize(final_tokens[:, 1:], dim=-1))
+        image_embeds = F.normalize(final_tokens[:, 0], dim=-1)
+        return features, image_embeds, grid, tuple(all_hidden_states) if output_hidden_states else None
+
+
+class CascadeClipCrossAttention(nn.Module):
+    """Multi-head attention from class queries to visual tokens that also returns its pre-softmax logits."""
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        hidden_size = config.projection_dim
+        self.num_heads = config.decoder_num_attention_heads
+        self.head_dim = hidden_size // self.num_heads
+        self.scale = self.head_dim**-0.5
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.attention_dropout = nn.Dropout(config.decoder_attention_dropout)
+
+    def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            queries (`torch.Tensor` of shape `(batch_size, num_classes, hidden_size)`).
+            visual_tokens (`torch.Tensor` of shape `(batch_size, num_patches, hidden_size)`).
+
+        Returns:
+            The attention output, `(batch_size, num_classes, hidden_size)`, and the attention logits averaged over
+            heads, `(batch_size, num_classes, num_patches)`.
+        """
+        batch_size, num_classes, hidden_size = queries.shape
+        query_states = self.q_proj(queries).view(batch_size, num_classes, self.num_heads, self.head_dim)
+        key_states = self.k_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim)
+        value_states = self.v_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim)
+        query_states, key_states, value_states = (
+            states.transpose(1, 2) for states in (query_states, key_states, value_states)
+        )
+
+        attention_logits = (query_states @ key_states.transpose(-2, -1)) * self.scale
+        attention_probs = self.attention_dropout(attention_logits.softmax(dim=-1))
+        attention_output = (attention_probs @ value_states).transpose(1, 2).reshape(batch_size, num_classes, -1)
+        return self.out_proj(attention_output), attention_logits.mean(dim=1)
+
+
+class CascadeClipDecoderLayer(GradientCheckpointingLayer):
+    """Cross-attention from class queries to visual tokens, then a ReLU feed-forward; post-norm residuals."""
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        hidden_size = config.projection_dim
+        self.cross_attention = CascadeClipCrossAttention(config)
+        self.attention_layernorm = nn.LayerNorm(hidden_size, eps=config.decoder_layer_norm_eps)
+        self.fc1 = nn.Linear(hidden_size, config.decoder_intermediate_size)
+        self.fc2 = nn.Linear(config.decoder_intermediate_size, hidden_size)
+        self.ffn_layernorm = nn.LayerNorm(hidden_size, eps=config.decoder_layer_norm_eps)
+        self.dropout = nn.Dropout(config.decoder_dropout)
+
+    def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attention_output, attention_logits = self.cross_attention(queries, visual_tokens)
+        queries = self.attention_layernorm(queries + self.dropout(attention_output))
+        ffn_output = self.fc2(self.dropout(F.relu(self.fc1(queries))))
+        queries = self.ffn_layernorm(queries + self.dropout(ffn_output))
+        return queries, attention_logits
+
+
+class CascadeClipDecoder(nn.Module):
+    """
+    Decodes one stage's visual tokens into class mask logits. The class queries combine each class embedding
+    with the image embedding; the masks are the last layer's attention logits, averaged over heads.
+    """
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        self.query_projection = nn.Linear(2 * config.projection_dim, config.projection_dim)
+        self.layers = nn.ModuleList([CascadeClipDecoderLayer(config) for _ in range(config.decoder_num_layers)])
+
+    def forward(
+        self, class_embeds: torch.Tensor, image_embeds: torch.Tensor, visual_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`).
+            image_embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`).
+            visual_tokens (`torch.Tensor` of shape `(batch_size, num_patches, projection_dim)`).
+
+        Returns:
+            Mask logits of shape `(batch_size, num_classes, num_patches)`.
+        """
+        class_embeds = class_embeds.expand(image_embeds.shape[0], -1, -1)
+        image_conditioned = image_embeds[:, None, :] * class_embeds
+        queries = self.query_projection(torch.cat([image_conditioned, class_embeds], dim=-1))
+        for layer in self.layers:
+            queries, mask_logits = layer(queries, visual_tokens)
+        return mask_logits
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
+) -> torch.Tensor:
+    """
+    Per-mask sigmoid focal loss, averaged over pixels.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, num_classes, num_pixels)`).
+        targets (`torch.BoolTensor` of the same shape).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, num_classes)`.
+    """
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    probs = logits.sigmoid()
+    miss = torch.where(targets, 1 - probs, probs)
+    alpha_weight = torch.where(targets, alpha, 1 - alpha)
+    return (alpha_weight * cross_entropy * miss**gamma).mean(dim=-1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """
+    Per-mask dice loss with +1 smoothing.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, num_classes, num_pixels)`).
+        targets (`torch.BoolTensor` of the same shape).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, num_classes)`.
+    """
+    probs = logits.sigmoid()
+    targets = targets.to(probs.dtype)
+    overlap = 2 * (probs * targets).sum(dim=-1)
+    total = probs.sum(dim=-1) + targets.sum(dim=-1)
+    return 1 - (overlap + 1) / (total + 1)
+
+
+def count_present_masks(present: torch.Tensor) -> float:
+    """The number of (image, class) masks present, averaged over processes when training is distributed."""
+    num_masks = present.sum().to(torch.float32)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_masks)
+        num_masks = num_masks / dist.get_world_size()
+    return max(num_masks.item(), 1.0)
+
+
+class CascadeClipPreTrainedModel(PreTrainedModel):
+    config: CascadeClipConfig
+    config_class = CascadeClipConfig
+    base_model_prefix = "cascade_clip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["CLIPEncoderLayer", "CascadeClipDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        # Children are initialised before their parents, so the parents below override these defaults.
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, CascadeClipPrompts):
+            patch_size = self.config.vision_config.patch_size
+            bound = math.sqrt(6.0 / (3 * patch_size * patch_size + module.embeddings.shape[-1]))
+            init.uniform_(module.embeddings, -bound, bound)
+            init.kaiming_normal_(module.projection.weight, a=0, mode="fan_out")
+            fan_in_bound = 1 / math.sqrt(module.projection.in_features)
+            init.uniform_(module.projection.bias, -fan_in_bound, fan_in_bound)
+        elif isinstance(module, CascadeClipLayerTap):
+            init.normal_(module.projection.weight, std=module.projection.in_features**-0.5)
+        elif isinstance(module, CascadeClipForZeroShotSegmentation):
+            for stage_weights in module.stage_weights:
+                distances = torch.arange(len(stage_weights) - 1, -1, -1, dtype=torch.float32)
+                init.copy_(stage_weights, torch.exp(-0.5 * distances**2))
+            init.zeros_(module.class_embeddings)
+
+
+class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
+    """
+    Cascade-CLIP for zero-shot semantic segmentation: segments an image into any classes named in text.
+
+    The vision tower's tapped layers are grouped into cascade stages; each stage's features (fused with learned
+    weights) and the final layer's are decoded by a decoder of their own into class mask logits, which are summed.
+    Classes come from `input_ids` (class prompts run through the CLIP text tower), precomputed `class_embeds`, or
+    the model's default vocabulary (`config.id2label`), whose embeddings are stored in the weights.
+    """
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__(config)
+        self.vision_encoder = CascadeClipVisionEncoder(config)
+        self.text_encoder = CLIPTextModelWithProjection._from_config(config.text_config)
+        self.stage_weights = nn.ParameterList([nn.Parameter(torch.ones(len(stage))) for stage in config.cascade_stages])
+        self.decoders = nn.ModuleList([CascadeClipDecoder(config) for _ in range(config.num_decoders)])
+        self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
+        self.post_init()
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Class embeddings from tokenized class prompts.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
+                `(num_classes, num_templates, sequence_length)`): one prompt per class, or one per class and
+                template; the embeddings of a class's templates are L2-normalised, averaged and normalised again.
+            attention_mask (`torch.LongTensor` of the same shape, *optional*).
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_classes, projection_dim)`, L2-normalised.
+        """
+        if input_ids.dim() not in (2, 3):
+            raise ValueError(
+                "input_ids must have shape (num_classes, sequence_length) or (num_classes, num_templates, "
+                f"sequence_length), got {tuple(input_ids.shape)}."
+            )
+        sequence_length = input_ids.shape[-1]
+        flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
+        text_embeds = self.text_encoder(input_ids=input_ids.reshape(-1, sequence_length), attention_mask=flat_mask)
+        text_embeds = F.normalize(text_embeds.text_embeds, dim=-1)
+        if input_ids.dim() == 3:
+            text_embeds = F.normalize(text_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
+        return text_embeds
+
+    @torch.no_grad()
+    def set_vocabulary(
+        self,
+        class_names: list[str],
+        class_embeds: torch.Tensor,
+        seen_class_ids: list[int] | None = None,
+    ) -> None:
+        """
+        Replaces the default vocabulary: `config.id2label`, the stored class embeddings and the seen classes.
+
+        Args:
+            class_names (`list[str]`): the classes, in id order.
+            class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`): their embeddings.
+            seen_class_ids (`list[int]`, *optional*): ids of the classes seen in training.
+        """
+        if class_embeds.shape != (len(class_names), self.config.projection_dim):
+            raise ValueError(
+                f"Expected class embeddings of shape ({len(class_names)}, {self.config.projection_dim}) for "
+                f"{len(class_names)} class names, got {tuple(class_embeds.shape)}."
+            )
+        self.config.id2label = dict(enumerate(class_names))
+        self.config.label2id = {name: class_id for class_id, name in enumerate(class_names)}
+        self.config.seen_class_ids = list(seen_class_ids) if seen_class_ids is not None else None
+        self.config.validate()
+        self.class_embeddings = class_embeds.detach().to(self.class_embeddings)
+
+    def freeze_pretrained(self) -> None:
+        """
+        Freezes what the original keeps frozen while training: both CLIP towers and the tapped layers' LayerNorms
+        and projections. Prompts, the prompt LayerNorm, the stage weights and the decoders stay trainable.
+        """
+        self.requires_grad_(True)
+        for frozen in (self.vision_encoder.clip, self.vision_encoder.taps, self.text_encoder):
+            frozen.requires_grad_(False)
+
+    @classmethod
+    def from_clip_pretrained(
+        cls,
+        clip_name_or_path: str,
+        *,
+        preset: str | None = None,
+        setting: str = "inductive",
+        image_size: int = 512,
+        tokenizer: CLIPTokenizer | None = None,
+        init_taps_from_clip: bool = False,
+        clip_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "CascadeClipForZeroShotSegmentation":
+        """
+        Builds a Cascade-CLIP to train from a transformers CLIP checkpoint, as the original does: CLIP's
+        position embeddings resized bilinearly to the `image_size` grid, CLIP frozen except the prompts, and the
+        tapped layers' projections random and frozen.
+
+        Args:
+            clip_name_or_path (`str`): a `CLIPModel` checkpoint, e.g. `"openai/clip-vit-base-patch16"`.
+            preset (`str`, *optional*): a benchmark whose original settings to take (classes, seen classes,
+                prompt tokens, tapped layers, templates), see [`CascadeClipConfig.from_preset`].
+            setting (`str`): `"inductive"` or `"transductive"`, with `preset`.
+            image_size (`int`): the training resolution; sets the position-embedding grid.
+            tokenizer (`CLIPTokenizer`, *optional*): to embed the default vocabulary; loaded from
+                `clip_name_or_path` when not given.
+            init_taps_from_clip (`bool`): initialise the tapped layers' projections from CLIP's visual
+                projection instead of randomly.
+            clip_kwargs (`dict`, *optional*): passed to `CLIPModel.from_pretrained` (e.g. `cache_dir`, `revision`).
+            config_kwargs: any [`CascadeClipConfig`] argument (e.g. `id2label`, `seen_class_ids`,
+                `num_prompt_tokens`), applied after the preset.
+        """
+        clip = CLIPModel.from_pretrained(clip_name_or_path, **(clip_kwargs or {}))
+        preset_kwargs = CascadeClipConfig.from_preset(preset, setting).to_diff_dict() if preset else {}
+        for tower_key in ("vision_config", "text_config", "projection_dim", "transformers_version", "model_type"):
+            preset_kwargs.pop(tower_key, None)
+        vision_config = clip.config.vision_config.to_dict()
+        vision_config["image_size"] = image_size
+        config = CascadeClipConfig(
+            vision_config=vision_config,
+            text_config=clip.config.text_config.to_dict(),
+            projection_dim=clip.config.projection_dim,
+            **{**preset_kwargs, **config_kwargs},
+        )
+        model = cls(config)
+
+        vision_state = clip.vision_model.state_dict()
+        grid_size = image_size // config.vision_config.patch_size
+        positions = vision_state["embeddings.position_embedding.weight"]
+        if positions.shape[0] != grid_size * grid_size + 1:
+            logger.info(f"Resizing CLIP's position embeddings from {positions.shape[0] - 1} to {grid_size}^2 patches.")
+            positions = torch.cat([positions[:1], resize_position_grid(positions[1:], (grid_size, grid_size))])
+        # The original adds the class embedding to the CLS token twice; the second copy lives in its position.
+        positions[0] = positions[0] + vision_state["embeddings.class_embedding"]
+        vision_state["embeddings.position_embedding.weight"] = positions
+        vision_state.pop("embeddings.position_ids", None)
+        model.vision_encoder.clip.vision_model.load_state_dict(vision_state, strict=False)
+        model.vision_encoder.clip.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+        model.text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
+        model.text_encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
+        if init_taps_from_clip:
+            for tap in model.vision_encoder.taps:
+                tap.projection.weight.data.copy_(clip.visual_projection.weight)
+
+        if config.num_labels:
+            tokenizer = tokenizer or CLIPTokenizer.from_pretrained(clip_name_or_path, **(clip_kwargs or {}))
+            text_inputs = tokenize_class_prompts(tokenizer, config.class_names, config.templates)
+            with torch.no_grad():
+                class_embeds = model.get_text_features(**text_inputs)
+            model.set_vocabulary(config.class_names, class_embeds, config.seen_class_ids)
+        model.freeze_pretrained()
+        return model
+
+    def resolve_class_embeds(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        class_embeds: torch.Tensor | None = None,
+        seen_class_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The class embeddings to segment with and what calibration subtracts from each class's score.
+
+        Classes come from `class_embeds`, else from `input_ids`, else from the default vocabulary. Which classes
+        count as seen comes from `seen_class_mask`, else, for the default vocabulary, from `config.seen_class_ids`;
+        classes given as text or embeddings without a mask count as unseen.
+
+        Returns:
+            `class_embeds` of shape `(num_classes, projection_dim)` and `score_shift` of shape `(num_classes,)`.
+        """
+        if class_embeds is not None and input_ids is not None:
+            raise ValueError("Pass either input_ids or class_embeds, not both.")
+        if class_embeds is not None:
+            if class_embeds.dim() != 2 or class_embeds.shape[-1] != self.config.projection_dim:
+                raise ValueError(
+                    f"class_embeds must have shape (num_classes, {self.config.projection_dim}), "
+                    f"got {tuple(class_embeds.shape)}."
+                )
+        elif input_ids is not None:
+            class_embeds = self.get_text_features(input_ids, attention_mask)
+        else:
+            if self.config.num_labels == 0:
+                raise ValueError(
+                    "This model has no default vocabulary (config.id2label is empty): pass class names as "
+                    "input_ids (see CascadeClipProcessor) or class_embeds."
+                )
+            class_embeds = self.class_embeddings
+            if seen_class_mask is None:
+                seen_class_mask = torch.ones(self.config.num_labels, dtype=torch.bool, device=class_embeds.device)
+                if self.config.seen_class_ids is not None:
+                    seen_class_mask[:] = False
+                    seen_class_mask[self.config.seen_class_ids] = True
+        num_classes = class_embeds.shape[0]
+        if num_classes == 0:
+            raise ValueError("At least one class is needed to segment.")
+        if seen_class_mask is None:
+            seen_class_mask = torch.zeros(num_classes, dtype=torch.bool, device=class_embeds.device)
+        if seen_class_mask.shape != (num_classes,):
+            raise ValueError(
+                f"seen_class_mask must have one entry per class ({num_classes}), got shape "
+                f"{tuple(seen_class_mask.shape)}."
+            )
+        shift = self.config.seen_score_shift if self.config.setting == "inductive" else 0.0
+        score_shift = seen_class_mask.to(device=class_embeds.device, dtype=class_embeds.dtype) * shift
+        return class_embeds, score_shift
+
+    def upsample_to_image_size(self, logits: torch.Tensor) -> torch.Tensor:
+        """Bilinearly upsamples grid-resolution logits to `image_size` x `image_size`, where the original's head
+        puts every mask before the loss or the scores."""
+        image_size = self.config.vision_config.image_size
+        return F.interpolate(logits, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Raises a clear error for pixel values the vision tower cannot take."""
+        vision_config = self.config.vision_config
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != vision_config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch_size, {vision_config.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}. Use CascadeClipImageProcessor to prepare images."
+            )
+        if min(pixel_values.shape[-2:]) < vision_config.patch_size:
+            raise ValueError(
+                f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one "
+                f"{vision_config.patch_size}x{vision_config.patch_size} patch."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be floating point (normalised), got {pixel_values.dtype}.")
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The original's training loss: sigmoid focal loss over every (image, class) mask, where ignored pixels are
+        negatives for every class, and dice loss over the masks present; both divided by the number of masks
+        present in the batch. As in the original, the logits are upsampled to `image_size` and from there to the
+        labels' size.
+
+        Args:
+            logits (`torch.Tensor` of shape `(batch_size, num_classes, grid_height, grid_width)`).
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`): class indices, or `ignore_index`.
+
+        Returns:
+            The weighted focal loss and the weighted dice loss.
+        """
+        batch_size, num_classes = logits.shape[:2]
+        if labels.dim() != 3 or labels.shape[0] != batch_size:
+            raise ValueError(
+                f"labels must have shape (batch_size={batch_size}, height, width), got {tuple(labels.shape)}."
+            )
+        ignore_index = self.config.ignore_index
+        valid = labels != ignore_index
+        if ((labels < 0) | (labels >= num_classes))[valid].any():
+            found = sorted(set(labels[valid].unique().tolist()) - set(range(num_classes)))
+            raise ValueError(
+                f"labels hold values {found[:10]} that are neither class indices (0..{num_classes - 1}) nor "
+                f"ignore_index ({ignore_index})."
+            )
+        logits = self.upsample_to_image_size(logits)
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits.flatten(2)
+        targets = torch.zeros_like(logits, dtype=torch.bool)
+        targets.scatter_(1, labels.masked_fill(~valid, 0).flatten(1)[:, None], valid.flatten(1)[:, None])
+        present = targets.any(dim=-1)
+        num_masks = count_present_masks(present)
+        focal = sigmoid_focal_loss(logits, targets, self.config.focal_alpha, self.config.focal_gamma).sum()
+        dice = dice_loss(logits, targets)[present].sum()
+        return self.config.focal_loss_weight * focal / num_masks, self.config.dice_loss_weight * dice / num_masks
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        class_embeds: torch.Tensor | None = None,
+        seen_class_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CascadeClipSegmentationOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images (see [`CascadeClipImageProcessor`]). Sizes other than the configured
+                `image_size` work: the position embeddings are resized.
+            input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
+                `(num_classes, num_templates, sequence_length)`, *optional*):
+                Tokenized class prompts (see [`CascadeClipProcessor`]).
+            attention_mask (`torch.LongTensor` of the same shape as `input_ids`, *optional*).
+            class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
+                Precomputed L2-normalised class embeddings, used as given.
+            seen_class_mask (`torch.BoolTensor` of shape `(num_classes,)`, *optional*):
+                Which classes were seen in training (their scores get shifted by inductive models).
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Per-pixel indices into the classes, `config.ignore_index` for pixels without a class.
+            output_hidden_states (`bool`, *optional*):
+                Whether to return the vision tower's hidden states.
+            return_dict (`bool`, *optional*):
+                Whether to return a [`CascadeClipSegmentationOutput`] rather than a tuple.
+
+        Example:
+
+        ```python
+        >>> from PIL import Image
+        >>> from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+
+        >>> processor = CascadeClipProcessor.from_pretrained("org/cascade-clip-coco")
+        >>> model = CascadeClipForZeroShotSegmentation.from_pretrained("org/cascade-clip-coco")
+        >>> image = Image.open("street.jpg")
+        >>> inputs = processor(images=image, text=["car", "road", "sky"], return_tensors="pt")
+        >>> outputs = model(**inputs)
+        >>> segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+        ```"""
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.check_pixel_values(pixel_values)
+        class_embeds, score_shift = self.resolve_class_embeds(input_ids, attention_mask, class_embeds, seen_class_mask)
+
+        features, image_embeds, grid, hidden_states = self.vision_encoder(pixel_values, output_hidden_states)
+        class_embeds = class_embeds.to(image_embeds.dtype)
+        stage_inputs = []
+        start = 0
+        for weights in self.stage_weights:
+            stage_features = features[start : start + len(weights)]
+            stage_inputs.append(sum(weight * feature for weight, feature in zip(weights, stage_features)))
+            start += len(weights)
+        stage_inputs.append(features[-1])
+
+        batch_size = pixel_values.shape[0]
+        decoder_logits = tuple(
+            decoder(class_embeds, image_embeds, visual_tokens).view(batch_size, -1, *grid)
+            for decoder, visual_tokens in zip(self.decoders, stage_inputs)
+        )
+        logits = sum(decoder_logits)
+
+        loss = mask_loss = dice = None
+        if labels is not None:
+            mask_loss, dice = self.compute_loss(logits, labels)
+            loss = mask_loss + dice
+
+        output = CascadeClipSegmentationOutput(
+            loss=loss,
+            logits=logits,
+            decoder_logits=decoder_logits,
+            class_embeds=class_embeds,
+            image_embeds=image_embeds,
+            score_shift=score_shift,
+            mask_loss=mask_loss,
+            dice_loss=dice,
+            vision_hidden_states=hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def sliding_window_inference(
+        self,
+        pixel_values: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        class_embeds: torch.Tensor | None = None,
+        seen_class_mask: torch.Tensor | None = None,
+        crop_size: int | None = None,
+        stride: int | None = None,
+        window_batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """
+        Calibrated class scores for images of any size, as the original's test-time sliding window computes them:
+        each window's logits are upsampled to `image_size`, turned into scores (sigmoid minus the seen-class shift)
+        and resized to the window; the scores of overlapping windows are averaged and the result is resized
+        bilinearly to `output_size`.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`).
+            output_size (`tuple[int, int]`, *optional*): `(height, width)` of the result; the input's by default.
+            input_ids, attention_mask, class_embeds, seen_class_mask: the classes, as in `forward`.
+            crop_size (`int`, *optional*): window size, `config.slide_crop_size` by default.
+            stride (`int`, *optional*): window stride, `config.slide_stride` by default.
+            window_batch_size (`int`, *optional*): how many windows go through the model at once; all by default.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_classes, *output_size)`.
+        """
+        self.check_pixel_values(pixel_values)
+        crop_size = crop_size or self.config.slide_crop_size
+        stride = stride or self.config.slide_stride
+        if crop_size <= 0 or stride <= 0:
+            raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
+        class_embeds, score_shift = self.resolve_class_embeds(input_ids, attention_mask, class_embeds, seen_class_mask)
+
+        batch_size, _, height, width = pixel_values.shape
+        crop_height, crop_width = min(crop_size, height), min(crop_size, width)
+        windows = [
+            (top, left)
+            for top in window_starts(height, crop_size, stride)
+            for left in window_starts(width, crop_size, stride)
+        ]
+        crops = torch.cat([pixel_values[:, :, top : top + crop_height, left : left + crop_width] for top, left in windows])
+        window_batch_size = window_batch_size or crops.shape[0]
+        window_scores = []
+        for chunk in crops.split(window_batch_size):
+            logits = self.upsample_to_image_size(self(pixel_values=chunk, class_embeds=class_embeds).logits)
+            chunk_scores = logits.sigmoid() - score_shift[:, None, None]
+            if chunk_scores.shape[-2:] != (crop_height, crop_width):
+                chunk_scores = F.interpolate(
+                    chunk_scores, size=(crop_height, crop_width), mode="bilinear", align_corners=False
+                )
+            window_scores.append(chunk_scores)
+        window_scores = torch.cat(window_scores).view(len(windows), batch_size, -1, crop_height, crop_width)
+
+        scores = pixel_values.new_zeros(batch_size, window_scores.shape[2], height, width)
+        counts = pixel_values.new_zeros(1, 1, height, width)
+        for (top, left), score in zip(windows, window_scores):
+            scores[:, :, top : top + crop_height, left : left + crop_width] += score
+            counts[:, :, top : top + crop_height, left : left + crop_width] += 1
+        scores = scores / counts
+        if output_size is not None and tuple(output_size) != (height, width):
+            scores = F.interpolate(scores, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return scores
+
+
+def window_starts(length: int, crop_size: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows along one side; the last window is shifted back to end at the border."""
+    num_windows = max(length - crop_size + stride - 1, 0) // stride + 1
+    return [max(min(index * stride + crop_size, length) - crop_size, 0) for index in range(num_windows)]
+
+
+__all__ = ["CascadeClipForZeroShotSegmentation", "CascadeClipPreTrainedModel", "CascadeClipSegmentationOutput"]
