@@ -1,0 +1,131 @@
+"""Checks the port against test vectors computed by the original implementation.
+
+A fixture folder holds an original checkpoint (`checkpoint.pth`), inputs and expected outputs (`inputs.safetensors`,
+`expected.safetensors`) and every setting (`meta.json`). The checkpoint is converted with those settings, run on
+the inputs, and every expected tensor is recomputed and compared.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .convert_original_checkpoint import convert_checkpoint
+from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
+
+
+# What a faithful fp32 port meets: absolute on logits, scores and embeddings, relative on losses.
+ABSOLUTE_TOLERANCE = 1e-4
+RELATIVE_TOLERANCE = 1e-4
+LOSS_NAMES = ("loss_mask", "loss_dice")
+
+
+def read_meta(fixture_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(fixture_dir) / "meta.json").read_text())
+
+
+def convert_fixture(fixture_dir: str | os.PathLike, output_dir: str | os.PathLike, tokenizer: str) -> Path:
+    """Converts the fixture's original checkpoint with the settings of its `meta.json`."""
+    meta = read_meta(fixture_dir)
+    architecture = meta["architecture"]
+    convert_checkpoint(
+        Path(fixture_dir) / "checkpoint.pth",
+        output_dir,
+        class_names=meta["class_names"],
+        seen_class_ids=meta["seen_class_ids"],
+        extract_layers=architecture["extract_layers"],
+        templates=[meta["prompt_template"]],
+        tokenizer=tokenizer,
+        vision_heads=architecture["vision_heads"],
+        text_heads=architecture["text_heads"],
+        decoder_heads=architecture["decoder_heads"],
+    )
+    return Path(output_dir)
+
+
+def seen_only_labels(labels: torch.Tensor, seen_class_ids: list[int], ignore_index: int) -> torch.Tensor:
+    """The inductive training labels: seen class id -> its index among the seen classes, anything else ignored."""
+    lookup = torch.full((max(int(labels.max()), ignore_index) + 1,), ignore_index, dtype=torch.long)
+    lookup[seen_class_ids] = torch.arange(len(seen_class_ids))
+    return lookup[labels]
+
+
+@torch.no_grad()
+def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str | os.PathLike) -> dict:
+    """Recomputes every tensor of the fixture's `expected.safetensors` with `model`."""
+    meta = read_meta(fixture_dir)
+    inputs = load_file(str(Path(fixture_dir) / "inputs.safetensors"))
+    model.eval()
+    pixel_values = inputs["pixel_values"]
+    seen_class_ids = meta["seen_class_ids"]
+    seen_class_mask = torch.zeros(len(meta["class_names"]), dtype=torch.bool)
+    seen_class_mask[seen_class_ids] = True
+
+    upsampled = model.upsample_to_image_size
+    text_embeds = model.get_text_features(inputs["input_ids"])
+    outputs = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_class_mask)
+    mask_logits = upsampled(outputs.logits)
+    inductive_shift = outputs.score_shift
+    setting = model.config.setting
+    model.config.setting = "transductive"
+    try:
+        transductive = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_class_mask)
+    finally:
+        model.config.setting = setting
+
+    labels = seen_only_labels(inputs["labels"], seen_class_ids, meta["ignore_index"])
+    seen_only = model(pixel_values=pixel_values, class_embeds=text_embeds[seen_class_ids], labels=labels)
+
+    slide = meta["slide"]
+    slide_scores = model.sliding_window_inference(
+        inputs["slide_pixel_values"],
+        output_size=tuple(slide["output_hw"]),
+        class_embeds=text_embeds,
+        seen_class_mask=seen_class_mask,
+        crop_size=slide["crop"],
+        stride=slide["stride"],
+    )
+    return {
+        "text_embeds": text_embeds,
+        "mask_logits": mask_logits,
+        "scores_inductive": mask_logits.sigmoid() - inductive_shift[:, None, None],
+        "scores_transductive": upsampled(transductive.logits).sigmoid() - transductive.score_shift[:, None, None],
+        "seen_only_mask_logits": upsampled(seen_only.logits),
+        "loss_mask": seen_only.mask_loss.reshape(1),
+        "loss_dice": seen_only.dice_loss.reshape(1),
+        "slide_scores": slide_scores,
+        "slide_segmentation": slide_scores.argmax(dim=1),
+    }
+
+
+def compare_to_expected(outputs: dict, fixture_dir: str | os.PathLike) -> dict[str, dict]:
+    """For every expected tensor: its error, the tolerance it must meet, and whether it does."""
+    expected = load_file(str(Path(fixture_dir) / "expected.safetensors"))
+    report = {}
+    for name, reference in expected.items():
+        if name not in outputs:
+            report[name] = {"error": float("inf"), "tolerance": 0.0, "kind": "missing", "ok": False}
+            continue
+        actual = outputs[name].to(reference.dtype)
+        if actual.shape != reference.shape:
+            report[name] = {"error": float("inf"), "tolerance": 0.0, "kind": "shape", "ok": False}
+        elif not reference.is_floating_point():
+            mismatches = int((actual != reference).sum())
+            report[name] = {"error": mismatches, "tolerance": 0, "kind": "mismatches", "ok": mismatches == 0}
+        elif name in LOSS_NAMES:
+            error = ((actual - reference).abs() / reference.abs().clamp_min(1e-12)).max().item()
+            report[name] = {"error": error, "tolerance": RELATIVE_TOLERANCE, "kind": "relative", "ok": error <= RELATIVE_TOLERANCE}
+        else:
+            error = (actual - reference).abs().max().item()
+            report[name] = {"error": error, "tolerance": ABSOLUTE_TOLERANCE, "kind": "absolute", "ok": error <= ABSOLUTE_TOLERANCE}
+    return report
+
+
+def format_report(report: dict[str, dict]) -> str:
+    """A markdown table of the comparison."""
+    lines = ["| tensor | error | tolerance | ok |", "| --- | --- | --- | --- |"]
+    for name, row in report.items():
+        lines.append(f"| {name} | {row['error']:.3g} ({row['kind']}) | {row['tolerance']:g} | {'yes' if row['ok'] else 'NO'} |")
+    return "\n".join(lines)
