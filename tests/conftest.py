@@ -1,0 +1,79 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+from cascade_clip_hf import CascadeClipForZeroShotSegmentation
+from cascade_clip_hf.fixture_parity import convert_fixture
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL_TINY = FIXTURES / "official_tiny"
+CLIP_TOKENIZER = FIXTURES / "clip_tokenizer"
+
+
+@pytest.fixture(scope="session")
+def official_meta() -> dict:
+    return json.loads((OFFICIAL_TINY / "meta.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def official_model_dir(tmp_path_factory) -> Path:
+    """The fixture's original checkpoint converted with the settings of its meta.json."""
+    return convert_fixture(OFFICIAL_TINY, tmp_path_factory.mktemp("official") / "model", str(CLIP_TOKENIZER))
+
+
+@pytest.fixture
+def official_model(official_model_dir) -> CascadeClipForZeroShotSegmentation:
+    return CascadeClipForZeroShotSegmentation.from_pretrained(official_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer() -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(CLIP_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory, clip_tokenizer) -> Path:
+    """A tiny random transformers CLIP checkpoint (224-style 2x2 grid at 32 pixels) with the real tokenizer."""
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=2,
+            image_size=32, patch_size=16, projection_dim=16,
+        ),
+        text_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=16,
+        ),
+        projection_dim=16,
+    )
+    path = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(config).save_pretrained(path)
+    clip_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_clip_dir) -> Path:
+    """A tiny Cascade-CLIP built from the tiny CLIP, with a default vocabulary of four classes."""
+    torch.manual_seed(0)
+    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
+        str(tiny_clip_dir),
+        image_size=64,
+        id2label={0: "cat", 1: "dog", 2: "grass", 3: "sky"},
+        seen_class_ids=[0, 2],
+        num_prompt_tokens=3,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        templates=["a photo of a {}.", "a {} in the scene."],
+    )
+    path = tmp_path_factory.mktemp("tiny_cascade") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir) -> CascadeClipForZeroShotSegmentation:
+    return CascadeClipForZeroShotSegmentation.from_pretrained(tiny_model_dir).eval()
