@@ -746,7 +746,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             input_ids, attention_mask, class_embeds, seen_class_mask: the classes, as in `forward`.
             crop_size (`int`, *optional*): window size, `config.slide_crop_size` by default.
             stride (`int`, *optional*): window stride, `config.slide_stride` by default.
-            window_batch_size (`int`, *optional*): how many windows go through the model at once; all by default.
+            window_batch_size (`int`, *optional*): how many crops (windows times images) go through the model at
+                once; all of them by default.
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size, num_classes, *output_size)`.
@@ -765,25 +766,25 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             for top in window_starts(height, crop_size, stride)
             for left in window_starts(width, crop_size, stride)
         ]
-        crops = torch.cat([pixel_values[:, :, top : top + crop_height, left : left + crop_width] for top, left in windows])
-        window_batch_size = window_batch_size or crops.shape[0]
-        window_scores = []
-        for chunk in crops.split(window_batch_size):
-            logits = self.upsample_to_image_size(self(pixel_values=chunk, class_embeds=class_embeds).logits)
-            chunk_scores = logits.sigmoid() - score_shift[:, None, None]
-            if chunk_scores.shape[-2:] != (crop_height, crop_width):
-                chunk_scores = F.interpolate(
-                    chunk_scores, size=(crop_height, crop_width), mode="bilinear", align_corners=False
-                )
-            window_scores.append(chunk_scores)
-        window_scores = torch.cat(window_scores).view(len(windows), batch_size, -1, crop_height, crop_width)
-
-        scores = pixel_values.new_zeros(batch_size, window_scores.shape[2], height, width)
+        windows_per_step = len(windows) if window_batch_size is None else max(window_batch_size // batch_size, 1)
+        scores = pixel_values.new_zeros(batch_size, class_embeds.shape[0], height, width)
         counts = pixel_values.new_zeros(1, 1, height, width)
-        for (top, left), score in zip(windows, window_scores):
-            scores[:, :, top : top + crop_height, left : left + crop_width] += score
-            counts[:, :, top : top + crop_height, left : left + crop_width] += 1
-        scores = scores / counts
+        for step in range(0, len(windows), windows_per_step):
+            step_windows = windows[step : step + windows_per_step]
+            crops = torch.cat(
+                [pixel_values[:, :, top : top + crop_height, left : left + crop_width] for top, left in step_windows]
+            )
+            logits = self.upsample_to_image_size(self(pixel_values=crops, class_embeds=class_embeds).logits)
+            window_scores = logits.sigmoid_().sub_(score_shift[:, None, None])
+            if window_scores.shape[-2:] != (crop_height, crop_width):
+                window_scores = F.interpolate(
+                    window_scores, size=(crop_height, crop_width), mode="bilinear", align_corners=False
+                )
+            window_scores = window_scores.view(len(step_windows), batch_size, -1, crop_height, crop_width)
+            for (top, left), window_score in zip(step_windows, window_scores):
+                scores[:, :, top : top + crop_height, left : left + crop_width] += window_score
+                counts[:, :, top : top + crop_height, left : left + crop_width] += 1
+        scores /= counts
         if output_size is not None and tuple(output_size) != (height, width):
             scores = F.interpolate(scores, size=tuple(output_size), mode="bilinear", align_corners=False)
         return scores

@@ -1,0 +1,247 @@
+"""The model built from a transformers CLIP checkpoint: initialisation, vocabulary, round trips and bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import AutoModelForSemanticSegmentation, CLIPModel
+
+from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf.image_processing_cascade_clip import CascadeClipImageProcessor
+from cascade_clip_hf.modeling_cascade_clip import window_starts
+from cascade_clip_hf.processing_cascade_clip import tokenize_class_prompts
+
+
+def test_from_clip_pretrained_resizes_positions_and_folds_class_token(tiny_clip_dir, tiny_model_dir):
+    clip = CLIPModel.from_pretrained(tiny_clip_dir)
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_model_dir)
+    clip_embeddings = clip.vision_model.embeddings
+    positions = model.vision_encoder.clip.vision_model.embeddings.position_embedding.weight
+    assert positions.shape == (1 + 4 * 4, 32)  # 64-pixel images, 16-pixel patches
+    expected_grid = F.interpolate(
+        clip_embeddings.position_embedding.weight[1:].reshape(1, 2, 2, 32).permute(0, 3, 1, 2),
+        size=(4, 4),
+        mode="bilinear",
+        align_corners=False,
+    )
+    torch.testing.assert_close(positions[1:], expected_grid.flatten(2)[0].t())
+    torch.testing.assert_close(
+        positions[0], clip_embeddings.position_embedding.weight[0] + clip_embeddings.class_embedding
+    )
+    torch.testing.assert_close(
+        model.vision_encoder.clip.vision_model.encoder.layers[3].mlp.fc1.weight,
+        clip.vision_model.encoder.layers[3].mlp.fc1.weight,
+    )
+    torch.testing.assert_close(model.text_encoder.text_projection.weight, clip.text_projection.weight)
+
+
+def test_from_clip_pretrained_freezes_like_the_original(tiny_clip_dir):
+    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(str(tiny_clip_dir), image_size=32)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert "vision_encoder.prompts.embeddings" in trainable
+    assert "vision_encoder.prompts.projection.weight" in trainable
+    assert "vision_encoder.prompt_layernorm.weight" in trainable
+    assert "stage_weights.0" in trainable
+    assert "decoders.2.layers.0.cross_attention.q_proj.weight" in trainable
+    assert not any(name.startswith(("vision_encoder.clip.", "text_encoder.", "vision_encoder.taps.")) for name in trainable)
+    assert model.config.num_labels == 0
+
+
+def test_taps_random_by_default_or_from_clip(tiny_clip_dir):
+    clip = CLIPModel.from_pretrained(tiny_clip_dir)
+    random_taps = CascadeClipForZeroShotSegmentation.from_clip_pretrained(str(tiny_clip_dir), image_size=32)
+    clip_taps = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
+        str(tiny_clip_dir), image_size=32, init_taps_from_clip=True
+    )
+    assert not torch.equal(random_taps.vision_encoder.taps[0].projection.weight, clip.visual_projection.weight)
+    for tap in clip_taps.vision_encoder.taps:
+        torch.testing.assert_close(tap.projection.weight, clip.visual_projection.weight)
+
+
+def test_initial_stage_weights_are_gaussian(tiny_model):
+    expected = torch.tensor([math.exp(-2.0), math.exp(-0.5), 1.0])
+    for weights in tiny_model.stage_weights:
+        torch.testing.assert_close(weights.data, expected)
+
+
+def test_default_vocabulary_is_the_template_ensemble(tiny_model, clip_tokenizer):
+    config = tiny_model.config
+    with torch.no_grad():
+        per_template = [
+            F.normalize(tiny_model.get_text_features(**tokenize_class_prompts(clip_tokenizer, config.class_names, [t]))
+                        , dim=-1)
+            for t in config.templates
+        ]
+    expected = F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
+    torch.testing.assert_close(tiny_model.class_embeddings, expected)
+    assert config.seen_class_ids == [0, 2]
+
+
+def test_default_vocabulary_equals_passing_the_text(tiny_model, clip_tokenizer):
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        default = tiny_model(pixel_values=pixel_values)
+        text = tokenize_class_prompts(clip_tokenizer, tiny_model.config.class_names, tiny_model.config.templates)
+        explicit = tiny_model(pixel_values=pixel_values, **text)
+    torch.testing.assert_close(default.logits, explicit.logits)
+    torch.testing.assert_close(default.score_shift, torch.tensor([0.1, 0.0, 0.1, 0.0]))
+    torch.testing.assert_close(explicit.score_shift, torch.zeros(4))
+
+
+def test_transductive_models_shift_nothing(tiny_model):
+    tiny_model.config.setting = "transductive"
+    with torch.no_grad():
+        outputs = tiny_model(pixel_values=torch.randn(1, 3, 64, 64))
+    assert torch.equal(outputs.score_shift, torch.zeros(4))
+
+
+def test_output_shapes(tiny_model):
+    with torch.no_grad():
+        outputs = tiny_model(pixel_values=torch.randn(2, 3, 64, 96), output_hidden_states=True)
+    assert outputs.logits.shape == (2, 4, 4, 6)
+    assert len(outputs.decoder_logits) == 3
+    torch.testing.assert_close(sum(outputs.decoder_logits), outputs.logits)
+    assert outputs.class_embeds.shape == (4, 16)
+    torch.testing.assert_close(outputs.image_embeds.norm(dim=-1), torch.ones(2))
+    assert len(outputs.vision_hidden_states) == 13
+    assert outputs.vision_hidden_states[0].shape == (2, 1 + 3 + 24, 32)
+    assert outputs.loss is None
+
+
+def test_fewer_prompted_layers_drop_the_prompts(tiny_clip_dir):
+    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
+        str(tiny_clip_dir), image_size=32, num_prompt_layers=4, num_prompt_tokens=2, id2label={0: "cat"}
+    ).eval()
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.randn(1, 3, 32, 32), output_hidden_states=True)
+    lengths = [hidden.shape[1] for hidden in outputs.vision_hidden_states]
+    assert lengths == [1 + 2 + 4] * 4 + [1 + 4] * 9
+
+
+def test_save_load_round_trip_through_safetensors(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    torch.testing.assert_close(weights["class_embeddings"], tiny_model.class_embeddings)
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, CascadeClipForZeroShotSegmentation)
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixel_values).logits, tiny_model(pixel_values=pixel_values).logits)
+    assert reloaded.config.id2label == tiny_model.config.id2label
+
+
+def test_loss_ignores_nothing_but_ignore_index(tiny_model):
+    labels = torch.full((1, 64, 64), 255)
+    labels[0, :32] = 1
+    with torch.no_grad():
+        outputs = tiny_model(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)
+    torch.testing.assert_close(outputs.loss, outputs.mask_loss + outputs.dice_loss)
+    assert outputs.loss > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
+    torch.manual_seed(0)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 4, (2, 64, 64))
+    gradients = []
+    for checkpointing in (False, True):
+        model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_model_dir)
+        model.freeze_pretrained()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model(pixel_values=pixel_values, labels=labels).loss.backward()
+        gradients.append(model.vision_encoder.prompts.embeddings.grad.clone())
+    torch.testing.assert_close(gradients[0], gradients[1])
+    assert gradients[0].abs().sum() > 0
+
+
+def test_sliding_window_starts_cover_the_image():
+    assert window_starts(80, 64, 48) == [0, 16]
+    assert window_starts(512, 512, 426) == [0]
+    assert window_starts(683, 512, 426) == [0, 171]
+    assert window_starts(300, 512, 426) == [0]
+
+
+def test_sliding_window_batches_equal_one_by_one(tiny_model):
+    pixel_values = torch.randn(2, 3, 70, 150)
+    all_at_once = tiny_model.sliding_window_inference(pixel_values, crop_size=64, stride=40)
+    one_at_a_time = tiny_model.sliding_window_inference(pixel_values, crop_size=64, stride=40, window_batch_size=1)
+    torch.testing.assert_close(all_at_once, one_at_a_time)
+    assert all_at_once.shape == (2, 4, 70, 150)
+    resized = tiny_model.sliding_window_inference(pixel_values, output_size=(35, 75), crop_size=64, stride=40)
+    assert resized.shape == (2, 4, 35, 75)
+
+
+def test_processor_to_post_processing(tiny_model, clip_tokenizer):
+    processor = CascadeClipProcessor(
+        CascadeClipImageProcessor(size={"shortest_edge": 64, "longest_edge": 256}),
+        clip_tokenizer,
+        templates=["a photo of a {}."],
+        seen_classes=["cat", "grass"],
+    )
+    image = torch.randint(0, 256, (48, 80, 3), dtype=torch.uint8).numpy()
+    inputs = processor(images=image, text=["grass", "bicycle", "Cat"])
+    assert inputs["pixel_values"].shape == (1, 3, 64, 107)
+    with torch.no_grad():
+        outputs = tiny_model(**inputs)
+    torch.testing.assert_close(outputs.score_shift, torch.tensor([0.1, 0.0, 0.1]))
+    segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(48, 80)])[0]
+    assert segmentation.shape == (48, 80)
+    scores = F.interpolate(outputs.logits, size=(48, 80), mode="bilinear").sigmoid()[0] - outputs.score_shift[:, None, None]
+    assert torch.equal(segmentation, scores.argmax(dim=0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"pixel_values": torch.randn(3, 64, 64)}, "pixel_values must have shape"),
+        ({"pixel_values": torch.randn(1, 1, 64, 64)}, "pixel_values must have shape"),
+        ({"pixel_values": torch.randn(1, 3, 8, 64)}, "smaller than one"),
+        ({"pixel_values": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}, "floating point"),
+        ({"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(3, 7)}, "class_embeds must have"),
+        ({"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(0, 16)}, "At least one class"),
+        ({"pixel_values": torch.randn(1, 3, 64, 64), "input_ids": torch.ones(4, dtype=torch.long)}, "input_ids must"),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(2, 16), "input_ids": torch.ones(2, 3, dtype=torch.long)},
+            "either input_ids or class_embeds",
+        ),
+        ({"pixel_values": torch.randn(1, 3, 64, 64), "seen_class_mask": torch.ones(3, dtype=torch.bool)}, "one entry per class"),
+        ({"pixel_values": torch.randn(1, 3, 64, 64), "labels": torch.full((1, 64, 64), 7)}, "neither class indices"),
+        ({"pixel_values": torch.randn(1, 3, 64, 64), "labels": torch.zeros(2, 64, 64, dtype=torch.long)}, "labels must have shape"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**kwargs)
+
+
+def test_model_without_vocabulary_asks_for_classes():
+    config = CascadeClipConfig(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=32, patch_size=16, projection_dim=16
+        ),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16),
+        num_prompt_tokens=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    model = CascadeClipForZeroShotSegmentation(config).eval()
+    with pytest.raises(ValueError, match="no default vocabulary"):
+        model(pixel_values=torch.randn(1, 3, 32, 32))
+    with torch.no_grad():
+        assert model(pixel_values=torch.randn(1, 3, 32, 32), class_embeds=torch.randn(5, 16)).logits.shape == (1, 5, 2, 2)
+
+
+def test_set_vocabulary_checks_shapes(tiny_model):
+    with pytest.raises(ValueError, match="Expected class embeddings of shape"):
+        tiny_model.set_vocabulary(["a", "b"], torch.randn(3, 16))
+    tiny_model.set_vocabulary(["a", "b"], torch.randn(2, 16), seen_class_ids=[1])
+    assert tiny_model.config.id2label == {0: "a", 1: "b"}
+    assert tiny_model.class_embeddings.shape == (2, 16)

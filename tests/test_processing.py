@@ -1,0 +1,241 @@
+"""Image processor and processor: odd images, bad images, label maps, class names and round trips."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoProcessor
+
+from cascade_clip_hf import CascadeClipImageProcessor, CascadeClipProcessor
+from cascade_clip_hf.image_processing_cascade_clip import ImageInputError, keep_ratio_size
+
+
+SMALL = {"shortest_edge": 32, "longest_edge": 128}
+
+
+def unnormalize(pixel_values: torch.Tensor, processor: CascadeClipImageProcessor) -> torch.Tensor:
+    mean = torch.tensor(processor.image_mean)[:, None, None]
+    std = torch.tensor(processor.image_std)[:, None, None]
+    return pixel_values * std + mean
+
+
+@pytest.fixture
+def image_processor():
+    return CascadeClipImageProcessor(size=SMALL)
+
+
+def test_keep_ratio_size_matches_the_original_rule():
+    assert keep_ratio_size(480, 640, 512, 2048) == (512, 683)
+    assert keep_ratio_size(1000, 500, 512, 2048) == (1024, 512)
+    assert keep_ratio_size(100, 1000, 512, 2048) == (205, 2048)  # long side caps the scale
+    assert keep_ratio_size(512, 512, 512, 2048) == (512, 512)
+
+
+def test_default_normalisation_is_the_original(image_processor):
+    image = np.full((32, 32, 3), (123, 116, 104), dtype=np.uint8)
+    pixel_values = image_processor(image)["pixel_values"]
+    expected = (torch.tensor([123.0, 116.0, 104.0]) - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor(
+        [58.395, 57.12, 57.375]
+    )
+    torch.testing.assert_close(pixel_values[0, :, 0, 0], expected)
+
+
+def test_resize_is_bilinear_on_eight_bit_pixels(image_processor):
+    image = np.zeros((16, 24, 3), dtype=np.uint8)
+    image[:, 12:] = 200
+    pixel_values = unnormalize(image_processor(image)["pixel_values"][0], image_processor)
+    assert pixel_values.shape == (3, 32, 48)
+    torch.testing.assert_close(pixel_values, pixel_values.round(), atol=1e-3, rtol=0)
+    assert pixel_values[0, 0, 0] == 0 and pixel_values[0, 0, -1] == 200
+    assert 0 < pixel_values[0, 0, 23] < 200  # interpolated across the edge
+
+
+def image_variants():
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    gray = rgb[..., 0]
+    palette = PIL.Image.fromarray(rgb).convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=16)
+    return {
+        "pil_rgb": (PIL.Image.fromarray(rgb), rgb),
+        "pil_gray": (PIL.Image.fromarray(gray), np.repeat(gray[..., None], 3, -1)),
+        "pil_rgba": (PIL.Image.fromarray(np.dstack([rgb, np.zeros_like(gray)])), rgb),
+        "pil_palette": (palette, np.array(palette.convert("RGB"))),
+        "pil_16bit": (PIL.Image.fromarray(gray.astype(np.uint16) * 257), np.repeat(gray[..., None], 3, -1)),
+        "pil_bilevel": (PIL.Image.fromarray(gray > 127), np.repeat(((gray > 127) * 255).astype(np.uint8)[..., None], 3, -1)),
+        "numpy_hwc": (rgb, rgb),
+        "numpy_chw": (rgb.transpose(2, 0, 1), rgb),
+        "numpy_gray": (gray, np.repeat(gray[..., None], 3, -1)),
+        "numpy_gray_alpha": (np.dstack([gray, gray]), np.repeat(gray[..., None], 3, -1)),
+        "numpy_uint16": (rgb.astype(np.uint16) * 257, rgb),
+        "numpy_float01": (rgb / 255.0, rgb),
+        "numpy_float255": (rgb.astype(np.float32), rgb),
+        "torch_chw": (torch.from_numpy(rgb).permute(2, 0, 1), rgb),
+        "torch_float01": (torch.from_numpy(rgb).permute(2, 0, 1) / 255.0, rgb),
+    }
+
+
+@pytest.mark.parametrize("name", list(image_variants()))
+def test_odd_images_become_rgb(name):
+    image, expected_rgb = image_variants()[name]
+    processor = CascadeClipImageProcessor(do_resize=False)
+    pixel_values = unnormalize(processor(image)["pixel_values"][0], processor)
+    torch.testing.assert_close(pixel_values, torch.from_numpy(expected_rgb).permute(2, 0, 1).float(), atol=1e-3, rtol=0)
+
+
+def test_images_of_different_sizes_come_back_as_a_list(image_processor):
+    batch = image_processor([np.zeros((32, 32, 3), np.uint8), np.zeros((32, 64, 3), np.uint8)])
+    assert isinstance(batch["pixel_values"], list)
+    assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 32, 32), (3, 32, 64)]
+    same = image_processor([np.zeros((16, 16, 3), np.uint8)] * 3)
+    assert same["pixel_values"].shape == (3, 3, 32, 32)
+
+
+def test_fixed_size_resize():
+    processor = CascadeClipImageProcessor(size={"height": 40, "width": 24})
+    assert processor(np.zeros((10, 90, 3), np.uint8))["pixel_values"].shape == (1, 3, 40, 24)
+
+
+def test_corrupt_file_names_the_path(tmp_path, image_processor):
+    path = tmp_path / "broken.jpg"
+    buffer = tmp_path / "whole.jpg"
+    PIL.Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buffer)
+    path.write_bytes(buffer.read_bytes()[:200])
+    with pytest.raises(ImageInputError, match="broken.jpg"):
+        image_processor(str(path))
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    with pytest.raises(ImageInputError, match="notes.txt: not a readable image"):
+        image_processor(not_an_image)
+    with pytest.raises(ImageInputError, match="no such file"):
+        image_processor(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((10, 10, 5), np.uint8), "1 to 4 channels"),
+        (np.zeros((2, 10, 10, 3, 1), np.uint8), "expected an image"),
+        (np.full((8, 8, 3), np.nan, np.float32), "NaN"),
+        (np.full((8, 8, 3), -1.0, np.float32), r"\[0, 1\] or \[0, 255\]"),
+        (np.full((8, 8, 3), 300.0, np.float32), r"\[0, 1\] or \[0, 255\]"),
+        (np.full((8, 8, 3), 70000, np.int32), "0..65535"),
+        (np.zeros((8, 8, 3), np.complex64), "unsupported pixel type"),
+    ],
+)
+def test_bad_images_get_clear_errors(image_processor, image, message):
+    with pytest.raises(ImageInputError, match=message):
+        image_processor([np.zeros((8, 8, 3), np.uint8), image])
+
+
+def test_error_names_the_position_in_the_batch(image_processor):
+    with pytest.raises(ImageInputError, match="Image 1 of 2"):
+        image_processor([np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 3), np.uint8)])
+
+
+def test_label_maps_follow_the_image_and_reduce(image_processor):
+    labels = np.zeros((16, 16), np.uint8)
+    labels[:, 8:] = 3
+    labels[0, 0] = 255
+    image = np.zeros((16, 16, 3), np.uint8)
+    batch = image_processor(image, segmentation_maps=PIL.Image.fromarray(labels), do_reduce_labels=True)
+    assert batch["labels"].shape == (1, 32, 32)
+    assert batch["labels"].dtype == torch.int64
+    assert set(batch["labels"].unique().tolist()) == {2, 255}
+    assert batch["labels"][0, 0, 0] == 255 and batch["labels"][0, 5, 30] == 2
+    kept = image_processor(image, segmentation_maps=labels)["labels"]
+    assert set(kept.unique().tolist()) == {0, 3, 255}
+
+
+def test_bad_label_maps_get_clear_errors(image_processor):
+    image = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ImageInputError, match="single-channel"):
+        image_processor(image, segmentation_maps=PIL.Image.fromarray(image))
+    with pytest.raises(ImageInputError, match="has size"):
+        image_processor(image, segmentation_maps=np.zeros((8, 16), np.uint8))
+    with pytest.raises(ImageInputError, match="fractional"):
+        image_processor(image, segmentation_maps=np.full((16, 16), 0.5))
+    with pytest.raises(ValueError, match="2 images but 1"):
+        image_processor([image, image], segmentation_maps=[np.zeros((16, 16), np.uint8)])
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="size must be"):
+        CascadeClipImageProcessor(size={"shortest_edge": 512})
+    with pytest.raises(ValueError, match="return_tensors"):
+        CascadeClipImageProcessor()(np.zeros((8, 8, 3), np.uint8), return_tensors="tf")
+
+
+def test_post_process_takes_logits_or_scores():
+    processor = CascadeClipImageProcessor()
+
+    class Outputs:
+        logits = torch.tensor([[[[0.0, 3.0]], [[0.1, 2.0]]]])  # (1, 2, 1, 2)
+        score_shift = torch.tensor([0.0, 0.1])
+
+    # class 1 wins on raw logits in the first pixel, loses once its seen-class shift is applied
+    assert Outputs.logits[0].argmax(0).tolist() == [[1, 0]]
+    assert processor.post_process_semantic_segmentation(Outputs)[0].tolist() == [[0, 0]]
+    scores = torch.rand(2, 3, 10, 12)
+    maps = processor.post_process_semantic_segmentation(scores, target_sizes=[(10, 12), (20, 24)])
+    assert torch.equal(maps[0], scores[0].argmax(0))
+    assert maps[1].shape == (20, 24)
+    with pytest.raises(ValueError, match="target sizes"):
+        processor.post_process_semantic_segmentation(scores, target_sizes=[(10, 12)])
+
+
+@pytest.fixture
+def processor(clip_tokenizer):
+    return CascadeClipProcessor(
+        CascadeClipImageProcessor(size=SMALL),
+        clip_tokenizer,
+        templates=["a photo of a {}.", "a {} in the scene."],
+        seen_classes=["cat", "sky"],
+    )
+
+
+def test_processor_expands_templates(processor, clip_tokenizer):
+    inputs = processor(text=["cat", "traffic light", "dog"])
+    assert inputs["input_ids"].shape[:2] == (3, 2)
+    expected_ids = clip_tokenizer("a traffic light in the scene.")["input_ids"]
+    length = len(expected_ids)
+    assert inputs["input_ids"][1, 1, :length].tolist() == expected_ids
+    assert inputs["attention_mask"][1, 1].sum() == length
+    assert inputs["seen_class_mask"].tolist() == [True, False, False]
+    one_template = processor(text="cat", templates=["{}"])
+    assert one_template["input_ids"].shape[:2] == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ([], "No class names"),
+        (["cat", "  "], "empty"),
+        (["cat", "Cat "], "Duplicate class names"),
+        (["cat", 3], "must be strings"),
+    ],
+)
+def test_processor_refuses_bad_class_names(processor, text, message):
+    with pytest.raises(ValueError, match=message):
+        processor(text=text)
+
+
+def test_processor_refuses_bad_templates(processor, clip_tokenizer):
+    with pytest.raises(ValueError, match="exactly one"):
+        processor(text=["cat"], templates=["a photo"])
+    with pytest.raises(ValueError, match="exactly one"):
+        CascadeClipProcessor(CascadeClipImageProcessor(), clip_tokenizer, templates=["{} and {}"])
+    with pytest.raises(ValueError, match="Pass images, text"):
+        processor()
+
+
+def test_processor_round_trip(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(reloaded, CascadeClipProcessor)
+    assert reloaded.templates == processor.templates
+    assert reloaded.seen_classes == processor.seen_classes
+    assert reloaded.image_processor.size == SMALL
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), CascadeClipImageProcessor)
+    image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for key, value in processor(images=image, text=["cat", "dog"]).items():
+        assert torch.equal(value, reloaded(images=image, text=["cat", "dog"])[key])
