@@ -774,15 +774,17 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             crops = torch.cat(
                 [pixel_values[:, :, top : top + crop_height, left : left + crop_width] for top, left in step_windows]
             )
-            logits = self.upsample_to_image_size(self(pixel_values=crops, class_embeds=class_embeds).logits)
-            window_scores = logits.sigmoid_().sub_(score_shift[:, None, None])
-            if window_scores.shape[-2:] != (crop_height, crop_width):
-                window_scores = F.interpolate(
-                    window_scores, size=(crop_height, crop_width), mode="bilinear", align_corners=False
-                )
-            window_scores = window_scores.view(len(step_windows), batch_size, -1, crop_height, crop_width)
-            for (top, left), window_score in zip(step_windows, window_scores):
-                scores[:, :, top : top + crop_height, left : left + crop_width] += window_score
+            logits = self(pixel_values=crops, class_embeds=class_embeds).logits
+            # Upsample one crop at a time: only one full-resolution window of scores exists beside the sums.
+            crop_positions = [(top, left, image) for top, left in step_windows for image in range(batch_size)]
+            for crop_logits, (top, left, image) in zip(logits.split(1), crop_positions):
+                crop_scores = self.upsample_to_image_size(crop_logits).sigmoid_().sub_(score_shift[:, None, None])
+                if crop_scores.shape[-2:] != (crop_height, crop_width):
+                    crop_scores = F.interpolate(
+                        crop_scores, size=(crop_height, crop_width), mode="bilinear", align_corners=False
+                    )
+                scores[image, :, top : top + crop_height, left : left + crop_width] += crop_scores[0]
+            for top, left in step_windows:
                 counts[:, :, top : top + crop_height, left : left + crop_width] += 1
         scores /= counts
         if output_size is not None and tuple(output_size) != (height, width):

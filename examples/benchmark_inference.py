@@ -1,0 +1,136 @@
+"""Full-size inference benchmark: ViT-B/16 at 512x512, 171 COCO-Stuff classes, random weights.
+
+Times the test-time path (one 512x512 sliding window: forward, upsampling, calibrated scores) at several batch
+sizes and reports latency, images per second and peak memory, each configuration in a fresh process so that peak
+memory belongs to it alone. On CPU, peak memory is the process's peak resident set size (weights included); on
+CUDA it is the peak of allocated GPU memory.
+
+    python examples/benchmark_inference.py --device cpu --batch-sizes 1 8 --output benchmarks/inference_cpu.json
+    python examples/benchmark_inference.py --device cuda --dtypes float32 float16 bfloat16 --attn sdpa eager
+"""
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
+
+
+def machine_description(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    description = {
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    if device == "cuda":
+        description["gpu"] = torch.cuda.get_device_name()
+    return description
+
+
+def build_model(dtype: torch.dtype, attn_implementation: str, device: str) -> CascadeClipForZeroShotSegmentation:
+    torch.manual_seed(0)
+    config = CascadeClipConfig.from_preset("coco-stuff-164k", "inductive")
+    config._attn_implementation = attn_implementation
+    model = CascadeClipForZeroShotSegmentation(config)
+    model.class_embeddings = torch.nn.functional.normalize(torch.randn_like(model.class_embeddings), dim=-1)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def measure(device: str, dtype_name: str, attn_implementation: str, batch_size: int, repeats: int) -> dict:
+    """Runs in a fresh process: builds the model, warms up, times `repeats` runs."""
+    dtype = getattr(torch, dtype_name)
+    model = build_model(dtype, attn_implementation, device)
+    pixel_values = torch.randn(batch_size, 3, 512, 512, device=device, dtype=dtype)
+
+    def synchronize():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        model.sliding_window_inference(pixel_values)
+        synchronize()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        latencies = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.sliding_window_inference(pixel_values)
+            synchronize()
+            latencies.append(time.perf_counter() - start)
+    if device == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    latency = statistics.median(latencies)
+    return {
+        "device": device,
+        "dtype": dtype_name,
+        "attn_implementation": attn_implementation,
+        "batch_size": batch_size,
+        "latency_s": round(latency, 4),
+        "latency_min_s": round(min(latencies), 4),
+        "images_per_s": round(batch_size / latency, 3),
+        "peak_memory_mib": round(peak_mib, 1),
+        "repeats": repeats,
+    }
+
+
+def markdown_table(results: list[dict]) -> str:
+    lines = [
+        "| device | dtype | attention | batch | latency (s, median) | images/s | peak memory (MiB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results:
+        lines.append(
+            f"| {row['device']} | {row['dtype']} | {row['attn_implementation']} | {row['batch_size']} | "
+            f"{row['latency_s']:.3f} | {row['images_per_s']:.2f} | {row['peak_memory_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--attn", nargs="+", default=["sdpa"], choices=("sdpa", "eager"))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+
+    results = []
+    context = multiprocessing.get_context("spawn")
+    for dtype_name in args.dtypes:
+        for attn_implementation in args.attn:
+            for batch_size in args.batch_sizes:
+                with context.Pool(1) as pool:
+                    row = pool.apply(measure, (args.device, dtype_name, attn_implementation, batch_size, args.repeats))
+                results.append(row)
+                print(markdown_table([row]).splitlines()[-1], flush=True)
+
+    report = {"machine": machine_description(args.device), "model": "ViT-B/16, 512x512, 171 classes", "results": results}
+    print(f"\nMachine: {json.dumps(report['machine'])}\n\n{markdown_table(results)}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
