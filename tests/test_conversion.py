@@ -95,7 +95,10 @@ def convert_tiny(path, output_dir, official_meta, **overrides):
         (lambda sd: sd.update({"backbone.ln_post.weight": torch.zeros(7)}), "(?s)shapes do not fit.*post_layernorm"),
         (lambda sd: sd.update({"backbone.conv1.weight": torch.zeros(3, 3)}), "should have 4 dimensions"),
         (lambda sd: sd.pop("text_encoder.transformer.resblocks.0.attn.in_proj_weight"), "skip indices"),
-        (lambda sd: sd.update({"backbone.positional_embedding": torch.zeros(18, 64)}), "not 1 \\+ a square grid"),
+        (
+            lambda sd: sd.update({"backbone.positional_embedding": sd["backbone.positional_embedding"][:-1]}),
+            "not 1 \\+ a square grid",
+        ),
         (lambda sd: sd.update({"decode_head.weights_s2": torch.ones(2)}), "stage weights have sizes"),
     ],
 )
@@ -127,12 +130,15 @@ def test_unreadable_files_are_refused(tmp_path, official_meta):
 
 def test_settings_the_shapes_contradict_are_refused(tmp_path, official_meta):
     checkpoint = OFFICIAL_TINY / "checkpoint.pth"
-    with pytest.raises(CheckpointError, match="taps 6 layers but 4"):
-        convert_tiny(checkpoint, tmp_path / "out", official_meta, extract_layers=[5, 6, 7, 8])
+    architecture = official_meta["architecture"]
+    num_taps = len(architecture["extract_layers"])
+    with pytest.raises(CheckpointError, match=f"taps {num_taps} layers but {num_taps - 2}"):
+        convert_tiny(checkpoint, tmp_path / "out", official_meta, extract_layers=architecture["extract_layers"][:-2])
     with pytest.raises(CheckpointError, match="heads do not divide"):
-        convert_tiny(checkpoint, tmp_path / "out", official_meta, vision_heads=5)
+        convert_tiny(checkpoint, tmp_path / "out", official_meta, vision_heads=architecture["vision_width"] + 1)
     embeddings = tmp_path / "embeddings.npy"
-    np.save(embeddings, np.zeros((5, 32), np.float16))
+    num_classes = len(official_meta["class_names"])
+    np.save(embeddings, np.zeros((num_classes - 1, architecture["projection_dim"]), np.float16))
     with pytest.raises(CheckpointError, match="holds embeddings of shape"):
         convert_tiny(checkpoint, tmp_path / "out", official_meta, class_embeddings=embeddings)
 
@@ -141,14 +147,16 @@ def test_failed_conversion_keeps_the_previous_output(tmp_path, official_meta):
     output = tmp_path / "model"
     convert_tiny(OFFICIAL_TINY / "checkpoint.pth", output, official_meta)
     before = {path.name: path.read_bytes() for path in output.iterdir()}
+    bad_heads = official_meta["architecture"]["vision_width"] + 1
     with pytest.raises(CheckpointError):
-        convert_tiny(OFFICIAL_TINY / "checkpoint.pth", output, official_meta, vision_heads=5)
+        convert_tiny(OFFICIAL_TINY / "checkpoint.pth", output, official_meta, vision_heads=bad_heads)
     assert {path.name: path.read_bytes() for path in output.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
 
 
 def test_cli_convert_with_precomputed_embeddings(tmp_path, official_meta):
-    embeddings = np.random.default_rng(0).standard_normal((6, 32)).astype(np.float16)
+    shape = (len(official_meta["class_names"]), official_meta["architecture"]["projection_dim"])
+    embeddings = np.random.default_rng(0).standard_normal(shape).astype(np.float16)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     np.save(tmp_path / "embeddings.npy", embeddings)
     architecture = official_meta["architecture"]
