@@ -7,6 +7,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def publish_directory(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """
+    Moves a completely written `staging` folder to `target` with renames only. An existing `target` is moved aside
+    first and removed after; a crash in between leaves it whole in a hidden `.NAME.old-*` folder beside `target`.
+    """
+    staging, target = Path(staging), Path(target)
+    previous = None
+    if target.exists():
+        previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, previous / target.name)
+    os.replace(staging, target)
+    if previous is not None:
+        shutil.rmtree(previous)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike):
     """
@@ -18,13 +33,7 @@ def atomic_directory(path: str | os.PathLike):
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield staging
-        previous = None
-        if path.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, previous / path.name)
-        os.replace(staging, path)
-        if previous is not None:
-            shutil.rmtree(previous)
+        publish_directory(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

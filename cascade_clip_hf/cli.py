@@ -1,7 +1,6 @@
 """The `cascade-clip` command line."""
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -9,31 +8,12 @@ from pathlib import Path
 
 from transformers.utils import logging as transformers_logging
 
+from .arguments import class_names_argument, comma_separated_ints
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .presets import BENCHMARKS
 
 
 logger = logging.getLogger("cascade_clip_hf")
-
-
-def comma_separated_ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-
-
-def class_names_argument(text: str) -> list[str]:
-    """Class names as `"cat,dog,sky"`, or a `.txt` (one per line) or `.json` (a list) file."""
-    path = Path(text)
-    if path.suffix in (".txt", ".json") and path.is_file():
-        if path.suffix == ".json":
-            names = json.loads(path.read_text())
-            if not isinstance(names, list):
-                raise argparse.ArgumentTypeError(f"{path} must hold a JSON list of class names")
-            return names
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return [name.strip() for name in text.split(",")]
 
 
 def add_convert_parser(subparsers) -> None:

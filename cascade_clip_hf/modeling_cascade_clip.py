@@ -1,5 +1,6 @@
 """PyTorch Cascade-CLIP: zero-shot semantic segmentation with cascaded vision-language embedding alignment."""
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -195,7 +196,7 @@ class CascadeClipVisionEncoder(nn.Module):
 
 
 class CascadeClipCrossAttention(nn.Module):
-    """Multi-head attention from class queries to visual tokens that also returns its pre-softmax logits."""
+    """Multi-head attention from class queries to visual tokens, whose pre-softmax logits are also the masks."""
 
     def __init__(self, config: CascadeClipConfig):
         super().__init__()
@@ -209,28 +210,27 @@ class CascadeClipCrossAttention(nn.Module):
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.attention_dropout = nn.Dropout(config.decoder_attention_dropout)
 
-    def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_logits(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
         """
         Args:
             queries (`torch.Tensor` of shape `(batch_size, num_classes, hidden_size)`).
             visual_tokens (`torch.Tensor` of shape `(batch_size, num_patches, hidden_size)`).
 
         Returns:
-            The attention output, `(batch_size, num_classes, hidden_size)`, and the attention logits averaged over
-            heads, `(batch_size, num_classes, num_patches)`.
+            The scaled pre-softmax attention logits, `(batch_size, num_heads, num_classes, num_patches)`.
         """
-        batch_size, num_classes, hidden_size = queries.shape
+        batch_size, num_classes, _ = queries.shape
         query_states = self.q_proj(queries).view(batch_size, num_classes, self.num_heads, self.head_dim)
         key_states = self.k_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim)
-        value_states = self.v_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim)
-        query_states, key_states, value_states = (
-            states.transpose(1, 2) for states in (query_states, key_states, value_states)
-        )
+        return (query_states.transpose(1, 2) @ key_states.permute(0, 2, 3, 1)) * self.scale
 
-        attention_logits = (query_states @ key_states.transpose(-2, -1)) * self.scale
-        attention_probs = self.attention_dropout(attention_logits.softmax(dim=-1))
+    def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
+        """Returns the attention output, `(batch_size, num_classes, hidden_size)`."""
+        batch_size, num_classes, _ = queries.shape
+        attention_probs = self.attention_dropout(self.attention_logits(queries, visual_tokens).softmax(dim=-1))
+        value_states = self.v_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
         attention_output = (attention_probs @ value_states).transpose(1, 2).reshape(batch_size, num_classes, -1)
-        return self.out_proj(attention_output), attention_logits.mean(dim=1)
+        return self.out_proj(attention_output)
 
 
 class CascadeClipDecoderLayer(GradientCheckpointingLayer):
@@ -246,18 +246,22 @@ class CascadeClipDecoderLayer(GradientCheckpointingLayer):
         self.ffn_layernorm = nn.LayerNorm(hidden_size, eps=config.decoder_layer_norm_eps)
         self.dropout = nn.Dropout(config.decoder_dropout)
 
-    def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attention_output, attention_logits = self.cross_attention(queries, visual_tokens)
-        queries = self.attention_layernorm(queries + self.dropout(attention_output))
+    def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
+        queries = self.attention_layernorm(queries + self.dropout(self.cross_attention(queries, visual_tokens)))
         ffn_output = self.fc2(self.dropout(F.relu(self.fc1(queries))))
-        queries = self.ffn_layernorm(queries + self.dropout(ffn_output))
-        return queries, attention_logits
+        return self.ffn_layernorm(queries + self.dropout(ffn_output))
+
+    def unused_by_masks(self) -> list[nn.Module]:
+        """What a decoder's last layer computes that its masks (the attention logits) do not depend on."""
+        attention = self.cross_attention
+        return [attention.v_proj, attention.out_proj, self.attention_layernorm, self.fc1, self.fc2, self.ffn_layernorm]
 
 
 class CascadeClipDecoder(nn.Module):
     """
     Decodes one stage's visual tokens into class mask logits. The class queries combine each class embedding
-    with the image embedding; the masks are the last layer's attention logits, averaged over heads.
+    with the image embedding; the masks are the last layer's attention logits, averaged over heads, so that layer's
+    attention output and feed-forward part are never computed (the original computes and discards them).
     """
 
     def __init__(self, config: CascadeClipConfig):
@@ -280,9 +284,9 @@ class CascadeClipDecoder(nn.Module):
         class_embeds = class_embeds.expand(image_embeds.shape[0], -1, -1)
         image_conditioned = image_embeds[:, None, :] * class_embeds
         queries = self.query_projection(torch.cat([image_conditioned, class_embeds], dim=-1))
-        for layer in self.layers:
-            queries, mask_logits = layer(queries, visual_tokens)
-        return mask_logits
+        for layer in self.layers[:-1]:
+            queries = layer(queries, visual_tokens)
+        return self.layers[-1].cross_attention.attention_logits(queries, visual_tokens).mean(dim=1)
 
 
 def sigmoid_focal_loss(
@@ -442,11 +446,15 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
     def freeze_pretrained(self) -> None:
         """
         Freezes what the original keeps frozen while training: both CLIP towers and the tapped layers' LayerNorms
-        and projections. Prompts, the prompt LayerNorm, the stage weights and the decoders stay trainable.
+        and projections. Prompts, the prompt LayerNorm, the stage weights and the decoders stay trainable, except
+        the parts of each decoder's last layer that no output depends on (they would get no gradient).
         """
         self.requires_grad_(True)
         for frozen in (self.vision_encoder.clip, self.vision_encoder.taps, self.text_encoder):
             frozen.requires_grad_(False)
+        for decoder in self.decoders:
+            for module in decoder.layers[-1].unused_by_masks():
+                module.requires_grad_(False)
 
     @classmethod
     def from_clip_pretrained(
@@ -521,6 +529,13 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         model.freeze_pretrained()
         return model
 
+    def default_seen_class_mask(self) -> torch.Tensor:
+        """`(num_labels,)` booleans: which classes of the default vocabulary were seen (all, without a split)."""
+        seen_class_ids = self.config.seen_class_ids
+        mask = torch.zeros(self.config.num_labels, dtype=torch.bool, device=self.class_embeddings.device)
+        mask[seen_class_ids if seen_class_ids is not None else slice(None)] = True
+        return mask
+
     def resolve_class_embeds(
         self,
         input_ids: torch.Tensor | None = None,
@@ -556,10 +571,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 )
             class_embeds = self.class_embeddings
             if seen_class_mask is None:
-                seen_class_mask = torch.ones(self.config.num_labels, dtype=torch.bool, device=class_embeds.device)
-                if self.config.seen_class_ids is not None:
-                    seen_class_mask[:] = False
-                    seen_class_mask[self.config.seen_class_ids] = True
+                seen_class_mask = self.default_seen_class_mask()
         num_classes = class_embeds.shape[0]
         if num_classes == 0:
             raise ValueError("At least one class is needed to segment.")
@@ -579,6 +591,13 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         puts every mask before the loss or the scores."""
         image_size = self.config.vision_config.image_size
         return F.interpolate(logits, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+    def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Upsamples grid-resolution logits to `size` the original's way: to `image_size` first, then to `size`."""
+        logits = self.upsample_to_image_size(logits)
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return logits
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Raises a clear error for pixel values the vision tower cannot take."""
@@ -623,10 +642,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 f"labels hold values {found[:10]} that are neither class indices (0..{num_classes - 1}) nor "
                 f"ignore_index ({ignore_index})."
             )
-        logits = self.upsample_to_image_size(logits)
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        logits = logits.flatten(2)
+        logits = self.upsample_logits(logits, labels.shape[-2:]).flatten(2)
         targets = torch.zeros_like(logits, dtype=torch.bool)
         targets.scatter_(1, labels.masked_fill(~valid, 0).flatten(1)[:, None], valid.flatten(1)[:, None])
         present = targets.any(dim=-1)
@@ -724,8 +740,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
     @torch.no_grad()
     def sliding_window_inference(
         self,
-        pixel_values: torch.Tensor,
-        output_size: tuple[int, int] | None = None,
+        pixel_values: torch.Tensor | list[torch.Tensor],
+        output_size: tuple[int, int] | list[tuple[int, int]] | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         class_embeds: torch.Tensor | None = None,
@@ -733,63 +749,83 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         crop_size: int | None = None,
         stride: int | None = None,
         window_batch_size: int | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | list[torch.Tensor]:
         """
         Calibrated class scores for images of any size, as the original's test-time sliding window computes them:
         each window's logits are upsampled to `image_size`, turned into scores (sigmoid minus the seen-class shift)
         and resized to the window; the scores of overlapping windows are averaged and the result is resized
-        bilinearly to `output_size`.
+        bilinearly to the output size. The windows of all images go through the model together.
 
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`).
-            output_size (`tuple[int, int]`, *optional*): `(height, width)` of the result; the input's by default.
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, or a list of
+                `(num_channels, height, width)` tensors of different sizes).
+            output_size (`tuple[int, int]` or a list of them, *optional*): `(height, width)` of the result, for
+                every image or one per image; each input's own size by default.
             input_ids, attention_mask, class_embeds, seen_class_mask: the classes, as in `forward`.
             crop_size (`int`, *optional*): window size, `config.slide_crop_size` by default.
             stride (`int`, *optional*): window stride, `config.slide_stride` by default.
-            window_batch_size (`int`, *optional*): how many crops (windows times images) go through the model at
-                once; all of them by default.
+            window_batch_size (`int`, *optional*): how many windows go through the model at once; all by default.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch_size, num_classes, *output_size)`.
+            For a tensor input, `torch.FloatTensor` of shape `(batch_size, num_classes, *output_size)`; for a list,
+            one `(num_classes, height, width)` tensor per image.
         """
-        self.check_pixel_values(pixel_values)
+        images = list(pixel_values)
+        if not images:
+            raise ValueError("No images were given.")
+        for image in images:
+            self.check_pixel_values(image[None] if image.dim() == 3 else image)
+        if output_size is None or isinstance(output_size[0], int):
+            output_sizes = [output_size or tuple(image.shape[-2:]) for image in images]
+        else:
+            output_sizes = list(output_size)
+        if len(output_sizes) != len(images):
+            raise ValueError(f"Got {len(output_sizes)} output sizes for {len(images)} images.")
+        if isinstance(pixel_values, torch.Tensor) and len({tuple(size) for size in output_sizes}) > 1:
+            raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
         crop_size = crop_size or self.config.slide_crop_size
         stride = stride or self.config.slide_stride
         if crop_size <= 0 or stride <= 0:
             raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
         class_embeds, score_shift = self.resolve_class_embeds(input_ids, attention_mask, class_embeds, seen_class_mask)
 
-        batch_size, _, height, width = pixel_values.shape
-        crop_height, crop_width = min(crop_size, height), min(crop_size, width)
-        windows = [
-            (top, left)
-            for top in window_starts(height, crop_size, stride)
-            for left in window_starts(width, crop_size, stride)
-        ]
-        windows_per_step = len(windows) if window_batch_size is None else max(window_batch_size // batch_size, 1)
-        scores = pixel_values.new_zeros(batch_size, class_embeds.shape[0], height, width)
-        counts = pixel_values.new_zeros(1, 1, height, width)
-        for step in range(0, len(windows), windows_per_step):
-            step_windows = windows[step : step + windows_per_step]
-            crops = torch.cat(
-                [pixel_values[:, :, top : top + crop_height, left : left + crop_width] for top, left in step_windows]
-            )
-            logits = self(pixel_values=crops, class_embeds=class_embeds).logits
-            # Upsample one crop at a time: only one full-resolution window of scores exists beside the sums.
-            crop_positions = [(top, left, image) for top, left in step_windows for image in range(batch_size)]
-            for crop_logits, (top, left, image) in zip(logits.split(1), crop_positions):
-                crop_scores = self.upsample_to_image_size(crop_logits).sigmoid_().sub_(score_shift[:, None, None])
-                if crop_scores.shape[-2:] != (crop_height, crop_width):
-                    crop_scores = F.interpolate(
-                        crop_scores, size=(crop_height, crop_width), mode="bilinear", align_corners=False
-                    )
-                scores[image, :, top : top + crop_height, left : left + crop_width] += crop_scores[0]
-            for top, left in step_windows:
-                counts[:, :, top : top + crop_height, left : left + crop_width] += 1
-        scores /= counts
-        if output_size is not None and tuple(output_size) != (height, width):
-            scores = F.interpolate(scores, size=tuple(output_size), mode="bilinear", align_corners=False)
-        return scores
+        scores, counts, windows = [], [], []
+        for index, image in enumerate(images):
+            height, width = image.shape[-2:]
+            scores.append(image.new_zeros(class_embeds.shape[0], height, width))
+            counts.append(image.new_zeros(1, height, width))
+            crop = (min(crop_size, height), min(crop_size, width))
+            windows += [
+                (crop, index, top, left)
+                for top in window_starts(height, crop_size, stride)
+                for left in window_starts(width, crop_size, stride)
+            ]
+        # Windows of one size can share a batch; sorting keeps them together.
+        windows.sort(key=lambda window: window[0])
+        window_batch_size = window_batch_size or len(windows)
+        for start in range(0, len(windows), window_batch_size):
+            step_windows = windows[start : start + window_batch_size]
+            for crop, group in itertools.groupby(step_windows, key=lambda window: window[0]):
+                group = list(group)
+                crops = torch.stack(
+                    [images[index][:, top : top + crop[0], left : left + crop[1]] for _, index, top, left in group]
+                )
+                logits = self(pixel_values=crops, class_embeds=class_embeds).logits
+                # One crop at a time: only one full-resolution window of scores exists beside the sums.
+                for crop_logits, (_, index, top, left) in zip(logits.split(1), group):
+                    crop_scores = self.upsample_to_image_size(crop_logits).sigmoid_().sub_(score_shift[:, None, None])
+                    if crop_scores.shape[-2:] != crop:
+                        crop_scores = F.interpolate(crop_scores, size=crop, mode="bilinear", align_corners=False)
+                    scores[index][:, top : top + crop[0], left : left + crop[1]] += crop_scores[0]
+                    counts[index][:, top : top + crop[0], left : left + crop[1]] += 1
+
+        results = []
+        for image_scores, image_counts, size in zip(scores, counts, output_sizes):
+            image_scores /= image_counts
+            if tuple(size) != tuple(image_scores.shape[-2:]):
+                image_scores = F.interpolate(image_scores[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+            results.append(image_scores)
+        return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results
 
 
 def window_starts(length: int, crop_size: int, stride: int) -> list[int]:

@@ -5,6 +5,7 @@ layers, templates, sliding window, training recipe and the original authors' rep
 """
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 
@@ -53,3 +54,9 @@ def preset_config_kwargs(benchmark: str, setting: str) -> dict:
         "slide_crop_size": facts["slide_crop"],
         "slide_stride": facts["slide_stride"],
     }
+
+
+def default_train_steps(benchmark: str, setting: str) -> int:
+    """The original's iteration count for a benchmark and setting, read from its config file's name (e.g. `_80k_`)."""
+    config_file = benchmark_facts(benchmark, setting)["config_file"]
+    return int(re.search(r"_(\d+)k_", config_file)[1]) * 1000

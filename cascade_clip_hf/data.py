@@ -1,0 +1,255 @@
+"""Segmentation datasets: the three benchmarks in the original on-disk layouts, and any Hugging Face dataset.
+
+Every builder returns a [`SegmentationData`]: a `datasets.Dataset` with one row per image (`image`, `label`:
+a path or an image; `name`), the class names in label order, and the table that turns stored label values into
+training ids (`IGNORE_INDEX` for pixels without a class).
+"""
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from .arguments import comma_separated_ints
+from .image_processing_cascade_clip import ImageInputError, to_label_array, to_rgb_uint8
+from .presets import BENCHMARKS, benchmark_facts
+
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+# Label values are looked up in a table this long (16-bit label maps); anything beyond becomes ignore.
+LOOKUP_SIZE = 65536
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset folder that does not have the expected layout, with what is missing."""
+
+
+@dataclass
+class SegmentationData:
+    """Images with label maps, the class names in label order, and how stored labels become training ids."""
+
+    dataset: datasets.Dataset
+    class_names: list[str]
+    label_lookup: np.ndarray
+    seen_class_ids: list[int] | None = None
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Reads one sample.
+
+        Returns:
+            The RGB image, `uint8` of shape `(height, width, 3)`, and its label map of training ids, `int64` of
+            shape `(height, width)`.
+
+        Raises:
+            ImageInputError: naming the file (or row) that cannot be read.
+        """
+        record = self.dataset[index]
+        where = record.get("name") or f"row {index}"
+        try:
+            image = to_rgb_uint8(record["image"])
+            labels = to_label_array(record["label"])
+        except ImageInputError as error:
+            raise ImageInputError(f"sample {where}: {error}") from error
+        if labels.shape != image.shape[:2]:
+            raise ImageInputError(f"sample {where}: label map {labels.shape} and image {image.shape[:2]} differ.")
+        if labels.min() < 0:
+            raise ImageInputError(f"sample {where}: negative label values.")
+        return image, self.label_lookup[np.minimum(labels, LOOKUP_SIZE - 1)]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def identity_lookup(num_classes: int) -> np.ndarray:
+    """Training ids stored as they are; values past the classes become ignore."""
+    lookup = np.full(LOOKUP_SIZE, IGNORE_INDEX, dtype=np.int64)
+    lookup[:num_classes] = np.arange(num_classes)
+    return lookup
+
+
+def reduce_zero_lookup(num_classes: int) -> np.ndarray:
+    """0 is background (ignored) and class k is stored as k + 1, as in PASCAL VOC and PASCAL Context."""
+    lookup = np.full(LOOKUP_SIZE, IGNORE_INDEX, dtype=np.int64)
+    lookup[1 : num_classes + 1] = np.arange(num_classes)
+    return lookup
+
+
+def raw_coco_lookup(raw_to_train: dict[str, int]) -> np.ndarray:
+    """COCO-Stuff's raw label ids mapped to the 171 training ids."""
+    lookup = np.full(LOOKUP_SIZE, IGNORE_INDEX, dtype=np.int64)
+    for raw, train in raw_to_train.items():
+        lookup[int(raw)] = train
+    return lookup
+
+
+def rows_from_pairs(pairs: list[tuple[Path, Path]], what: str) -> datasets.Dataset:
+    """A dataset of image/label paths; refuses an empty list and names missing files."""
+    if not pairs:
+        raise DatasetLayoutError(f"No samples found for {what}.")
+    missing = [str(path) for pair in pairs for path in pair if not path.is_file()]
+    if missing:
+        raise DatasetLayoutError(f"{len(missing)} files of {what} are missing, e.g. {missing[:3]}.")
+    return datasets.Dataset.from_dict(
+        {
+            "image": [str(image) for image, _ in pairs],
+            "label": [str(label) for _, label in pairs],
+            "name": [str(image) for image, _ in pairs],
+        }
+    )
+
+
+def coco_stuff_pairs(data_dir: Path, split: str) -> tuple[list[tuple[Path, Path]], bool]:
+    """
+    mmseg's COCO-Stuff 164k layout: `images/{split}2017/*.jpg` with `annotations/{split}2017/*_labelTrainIds.png`
+    (training ids), or with the raw COCO-Stuff `annotations/{split}2017/*.png`. Returns the pairs and whether the
+    labels are raw ids.
+    """
+    image_dir, label_dir = data_dir / "images" / f"{split}2017", data_dir / "annotations" / f"{split}2017"
+    if not image_dir.is_dir() or not label_dir.is_dir():
+        raise DatasetLayoutError(f"COCO-Stuff needs {image_dir} and {label_dir}.")
+    images = sorted(image_dir.glob("*.jpg"))
+    train_id_labels = [label_dir / f"{image.stem}_labelTrainIds.png" for image in images]
+    if images and all(label.is_file() for label in train_id_labels):
+        return list(zip(images, train_id_labels)), False
+    return [(image, label_dir / f"{image.stem}.png") for image in images], True
+
+
+def voc_style_pairs(data_dir: Path, split_file: str, label_dir: str) -> list[tuple[Path, Path]]:
+    """PASCAL layouts: names listed in a split file, `JPEGImages/{name}.jpg` with `{label_dir}/{name}.png`."""
+    split_path = data_dir / split_file
+    if not split_path.is_file():
+        raise DatasetLayoutError(f"Split file {split_path} not found.")
+    names = [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+    return [(data_dir / "JPEGImages" / f"{name}.jpg", data_dir / label_dir / f"{name}.png") for name in names]
+
+
+def benchmark_split(
+    benchmark: str,
+    data_dir: str | os.PathLike,
+    split: str,
+    setting: str = "inductive",
+    label_dir: str | None = None,
+    split_file: str | None = None,
+) -> SegmentationData:
+    """
+    One split of a benchmark in the original on-disk layout.
+
+    Args:
+        benchmark: `"coco-stuff-164k"` (`data_dir` holds `images/` and `annotations/`), `"pascal-voc-2012"`
+            (`data_dir` is `VOCdevkit/VOC2012`) or `"pascal-context-59"` (`data_dir` is `VOCdevkit/VOC2010`).
+        split: `"train"` or `"val"`.
+        setting: which seen/unseen split of the benchmark to attach.
+        label_dir, split_file: override the PASCAL label folder (e.g. `SegmentationClassAug`) and split file.
+    """
+    facts = benchmark_facts(benchmark, setting)
+    data_dir = Path(data_dir)
+    num_classes = len(facts["class_names"])
+    if benchmark == "coco-stuff-164k":
+        pairs, raw = coco_stuff_pairs(data_dir, split)
+        lookup = raw_coco_lookup(facts["raw_label_to_train_id"]) if raw else identity_lookup(num_classes)
+    elif benchmark == "pascal-voc-2012":
+        pairs = voc_style_pairs(
+            data_dir, split_file or f"ImageSets/Segmentation/{split}.txt", label_dir or "SegmentationClass"
+        )
+        lookup = reduce_zero_lookup(num_classes)
+    else:
+        pairs = voc_style_pairs(
+            data_dir,
+            split_file or f"ImageSets/SegmentationContext/{split}.txt",
+            label_dir or "SegmentationClassContext",
+        )
+        lookup = reduce_zero_lookup(num_classes)
+    return SegmentationData(
+        dataset=rows_from_pairs(pairs, f"{benchmark} {split} in {data_dir}"),
+        class_names=list(facts["class_names"]),
+        label_lookup=lookup,
+        seen_class_ids=list(facts["seen_class_ids"]),
+    )
+
+
+def read_id2label(path: str | os.PathLike) -> list[str]:
+    """Class names from an `id2label.json` (`{"0": "cat", ...}`), in id order; ids must run from 0 without gaps."""
+    mapping = json.loads(Path(path).read_text())
+    ids = sorted(int(key) for key in mapping)
+    if ids != list(range(len(ids))):
+        raise DatasetLayoutError(f"{path}: ids must run 0..{len(ids) - 1} without gaps, got {ids[:10]}...")
+    return [mapping[str(class_id)] for class_id in ids]
+
+
+def hub_split(
+    dataset_name_or_path: str,
+    split: str,
+    class_names: list[str],
+    image_column: str = "image",
+    label_column: str = "label",
+    reduce_labels: bool = False,
+    seen_class_ids: list[int] | None = None,
+) -> SegmentationData:
+    """
+    One split of a Hugging Face dataset with an image column and a label-map column: a Hub name (through the
+    local cache) or a folder written by `save_to_disk`.
+    """
+    if Path(dataset_name_or_path).is_dir():
+        loaded = datasets.load_from_disk(dataset_name_or_path)
+        dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    else:
+        dataset = datasets.load_dataset(dataset_name_or_path, split=split)
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise DatasetLayoutError(f"{dataset_name_or_path} has no column {column!r}: {dataset.column_names}.")
+    dataset = dataset.select_columns([image_column, label_column])
+    dataset = dataset.rename_columns({image_column: "image", label_column: "label"})
+    dataset = dataset.add_column("name", [f"{dataset_name_or_path}[{split}][{index}]" for index in range(len(dataset))])
+    num_classes = len(class_names)
+    return SegmentationData(
+        dataset=dataset,
+        class_names=list(class_names),
+        label_lookup=reduce_zero_lookup(num_classes) if reduce_labels else identity_lookup(num_classes),
+        seen_class_ids=seen_class_ids,
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset options the training and evaluation scripts share."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=BENCHMARKS, help="a benchmark: its layout, classes and seen/unseen split")
+    group.add_argument("--data_dir", help="the benchmark's folder in its original on-disk layout")
+    group.add_argument("--dataset_name", help="a Hugging Face dataset (name, or a folder written by save_to_disk)")
+    group.add_argument("--id2label", help="id2label.json with the class names of --dataset_name")
+    group.add_argument("--image_column", default="image")
+    group.add_argument("--label_column", default="label")
+    group.add_argument("--reduce_labels", action="store_true", help="label 0 is background: ignore it, shift the rest")
+    group.add_argument("--seen_class_ids", type=comma_separated_ints, help="classes seen in training, e.g. 0,1,2")
+    group.add_argument("--setting", choices=("inductive", "transductive"), default="inductive")
+
+
+def load_segmentation_data(args, split: str) -> SegmentationData:
+    """The split a script's arguments ask for: `--dataset` with `--data_dir`, or `--dataset_name`."""
+    if args.dataset_name:
+        if args.id2label:
+            class_names = read_id2label(args.id2label)
+        elif args.dataset in BENCHMARKS:
+            class_names = benchmark_facts(args.dataset)["class_names"]
+        else:
+            raise DatasetLayoutError("--dataset_name needs --id2label (or --dataset naming a benchmark) for class names.")
+        seen = benchmark_facts(args.dataset, args.setting)["seen_class_ids"] if args.dataset in BENCHMARKS else None
+        return hub_split(
+            args.dataset_name,
+            split,
+            class_names,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            reduce_labels=args.reduce_labels,
+            seen_class_ids=args.seen_class_ids or seen,
+        )
+    if not args.data_dir:
+        raise DatasetLayoutError("Pass --data_dir with --dataset, or --dataset_name.")
+    return benchmark_split(args.dataset, args.data_dir, split, setting=args.setting)

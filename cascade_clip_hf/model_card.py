@@ -1,0 +1,139 @@
+"""Model cards: YAML metadata (with a model-index of evaluation results) and prose, on huggingface_hub's ModelCard."""
+
+import os
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_cascade_clip import CascadeClipConfig
+from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
+
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+BASE_MODEL = "openai/clip-vit-base-patch16"
+DATASET_NAMES = {
+    "coco-stuff-164k": "COCO-Stuff 164k",
+    "pascal-voc-2012": "PASCAL VOC 2012",
+    "pascal-context-59": "PASCAL Context 59",
+}
+ORIGINAL_WEIGHTS_LICENSE = (
+    "The original Cascade-CLIP release states that its code and weights are for non-commercial use only. Weights "
+    "converted from that release, and models trained with its recipe from its checkpoints, carry that restriction. "
+    "The cascade-clip-hf code itself is Apache-2.0."
+)
+RESULT_METRICS = (("miou", "mIoU"), ("miou_seen", "mIoU (seen)"), ("miou_unseen", "mIoU (unseen)"), ("hiou", "hIoU"))
+
+
+def eval_results(results: dict, dataset: str, split: str) -> list[EvalResult]:
+    """model-index entries for a `results.json` record (values in percent)."""
+    dataset_name = DATASET_NAMES.get(dataset, dataset)
+    return [
+        EvalResult(
+            task_type="image-segmentation",
+            task_name="Zero-shot semantic segmentation",
+            dataset_type=dataset,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=key,
+            metric_name=name,
+            metric_value=results[key],
+        )
+        for key, name in RESULT_METRICS
+        if results.get(key) is not None
+    ]
+
+
+def results_markdown(results: dict | None, dataset: str | None, setting: str) -> str:
+    """Our measured results and, for a paper benchmark, the original authors' reported numbers beside them."""
+    rows = ["| source | mIoU(seen) | mIoU(unseen) | hIoU | mIoU |", "| --- | --- | --- | --- | --- |"]
+
+    def cell(value):
+        return "n/a" if value is None else f"{value:.1f}"
+
+    if results:
+        rows.append(
+            f"| measured with this checkpoint ({results.get('num_images', '?')} images) | {cell(results.get('miou_seen'))} | "
+            f"{cell(results.get('miou_unseen'))} | {cell(results.get('hiou'))} | {cell(results.get('miou'))} |"
+        )
+    paper = load_benchmarks()["_common"]["paper_results_readme_average"].get(dataset or "", {}).get(setting)
+    if paper:
+        seen, unseen = paper["miou_seen"], paper["miou_unseen"]
+        rows.append(
+            f"| reported by the original authors (not measured here) | {cell(seen)} | {cell(unseen)} | "
+            f"{cell(2 * seen * unseen / (seen + unseen))} | n/a |"
+        )
+    if len(rows) == 2:
+        return "No evaluation results yet."
+    return "\n".join(rows)
+
+
+def training_markdown(config: CascadeClipConfig, dataset: str | None, training: dict | None) -> str:
+    """The recipe, from the training run's own record when there is one."""
+    lines = []
+    if dataset in BENCHMARKS:
+        facts = benchmark_facts(dataset, config.setting)
+        lines.append(
+            f"Trained on the {len(facts['seen_class_ids'])} seen classes of {DATASET_NAMES[dataset]} "
+            f"({config.setting}); the {len(facts['unseen_class_ids'])} unseen classes were never labelled."
+        )
+    recipe = load_benchmarks()["_common"]
+    lines += [
+        f"- Augmentation: {recipe['train_augmentation']}.",
+        f"- Optimiser: {recipe['optimizer']}.",
+        f"- Schedule: {recipe['schedule']}.",
+        f"- Loss: {recipe['loss']}.",
+        f"- Prompts: {config.num_prompt_tokens} tokens in {config.num_prompt_layers} layers; cascade stages "
+        f"{config.cascade_stages} plus the final layer.",
+    ]
+    if training:
+        lines.append("- This run: " + ", ".join(f"{key} {value}" for key, value in training.items()) + ".")
+    return "\n".join(lines)
+
+
+def build_model_card(
+    config: CascadeClipConfig,
+    repo_id: str,
+    dataset: str | None = None,
+    results: dict | None = None,
+    split: str = "val",
+    training: dict | None = None,
+    summary: str | None = None,
+    license_note: str = ORIGINAL_WEIGHTS_LICENSE,
+) -> ModelCard:
+    """A model card for a Cascade-CLIP checkpoint, with `results` (a `results.json` record) in its model-index."""
+    num_seen = len(config.seen_class_ids) if config.seen_class_ids is not None else config.num_labels
+    card_data = ModelCardData(
+        license="other",
+        license_name="cascade-clip-non-commercial",
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        base_model=BASE_MODEL,
+        datasets=[dataset] if dataset else None,
+        metrics=["mean_iou"],
+        tags=["cascade-clip", "zero-shot-semantic-segmentation", "clip", "image-segmentation"],
+        model_name=repo_id,
+        eval_results=eval_results(results, dataset, split) if results and dataset else None,
+    )
+    dataset_name = DATASET_NAMES.get(dataset, dataset)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        title=repo_id.split("/")[-1],
+        summary=summary or f"Cascade-CLIP for zero-shot semantic segmentation{f' on {dataset_name}' if dataset else ''}.",
+        repo_id=repo_id,
+        dataset_name=dataset_name,
+        num_classes=config.num_labels,
+        num_seen=num_seen,
+        num_unseen=config.num_labels - num_seen,
+        setting=config.setting,
+        seen_score_shift=config.seen_score_shift,
+        training=training_markdown(config, dataset, training),
+        results=results_markdown(results, dataset, config.setting),
+        license_note=license_note,
+    )
+
+
+def write_model_card(output_dir: str | os.PathLike, card: ModelCard) -> Path:
+    path = Path(output_dir) / "README.md"
+    card.save(path)
+    return path

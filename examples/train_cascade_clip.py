@@ -1,0 +1,306 @@
+"""Train Cascade-CLIP with Accelerate, with the original recipe, from one CPU to many GPUs.
+
+Inductive training on a benchmark, from a CLIP checkpoint:
+
+    accelerate launch examples/train_cascade_clip.py --dataset coco-stuff-164k --data_dir data/coco_stuff164k \
+        --setting inductive --clip_model openai/clip-vit-base-patch16 --output_dir runs/coco-inductive
+
+Transductive continuation from the inductive model:
+
+    accelerate launch examples/train_cascade_clip.py --dataset coco-stuff-164k --data_dir data/coco_stuff164k \
+        --setting transductive --init_from runs/coco-inductive --output_dir runs/coco-transductive
+
+Mixed precision and the distributed backend (DDP, DeepSpeed, FSDP) come from `accelerate config`.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import CLIPTokenizer
+
+from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
+from cascade_clip_hf.arguments import comma_separated_ints
+from cascade_clip_hf.augmentation import training_augmentation
+from cascade_clip_hf.data import DatasetLayoutError, add_data_arguments, load_segmentation_data
+from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
+from cascade_clip_hf.hub import push_folder
+from cascade_clip_hf.model_card import build_model_card, write_model_card
+from cascade_clip_hf.presets import BENCHMARKS, default_train_steps
+from cascade_clip_hf.processing_cascade_clip import tokenize_class_prompts
+from cascade_clip_hf.training import (
+    AugmentedSegmentation,
+    fill_pseudo_labels,
+    parameter_groups,
+    poly_schedule,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+    training_vocabulary,
+)
+
+
+logger = logging.getLogger("train_cascade_clip")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_data_arguments(parser)
+    model = parser.add_argument_group("model")
+    model.add_argument("--clip_model", default="openai/clip-vit-base-patch16", help="CLIP checkpoint to start from")
+    model.add_argument("--init_from", help="a Cascade-CLIP model to continue from (e.g. inductive -> transductive)")
+    model.add_argument("--class_embeddings", help=".npy of precomputed class embeddings (one row per class)")
+    model.add_argument("--templates", nargs="+", help="prompt templates for a dataset without a preset")
+    model.add_argument("--image_size", type=int, default=512, help="position-embedding grid size (pixels)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--output_dir", required=True)
+    train.add_argument("--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark")
+    train.add_argument("--train_batch_size", type=int, default=4, help="images per process and step")
+    train.add_argument("--crop_size", type=int, default=512)
+    train.add_argument(
+        "--train_scale", type=comma_separated_ints, default=[2048, 512],
+        help="long,short sides of the random rescale before cropping (times a ratio in [0.5, 2])",
+    )
+    train.add_argument("--learning_rate", type=float, default=2e-5, help="base rate; prompts and head train at 10x")
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
+    train.add_argument("--warmup_steps", type=int, default=1500)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--checkpointing_steps", type=int, default=2000, help="save state every N steps (0: never)")
+    train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    train.add_argument("--report_to", default="none", help="tensorboard, wandb, all or none")
+    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num_workers", type=int, default=2, help="data loading processes per training process")
+    evaluation = parser.add_argument_group("evaluation at the end")
+    evaluation.add_argument("--skip_eval", action="store_true")
+    evaluation.add_argument("--eval_split", default="val")
+    evaluation.add_argument("--eval_batch_size", type=int, default=1)
+    evaluation.add_argument("--max_eval_samples", type=int)
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true")
+    hub.add_argument("--hub_model_id", help="org/name of the Hub repository")
+    hub.add_argument("--hub_token")
+    args = parser.parse_args(argv)
+    if not args.dataset and not args.dataset_name:
+        parser.error("pass --dataset (with --data_dir) or --dataset_name")
+    if args.max_train_steps is None:
+        if args.dataset not in BENCHMARKS:
+            parser.error("--max_train_steps is required for a dataset without a preset")
+        args.max_train_steps = default_train_steps(args.dataset, args.setting)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    return args
+
+
+def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
+    """A model whose default vocabulary is the dataset's classes, frozen as the original trains it."""
+    if args.init_from:
+        model = CascadeClipForZeroShotSegmentation.from_pretrained(args.init_from)
+        processor = CascadeClipProcessor.from_pretrained(args.init_from)
+        model.config.setting = args.setting
+    else:
+        preset = args.dataset if args.dataset in BENCHMARKS and not args.dataset_name else None
+        overrides = {"templates": args.templates} if args.templates else {}
+        model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
+            args.clip_model,
+            preset=preset,
+            setting=args.setting,
+            image_size=args.image_size,
+            id2label=dict(enumerate(data.class_names)),
+            seen_class_ids=data.seen_class_ids,
+            **overrides,
+        )
+        # The original tests at short side 512 with 512 windows and stride 426 for a 512 model; other sizes scale.
+        model.config.slide_crop_size = args.image_size
+        model.config.slide_stride = args.image_size * 426 // 512
+        processor = CascadeClipProcessor(
+            image_processor=CascadeClipImageProcessor(
+                size={"shortest_edge": args.image_size, "longest_edge": 4 * args.image_size},
+                do_reduce_labels=args.dataset in ("pascal-voc-2012", "pascal-context-59"),
+            ),
+            tokenizer=CLIPTokenizer.from_pretrained(args.clip_model),
+            templates=model.config.templates,
+        )
+    if args.class_embeddings:
+        embeddings = torch.from_numpy(np.load(args.class_embeddings).astype(np.float32))
+        model.set_vocabulary(data.class_names, embeddings, data.seen_class_ids)
+    elif model.config.class_names != data.class_names:
+        with torch.no_grad():
+            embeddings = model.get_text_features(
+                **tokenize_class_prompts(processor.tokenizer, data.class_names, processor.templates)
+            )
+        model.set_vocabulary(data.class_names, embeddings, data.seen_class_ids)
+    seen = model.config.seen_class_ids
+    processor.seen_classes = [data.class_names[i] for i in seen] if seen is not None else list(data.class_names)
+    model.freeze_pretrained()
+    return model, processor
+
+
+def training_loss(model, unwrapped, batch, class_embeds, vocabulary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The original's loss for one batch; in the transductive setting after pseudo-labelling hidden pixels."""
+    labels = vocabulary.labels(batch["labels"])
+    outputs = model(pixel_values=batch["pixel_values"], class_embeds=class_embeds)
+    if vocabulary.unseen_class_ids:
+        logits = unwrapped.upsample_logits(outputs.logits.detach(), labels.shape[-2:])
+        labels = fill_pseudo_labels(logits, labels, vocabulary.unseen_class_ids)
+    mask_loss, dice_loss = unwrapped.compute_loss(outputs.logits, labels)
+    return mask_loss + dice_loss, mask_loss, dice_loss
+
+
+def save_final(accelerator, model, processor, output_dir: Path) -> None:
+    """`save_pretrained` into a staging folder, then each file moved into `output_dir` (checkpoints stay)."""
+    staging = output_dir / ".final.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        for path in staging.iterdir():
+            os.replace(path, output_dir / path.name)
+        staging.rmdir()
+    accelerator.wait_for_everyone()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(output_dir)
+    accelerator.wait_for_everyone()
+
+    data = load_segmentation_data(args, "train")
+    model, processor = build_model_and_processor(args, data)
+    vocabulary = training_vocabulary(len(data.class_names), model.config.seen_class_ids, args.setting)
+    augmentation = training_augmentation(crop_size=args.crop_size, scale=tuple(args.train_scale))
+    train_dataset = AugmentedSegmentation(data, augmentation, args.seed)
+    train_dataloader = DataLoader(
+        train_dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers
+    )
+    if len(train_dataloader) == 0:
+        raise DatasetLayoutError(f"{len(data)} training images are fewer than one batch of {args.train_batch_size}.")
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.learning_rate, args.weight_decay, no_decay_on_norms=args.no_decay_on_norms)
+    )
+    scheduler = poly_schedule(optimizer, args.max_train_steps, warmup_steps=args.warmup_steps)
+    model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+    # Stepped by hand once per optimizer step: the schedule counts iterations, not samples seen by all processes.
+    accelerator.register_for_checkpointing(scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    class_embeds = unwrapped.class_embeddings[vocabulary.class_ids]
+
+    completed_steps, resume_batches = 0, 0
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+        if checkpoint is None:
+            logger.info(f"No checkpoint in {output_dir} yet: starting from step 0.")
+        else:
+            accelerator.load_state(str(checkpoint))
+            completed_steps = json.loads((checkpoint / "training_state.json").read_text())["step"]
+            resume_batches = completed_steps * args.gradient_accumulation_steps
+            logger.info(f"Resumed from {checkpoint} at step {completed_steps}.")
+    epoch, resume_batches = divmod(resume_batches, len(train_dataloader))
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("cascade_clip", config={k: v for k, v in vars(args).items() if v is not None})
+    logger.info(
+        f"Training {args.setting} on {len(data)} images, {len(vocabulary.class_ids)} classes, "
+        f"{args.max_train_steps} steps of {args.train_batch_size} x {accelerator.num_processes} x "
+        f"{args.gradient_accumulation_steps} images."
+    )
+    progress = tqdm(
+        total=args.max_train_steps,
+        initial=completed_steps,
+        desc="Training",
+        disable=not accelerator.is_local_main_process,
+    )
+    model.train()
+    while completed_steps < args.max_train_steps:
+        train_dataset.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
+        resume_batches = 0
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss, mask_loss, dice_loss = training_loss(model, unwrapped, batch, class_embeds, vocabulary)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            completed_steps += 1
+            learning_rate = scheduler.get_last_lr()[0]
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
+            if completed_steps % args.logging_steps == 0:
+                accelerator.log(
+                    {"loss": loss.item(), "loss_mask": mask_loss.item(), "loss_dice": dice_loss.item(), "lr": learning_rate},
+                    step=completed_steps,
+                )
+            if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, completed_steps, {"epoch": epoch})
+            if completed_steps >= args.max_train_steps:
+                break
+        epoch += 1
+    progress.close()
+
+    save_final(accelerator, model, processor, output_dir)
+    results = None
+    if not args.skip_eval:
+        try:
+            eval_data = load_segmentation_data(args, args.eval_split)
+        except (DatasetLayoutError, FileNotFoundError, ValueError) as error:
+            logger.warning(f"No evaluation: the {args.eval_split!r} split cannot be loaded ({error}).")
+        else:
+            metrics = evaluate_split(
+                accelerator, unwrapped, processor, eval_data,
+                batch_size=args.eval_batch_size, num_workers=args.num_workers, max_samples=args.max_eval_samples,
+            )
+            if accelerator.is_main_process:
+                results = results_record(
+                    metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=args.eval_split
+                )
+                (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+                logger.info("Evaluation:\n" + markdown_summary(results))
+    if accelerator.is_main_process:
+        card = build_model_card(
+            unwrapped.config,
+            repo_id=args.hub_model_id or output_dir.name,
+            dataset=args.dataset,
+            results=results,
+            split=args.eval_split,
+            training={
+                "steps": args.max_train_steps,
+                "batch": f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}",
+                "crop": args.crop_size,
+                "learning rate": args.learning_rate,
+                "seed": args.seed,
+            },
+        )
+        write_model_card(output_dir, card)
+        if args.push_to_hub:
+            url = push_folder(output_dir, args.hub_model_id, token=args.hub_token)
+            logger.info(f"Pushed to {url}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
