@@ -32,6 +32,10 @@ class CascadeClipConfig(PreTrainedConfig):
             run without prompt tokens.
         prompt_dropout (`float`, *optional*, defaults to 0.1):
             Dropout on the projected prompt tokens.
+        vision_drop_path_rate (`float`, *optional*, defaults to 0.1):
+            Stochastic depth on the vision tower's residual branches during training, rising linearly from 0 at the
+            first layer to this rate at the last, as the original trains (its CLIP tower is frozen but in training
+            mode). No effect at inference.
         prompt_layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the LayerNorm applied to every tapped layer and to the final layer.
         cascade_stages (`list[list[int]]`, *optional*, defaults to `[[5, 6, 7], [8, 9, 10]]`):
@@ -94,6 +98,7 @@ class CascadeClipConfig(PreTrainedConfig):
     num_prompt_tokens: int = 50
     num_prompt_layers: int = 12
     prompt_dropout: float | int = 0.1
+    vision_drop_path_rate: float | int = 0.1
     prompt_layer_norm_eps: float = 1e-6
     cascade_stages: list[list[int]] | tuple | None = None
     decoder_num_layers: int = 3
@@ -180,6 +185,8 @@ class CascadeClipConfig(PreTrainedConfig):
             )
         if not 1 <= self.num_prompt_layers <= num_layers:
             raise ValueError(f"num_prompt_layers must lie in [1, {num_layers}], got {self.num_prompt_layers}.")
+        if not 0 <= self.vision_drop_path_rate < 1:
+            raise ValueError(f"vision_drop_path_rate must lie in [0, 1), got {self.vision_drop_path_rate}.")
         if self.num_prompt_tokens < 0:
             raise ValueError(f"num_prompt_tokens must not be negative, got {self.num_prompt_tokens}.")
         if not self.cascade_stages or any(len(stage) == 0 for stage in self.cascade_stages):

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import (
     CLIPModel,
     CLIPTextModelWithProjection,
@@ -17,6 +18,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.utils import ModelOutput, logging
 
 from .configuration_cascade_clip import CascadeClipConfig
@@ -24,6 +26,9 @@ from .processing_cascade_clip import tokenize_class_prompts
 
 
 logger = logging.get_logger(__name__)
+
+# The loss upsamples this many mask values (64 MiB of float32) at a time.
+LOSS_CHUNK_ELEMENTS = 2**24
 
 
 @dataclass
@@ -86,6 +91,25 @@ def resize_position_grid(grid_embeddings: torch.Tensor, size: tuple[int, int]) -
     return grid.reshape(hidden_size, size[0] * size[1]).transpose(0, 1)
 
 
+def drop_token_positions(branch: torch.Tensor, rate: float) -> torch.Tensor:
+    """
+    Stochastic depth as the original applies it: its blocks run on (sequence, batch, width) tensors, so timm's
+    per-sample mask falls on token positions, shared by every image of the batch.
+
+    Args:
+        branch (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): a residual branch's output.
+    """
+    keep = 1 - rate
+    return branch * branch.new_empty(1, branch.shape[1], 1).bernoulli_(keep).div_(keep)
+
+
+def layer_with_drop_path(layer: CLIPEncoderLayer, hidden_states: torch.Tensor, rate: float) -> torch.Tensor:
+    """A transformers CLIP encoder layer with stochastic depth on both of its residual branches."""
+    attention_output, _ = layer.self_attn(layer.layer_norm1(hidden_states), None)
+    hidden_states = hidden_states + drop_token_positions(attention_output, rate)
+    return hidden_states + drop_token_positions(layer.mlp(layer.layer_norm2(hidden_states)), rate)
+
+
 class CascadeClipPrompts(nn.Module):
     """Learned prompt tokens: one set per prompted encoder layer, all through one shared projection."""
 
@@ -128,6 +152,8 @@ class CascadeClipVisionEncoder(nn.Module):
         self.prompt_layernorm = nn.LayerNorm(config.vision_config.hidden_size, eps=config.prompt_layer_norm_eps)
         self.taps = nn.ModuleList([CascadeClipLayerTap(config) for _ in config.extract_layers])
         self.grid_size = config.vision_config.image_size // config.vision_config.patch_size
+        num_layers = config.vision_config.num_hidden_layers
+        self.drop_path_rates = torch.linspace(0, config.vision_drop_path_rate, num_layers).tolist()
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """
@@ -181,7 +207,7 @@ class CascadeClipVisionEncoder(nn.Module):
                 hidden_states = torch.cat([class_token, patch_tokens], dim=1)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            hidden_states = encoder_layer(hidden_states, None)
+            hidden_states = self.run_layer(layer_index, encoder_layer, hidden_states)
             if layer_index in tap_index:
                 patch_tokens = self.prompt_layernorm(hidden_states[:, -num_patches:])
                 features.append(F.normalize(self.taps[tap_index[layer_index]](patch_tokens), dim=-1))
@@ -193,6 +219,15 @@ class CascadeClipVisionEncoder(nn.Module):
         features.append(F.normalize(final_tokens[:, 1:], dim=-1))
         image_embeds = F.normalize(final_tokens[:, 0], dim=-1)
         return features, image_embeds, grid, tuple(all_hidden_states) if output_hidden_states else None
+
+    def run_layer(self, layer_index: int, encoder_layer: CLIPEncoderLayer, hidden_states: torch.Tensor) -> torch.Tensor:
+        """One encoder layer, with stochastic depth while training."""
+        rate = self.drop_path_rates[layer_index]
+        if not (self.training and rate > 0):
+            return encoder_layer(hidden_states, None)
+        if encoder_layer.gradient_checkpointing:
+            return checkpoint(layer_with_drop_path, encoder_layer, hidden_states, rate, use_reentrant=False)
+        return layer_with_drop_path(encoder_layer, hidden_states, rate)
 
 
 class CascadeClipCrossAttention(nn.Module):
@@ -622,6 +657,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         present in the batch. As in the original, the logits are upsampled to `image_size` and from there to the
         labels' size.
 
+        The upsampled masks (batch x classes x height x width floats) are never held at once: the loss runs over
+        chunks of classes, and when gradients are needed each chunk is recomputed during the backward pass.
+
         Args:
             logits (`torch.Tensor` of shape `(batch_size, num_classes, grid_height, grid_width)`).
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`): class indices, or `ignore_index`.
@@ -642,14 +680,41 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 f"labels hold values {found[:10]} that are neither class indices (0..{num_classes - 1}) nor "
                 f"ignore_index ({ignore_index})."
             )
-        logits = self.upsample_logits(logits, labels.shape[-2:]).flatten(2)
-        targets = torch.zeros_like(logits, dtype=torch.bool)
-        targets.scatter_(1, labels.masked_fill(~valid, 0).flatten(1)[:, None], valid.flatten(1)[:, None])
-        present = targets.any(dim=-1)
+        labels = labels.masked_fill(~valid, -1)
+        pixel_counts = torch.zeros(batch_size, num_classes + 1, dtype=torch.long, device=labels.device)
+        pixel_counts.scatter_add_(1, (labels + 1).flatten(1), torch.ones_like(labels).flatten(1))
+        present = pixel_counts[:, 1:] > 0
         num_masks = count_present_masks(present)
-        focal = sigmoid_focal_loss(logits, targets, self.config.focal_alpha, self.config.focal_gamma).sum()
-        dice = dice_loss(logits, targets)[present].sum()
+
+        classes_per_chunk = max(LOSS_CHUNK_ELEMENTS // (batch_size * labels[0].numel()), 1)
+        focal = dice = logits.new_zeros(())
+        for start in range(0, num_classes, classes_per_chunk):
+            end = start + classes_per_chunk
+            chunk = (logits[:, start:end], labels, start, present[:, start:end])
+            if torch.is_grad_enabled() and logits.requires_grad:
+                chunk_focal, chunk_dice = checkpoint(self.chunk_loss_sums, *chunk, use_reentrant=False)
+            else:
+                chunk_focal, chunk_dice = self.chunk_loss_sums(*chunk)
+            focal, dice = focal + chunk_focal, dice + chunk_dice
         return self.config.focal_loss_weight * focal / num_masks, self.config.dice_loss_weight * dice / num_masks
+
+    def chunk_loss_sums(
+        self, logits: torch.Tensor, labels: torch.Tensor, first_class: int, present: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Focal loss summed over the masks of some consecutive classes, and dice loss summed over those present.
+
+        Args:
+            logits (`torch.Tensor` of shape `(batch_size, chunk_classes, grid_height, grid_width)`).
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`): -1 where ignored.
+            first_class (`int`): the class index of the chunk's first class.
+            present (`torch.BoolTensor` of shape `(batch_size, chunk_classes)`).
+        """
+        logits = self.upsample_logits(logits, labels.shape[-2:]).flatten(2)
+        classes = torch.arange(first_class, first_class + logits.shape[1], device=labels.device)
+        targets = labels.flatten(1)[:, None, :] == classes[None, :, None]
+        focal = sigmoid_focal_loss(logits, targets, self.config.focal_alpha, self.config.focal_gamma).sum()
+        return focal, dice_loss(logits, targets)[present].sum()
 
     def forward(
         self,
@@ -823,7 +888,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         for image_scores, image_counts, size in zip(scores, counts, output_sizes):
             image_scores /= image_counts
             if tuple(size) != tuple(image_scores.shape[-2:]):
-                image_scores = F.interpolate(image_scores[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+                image_scores = F.interpolate(image_scores[None], size=tuple(size), mode="bilinear", align_corners=False)
+                image_scores = image_scores[0]
             results.append(image_scores)
         return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results
 

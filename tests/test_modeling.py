@@ -142,6 +142,25 @@ def test_loss_ignores_nothing_but_ignore_index(tiny_model):
     assert outputs.loss > 0
 
 
+def test_chunked_loss_equals_one_chunk(tiny_model, monkeypatch):
+    import cascade_clip_hf.modeling_cascade_clip as modeling
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 4, 4, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 48, 40))
+    labels[0, :10] = 255
+    results = []
+    for chunk_elements in (2**24, 48 * 40):  # all classes at once, then one class per chunk
+        monkeypatch.setattr(modeling, "LOSS_CHUNK_ELEMENTS", chunk_elements)
+        logits.grad = None
+        mask_loss, dice = tiny_model.compute_loss(logits, labels)
+        (mask_loss + dice).backward()
+        results.append((mask_loss.detach(), dice.detach(), logits.grad.clone()))
+    for one, many in zip(*results):
+        torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-7)
+    assert results[0][2].abs().sum() > 0
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
     torch.manual_seed(0)
     pixel_values = torch.randn(2, 3, 64, 64)
@@ -156,10 +175,30 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+        torch.manual_seed(1)  # the same stochastic-depth masks in both runs
         model(pixel_values=pixel_values, labels=labels).loss.backward()
         gradients.append(model.vision_encoder.prompts.embeddings.grad.clone())
     torch.testing.assert_close(gradients[0], gradients[1])
     assert gradients[0].abs().sum() > 0
+
+
+def test_stochastic_depth_only_in_training_and_shared_across_the_batch(tiny_model):
+    image = torch.randn(1, 3, 64, 64)
+    batch = image.expand(3, -1, -1, -1)
+    with torch.no_grad():
+        reference = tiny_model.eval()(pixel_values=image).logits
+        tiny_model.train()
+        for module in tiny_model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        torch.manual_seed(0)
+        training = tiny_model(pixel_values=batch).logits
+    assert tiny_model.vision_encoder.drop_path_rates[0] == 0.0
+    assert tiny_model.vision_encoder.drop_path_rates[-1] == pytest.approx(tiny_model.config.vision_drop_path_rate)
+    assert not torch.allclose(training[0], reference[0])
+    # the original's mask falls on token positions, the same for every image of the batch
+    torch.testing.assert_close(training[1], training[0])
+    torch.testing.assert_close(training[2], training[0])
 
 
 def test_sliding_window_starts_cover_the_image():
@@ -177,6 +216,20 @@ def test_sliding_window_batches_equal_one_by_one(tiny_model):
     assert all_at_once.shape == (2, 4, 70, 150)
     resized = tiny_model.sliding_window_inference(pixel_values, output_size=(35, 75), crop_size=64, stride=40)
     assert resized.shape == (2, 4, 35, 75)
+
+
+def test_sliding_window_over_images_of_different_sizes(tiny_model):
+    images = [torch.randn(3, 70, 150), torch.randn(3, 64, 64), torch.randn(3, 100, 80)]
+    together = tiny_model.sliding_window_inference(
+        images, output_size=[(35, 75), (64, 64), (50, 40)], crop_size=64, stride=40, window_batch_size=4
+    )
+    for image, scores in zip(images, together):
+        alone = tiny_model.sliding_window_inference(
+            image[None], output_size=tuple(scores.shape[-2:]), crop_size=64, stride=40
+        )[0]
+        torch.testing.assert_close(scores, alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one output size"):
+        tiny_model.sliding_window_inference(torch.randn(2, 3, 64, 64), output_size=[(10, 10), (20, 20)])
 
 
 def test_processor_to_post_processing(tiny_model, clip_tokenizer):
