@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
     train.add_argument("--warmup_steps", type=int, default=1500)
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument(
+        "--activation_checkpointing", action="store_true", help="recompute layer activations in backward (less memory)"
+    )
     train.add_argument("--checkpointing_steps", type=int, default=2000, help="save state every N steps (0: never)")
     train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
     train.add_argument("--report_to", default="none", help="tensorboard, wandb, all or none")
@@ -188,11 +191,20 @@ def main(argv=None) -> None:
 
     data = load_segmentation_data(args, "train")
     model, processor = build_model_and_processor(args, data)
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable()
     vocabulary = training_vocabulary(len(data.class_names), model.config.seen_class_ids, args.setting)
     augmentation = training_augmentation(crop_size=args.crop_size, scale=tuple(args.train_scale))
     train_dataset = AugmentedSegmentation(data, augmentation, args.seed)
     train_dataloader = DataLoader(
-        train_dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers
+        train_dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.num_workers,
+        # Starting an epoch's iterator draws a seed: from its own generator, it leaves the global random stream
+        # (stochastic depth, dropout; saved with each checkpoint) the same whether or not the run was resumed.
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
         raise DatasetLayoutError(f"{len(data)} training images are fewer than one batch of {args.train_batch_size}.")
