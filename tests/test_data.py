@@ -1,0 +1,175 @@
+"""Datasets in the original layouts and from Hugging Face, and the original training augmentation."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from cascade_clip_hf.augmentation import (
+    CategoryBalancedRandomCrop,
+    PhotometricDistortion,
+    RandomRescale,
+    training_augmentation,
+)
+from cascade_clip_hf.data import DatasetLayoutError, benchmark_split, hub_split, read_id2label
+from cascade_clip_hf.presets import benchmark_facts
+from cascade_clip_hf.training import AugmentedSegmentation
+
+from .synthetic import write_coco_stuff, write_context
+
+
+def test_voc_layout_reduces_zero(voc_root):
+    data = benchmark_split("pascal-voc-2012", voc_root, "train")
+    assert len(data) == 8 and len(data.class_names) == 20
+    assert data.seen_class_ids == benchmark_facts("pascal-voc-2012", "inductive")["seen_class_ids"]
+    stored = np.array(PIL.Image.open(voc_root / "SegmentationClass" / "train_0000.png"))
+    _, labels = data.load(0)
+    assert (labels[stored == 0] == 255).all()  # background
+    assert (labels[stored == 255] == 255).all()  # boundaries
+    classes = (stored > 0) & (stored < 255)
+    assert np.array_equal(labels[classes], stored[classes].astype(np.int64) - 1)
+
+
+def test_context_layout(tmp_path):
+    root = write_context(tmp_path / "VOC2010")
+    data = benchmark_split("pascal-context-59", root, "val")
+    assert len(data) == 2 and len(data.class_names) == 59
+    stored = np.array(PIL.Image.open(root / "SegmentationClassContext" / "2008_val000.png"))
+    assert np.array_equal(data.load(0)[1], stored.astype(np.int64) - 1)
+
+
+@pytest.mark.parametrize("raw_ids", [False, True])
+def test_coco_stuff_layouts(tmp_path, raw_ids):
+    facts = benchmark_facts("coco-stuff-164k")
+    root = write_coco_stuff(tmp_path / "coco", raw_ids=raw_ids, raw_to_train=facts["raw_label_to_train_id"])
+    train_ids = write_coco_stuff(tmp_path / "reference", raw_ids=False)
+    data = benchmark_split("coco-stuff-164k", root, "train")
+    reference = benchmark_split("coco-stuff-164k", train_ids, "train")
+    assert len(data) == 4 and len(data.class_names) == 171
+    for index in range(len(data)):
+        assert np.array_equal(data.load(index)[1], reference.load(index)[1])
+
+
+def test_missing_layout_parts_are_named(tmp_path, voc_root):
+    with pytest.raises(DatasetLayoutError, match="Split file"):
+        benchmark_split("pascal-voc-2012", tmp_path, "train")
+    with pytest.raises(DatasetLayoutError, match="COCO-Stuff needs"):
+        benchmark_split("coco-stuff-164k", tmp_path, "val")
+    (voc_root / "JPEGImages" / "val_0001.jpg").rename(voc_root / "moved.jpg")
+    try:
+        with pytest.raises(DatasetLayoutError, match="1 files of pascal-voc-2012 val .* missing.*val_0001.jpg"):
+            benchmark_split("pascal-voc-2012", voc_root, "val")
+    finally:
+        (voc_root / "moved.jpg").rename(voc_root / "JPEGImages" / "val_0001.jpg")
+
+
+def test_hub_dataset_from_disk(hub_dataset):
+    path, id2label = hub_dataset
+    names = read_id2label(id2label)
+    data = hub_split(str(path), "validation", names)
+    image, labels = data.load(0)
+    assert image.shape == (48, 64, 3) and labels.shape == (48, 64)
+    assert set(np.unique(labels)) <= set(range(len(names)))
+    with pytest.raises(DatasetLayoutError, match="no column 'mask'"):
+        hub_split(str(path), "validation", names, label_column="mask")
+
+
+def test_id2label_must_be_complete(tmp_path):
+    path = tmp_path / "id2label.json"
+    path.write_text(json.dumps({"0": "cat", "2": "dog"}))
+    with pytest.raises(DatasetLayoutError, match="without gaps"):
+        read_id2label(path)
+
+
+def labelled_image(height=120, width=160):
+    """Class k fills a band and the image's red channel is 40 * k there: colour and label can be checked together."""
+    labels = np.zeros((height, width), dtype=np.uint16)
+    for k, left in enumerate(range(0, width, width // 4)):
+        labels[:, left:] = k
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[..., 0] = labels * 40
+    return image, labels
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_geometric_steps_keep_image_and_labels_aligned(seed):
+    import albumentations as A
+
+    image, labels = labelled_image()
+    pipeline = A.Compose([RandomRescale(scale=(400, 100)), CategoryBalancedRandomCrop(crop_size=64), A.HorizontalFlip()])
+    pipeline.set_random_seed(seed)
+    out = pipeline(image=image, mask=labels)
+    assert out["image"].shape[:2] == out["mask"].shape
+    agreement = (out["image"][..., 0].astype(int) == out["mask"].astype(int) * 40).mean()
+    assert agreement > 0.9  # only bilinear edges between bands may differ
+
+
+def test_rescale_keeps_the_aspect_ratio_within_the_scale():
+    image, labels = labelled_image(100, 300)
+    for seed in range(10):
+        step = RandomRescale(scale=(2048, 512), ratio_range=(0.5, 2.0))
+        step.set_random_seed(seed)
+        out = step(image=image, mask=labels)
+        height, width = out["mask"].shape
+        assert abs(width / height - 3) < 0.05
+        # the short side binds here: 512 times a ratio in [0.5, 2]
+        assert 256 <= height <= 1024
+
+
+def test_crop_avoids_one_class_dominating():
+    labels = np.zeros((200, 200), dtype=np.uint16)
+    labels[:, 150:] = 1  # class 0 fills 75%
+    image = np.zeros((200, 200, 3), dtype=np.uint8)
+    ratios = []
+    for seed in range(20):
+        crop = CategoryBalancedRandomCrop(crop_size=100, cat_max_ratio=0.75)
+        crop.set_random_seed(seed)
+        out = crop(image=image, mask=labels)["mask"]
+        ratios.append(np.bincount(out.ravel(), minlength=2).max() / out.size)
+    # a crop with both classes under 75% exists (x in 76..149); ten tries find one almost always
+    assert np.mean(np.array(ratios) < 0.75) >= 0.9
+
+
+def test_photometric_distortion_is_seeded_and_eight_bit():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    outputs = []
+    for seed in (3, 3, 4):
+        step = PhotometricDistortion()
+        step.set_random_seed(seed)
+        outputs.append(step(image=image)["image"])
+    assert outputs[0].dtype == np.uint8 and outputs[0].shape == image.shape
+    assert np.array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], outputs[2])
+
+
+def test_training_pipeline_pads_with_ignore():
+    image, labels = labelled_image(20, 30)
+    pipeline = training_augmentation(crop_size=64, scale=(60, 15))  # rescaled below the crop size
+    pipeline.set_random_seed(0)
+    out = pipeline(image=image, mask=labels)
+    assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.float32
+    assert out["mask"].shape == (64, 64)
+    assert (out["mask"][-1] == 255).all() and (out["image"][-1] == 0).all()
+
+
+def test_unreadable_training_samples_are_reported_and_replaced(tmp_path, voc_root, caplog):
+    data = benchmark_split("pascal-voc-2012", voc_root, "train")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    data.dataset = data.dataset.map(lambda row, i: {"image": str(broken) if i == 2 else row["image"]}, with_indices=True)
+    dataset = AugmentedSegmentation(data, training_augmentation(crop_size=32, scale=(128, 32)), seed=0)
+    sample = dataset[2]
+    assert sample["pixel_values"].shape == (3, 32, 32) and sample["labels"].dtype == torch.int64
+    assert "broken.jpg" in caplog.text
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(voc_root):
+    data = benchmark_split("pascal-voc-2012", voc_root, "train")
+    first = AugmentedSegmentation(data, training_augmentation(crop_size=32, scale=(128, 32)), seed=7)
+    second = AugmentedSegmentation(data, training_augmentation(crop_size=32, scale=(128, 32)), seed=7)
+    _ = second[5]  # another sample first: no hidden state carries over
+    assert torch.equal(first[3]["pixel_values"], second[3]["pixel_values"])
+    second.set_epoch(1)
+    assert not torch.equal(first[3]["pixel_values"], second[3]["pixel_values"])

@@ -1,0 +1,267 @@
+"""The training recipe and the training script: groups, schedule, labels per setting, checkpoints, processes."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf.data import hub_split, read_id2label
+from cascade_clip_hf.training import (
+    HIDDEN_LABEL,
+    fill_pseudo_labels,
+    parameter_groups,
+    poly_schedule,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    training_vocabulary,
+)
+
+from .conftest import run_script
+
+
+def test_parameter_groups_follow_the_original(tiny_model):
+    tiny_model.freeze_pretrained()
+    trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
+    groups = parameter_groups(tiny_model, learning_rate=2e-5, weight_decay=0.01)
+    assert len(groups) == 1
+    assert groups[0]["lr"] == pytest.approx(2e-4) and groups[0]["weight_decay"] == 0.01
+    assert {id(p) for p in groups[0]["params"]} == trainable
+
+    groups = parameter_groups(tiny_model, learning_rate=2e-5, weight_decay=0.01, no_decay_on_norms=True)
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert groups[1]["weight_decay"] == 0.0
+    assert id(tiny_model.vision_encoder.prompt_layernorm.weight) in no_decay
+    assert id(tiny_model.decoders[0].layers[0].attention_layernorm.bias) in no_decay
+    assert id(tiny_model.vision_encoder.prompts.embeddings) not in no_decay
+    assert no_decay | {id(p) for p in groups[0]["params"]} == trainable
+
+
+def test_text_tower_is_never_trained(tiny_model, caplog):
+    tiny_model.freeze_pretrained()
+    tiny_model.text_encoder.requires_grad_(True)
+    groups = parameter_groups(tiny_model, learning_rate=1e-5, weight_decay=0.0)
+    text = {id(p) for p in tiny_model.text_encoder.parameters()}
+    assert not text & {id(p) for group in groups for p in group["params"]}
+    assert "text tower trains at learning rate 0" in caplog.text
+
+
+def test_last_decoder_layers_unused_parts_are_frozen(tiny_model):
+    tiny_model.freeze_pretrained()
+    last = tiny_model.decoders[1].layers[-1]
+    assert not last.fc1.weight.requires_grad and not last.cross_attention.v_proj.weight.requires_grad
+    assert last.cross_attention.q_proj.weight.requires_grad and last.cross_attention.k_proj.weight.requires_grad
+    assert tiny_model.decoders[1].layers[0].fc1.weight.requires_grad
+
+
+def test_poly_schedule_matches_mmcv():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [weight], "lr": 2e-4}])
+    max_steps, warmup = 100, 10
+    scheduler = poly_schedule(optimizer, max_steps, warmup_steps=warmup)
+    learning_rates = []
+    for _ in range(max_steps):
+        learning_rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+
+    def mmcv(step):
+        regular = (2e-4 - 1e-6) * (1 - step / max_steps) ** 0.9 + 1e-6
+        if step < warmup:
+            k = (1 - step / warmup) * (1 - 1e-6)
+            return regular * (1 - k)
+        return regular
+
+    np.testing.assert_allclose(learning_rates, [mmcv(step) for step in range(max_steps)], rtol=1e-9)
+    assert learning_rates[0] == pytest.approx(2e-4 * 1e-6, rel=1e-3)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-6)
+
+
+def test_inductive_vocabulary_ignores_unseen_pixels():
+    vocabulary = training_vocabulary(5, [0, 2, 3], "inductive")
+    assert vocabulary.class_ids == [0, 2, 3] and vocabulary.unseen_class_ids == []
+    labels = torch.tensor([[0, 1, 2], [3, 4, 255]])
+    assert vocabulary.labels(labels).tolist() == [[0, 255, 1], [2, 255, 255]]
+
+
+def test_transductive_pseudo_labels_fill_only_hidden_pixels_with_unseen_classes():
+    vocabulary = training_vocabulary(5, [0, 2, 3], "transductive")
+    assert vocabulary.class_ids == [0, 1, 2, 3, 4] and vocabulary.unseen_class_ids == [1, 4]
+    dataset_labels = torch.tensor([[[0, 1, 2, 4], [255, 1, 3, 4]]])
+    labels = vocabulary.labels(dataset_labels)
+    assert labels.tolist() == [[[0, HIDDEN_LABEL, 2, HIDDEN_LABEL], [255, HIDDEN_LABEL, 3, HIDDEN_LABEL]]]
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 2, 4)
+    logits[:, [0, 2, 3]] += 10  # seen classes score far higher: pseudo-labels must still be unseen
+    filled = fill_pseudo_labels(logits, labels, vocabulary.unseen_class_ids)
+    hidden = labels == HIDDEN_LABEL
+    assert torch.equal(filled[~hidden], labels[~hidden])  # seen and ignored pixels untouched
+    assert set(filled[hidden].tolist()) <= {1, 4}
+    best_unseen = torch.tensor([1, 4])[logits[:, [1, 4]].argmax(dim=1)]
+    assert torch.equal(filled[hidden], best_unseen[hidden])
+
+
+def test_resolve_checkpoint(tmp_path):
+    assert resolve_checkpoint(tmp_path, "latest") is None
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "training_state.json").write_text("{}")
+    (tmp_path / "checkpoint-12").mkdir()  # incomplete: no training state
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-10"
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-12"))
+
+
+def train_args(dataset, output_dir, init_from, steps, batch_size=2, extra=()):
+    path, id2label = dataset
+    return [
+        "--dataset_name", str(path), "--id2label", str(id2label), "--eval_split", "validation",
+        "--init_from", str(init_from), "--output_dir", str(output_dir), "--max_train_steps", str(steps),
+        "--train_batch_size", str(batch_size), "--crop_size", "64", "--train_scale", "256,64",
+        "--warmup_steps", "2", "--learning_rate", "5e-4", "--num_workers", "0", *extra,
+    ]
+
+
+def dataset_loss(model_dir, dataset) -> float:
+    """The model's loss on every validation image at the test scale, all classes labelled."""
+    path, id2label = dataset
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(model_dir).eval()
+    processor = CascadeClipProcessor.from_pretrained(model_dir)
+    data = hub_split(str(path), "train", read_id2label(id2label))
+    losses = []
+    with torch.no_grad():
+        for index in range(len(data)):
+            image, labels = data.load(index)
+            inputs = processor.image_processor(image, segmentation_maps=labels)
+            losses.append(model(pixel_values=inputs["pixel_values"], labels=inputs["labels"]).loss.item())
+    return float(np.mean(losses))
+
+
+def test_training_lowers_the_loss_and_writes_a_model(tmp_path, hub_dataset, tiny_hub_model_dir):
+    output = tmp_path / "run"
+    result = run_script("train_cascade_clip.py", train_args(hub_dataset, output, tiny_hub_model_dir, 30, extra=["--checkpointing_steps", "0"]))
+    assert dataset_loss(output, hub_dataset) < 0.8 * dataset_loss(tiny_hub_model_dir, hub_dataset)
+    assert (output / "model.safetensors").is_file() and (output / "processor_config.json").is_file()
+    results = json.loads((output / "eval_results.json").read_text())
+    assert set(results) >= {"miou", "miou_seen", "miou_unseen", "hiou", "pixel_accuracy", "per_class_iou"}
+    assert results["num_images"] == 4
+    card = (output / "README.md").read_text()
+    assert "pipeline_tag: image-segmentation" in card and f"{results['miou']}" in card
+    assert "Training: 100%" in result.stderr  # the progress bar
+
+
+def test_resuming_continues_exactly(tmp_path, hub_dataset, tiny_hub_model_dir):
+    straight = tmp_path / "straight"
+    run_script("train_cascade_clip.py", train_args(hub_dataset, straight, tiny_hub_model_dir, 6, extra=["--checkpointing_steps", "3", "--skip_eval"]))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    saved_optimizer = torch.load(resumed / "checkpoint-3" / "optimizer.bin", weights_only=False)
+    assert all(state["step"] == 3 for state in saved_optimizer["state"].values())
+    result = run_script(
+        "train_cascade_clip.py",
+        train_args(hub_dataset, resumed, tiny_hub_model_dir, 6, extra=["--checkpointing_steps", "3", "--skip_eval", "--resume_from_checkpoint", "latest"]),
+    )
+    assert "at step 3" in result.stderr
+    final_optimizer = torch.load(resumed / "checkpoint-6" / "optimizer.bin", weights_only=False)
+    assert all(state["step"] == 6 for state in final_optimizer["state"].values())
+    expected, actual = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
+    reference = load_file(str(tiny_hub_model_dir / "model.safetensors"))
+    assert not torch.equal(expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"])
+
+
+KILLED_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    from accelerate import Accelerator
+    from cascade_clip_hf.training import save_checkpoint
+
+    output_dir = sys.argv[1]
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(2, 64)).sum().backward()
+    optimizer.step()
+    save_checkpoint(accelerator, output_dir, 2, {"epoch": 0})
+    real_save = accelerator.save_state
+
+    def save_then_die(path):
+        real_save(path)  # the model and optimizer files are written...
+        os.kill(os.getpid(), signal.SIGKILL)  # ...and the process is killed before the save completes
+
+    accelerator.save_state = save_then_die
+    optimizer.step()
+    save_checkpoint(accelerator, output_dir, 4, {"epoch": 0})
+    """
+)
+
+
+def test_a_killed_save_leaves_the_last_checkpoint_loadable(tmp_path):
+    script = tmp_path / "killed_save.py"
+    script.write_text(KILLED_SAVE)
+    output = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(script), str(output)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert not (output / "checkpoint-4").exists()
+    assert (output / ".checkpoint-4.partial").is_dir()
+    latest = resolve_checkpoint(output, "latest")
+    assert latest.name == "checkpoint-2"
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(64, 64))
+    accelerator.load_state(str(latest))
+    assert json.loads((latest / "training_state.json").read_text())["step"] == 2
+    remove_partial_checkpoints(output)
+    assert not (output / ".checkpoint-4.partial").exists()
+
+
+def test_transductive_training_runs_from_an_inductive_model(tmp_path, voc_root, tiny_clip_dir):
+    from cascade_clip_hf.presets import benchmark_facts
+
+    from .conftest import save_tiny_cascade
+
+    facts = benchmark_facts("pascal-voc-2012", "inductive")
+    inductive = save_tiny_cascade(tiny_clip_dir, tmp_path / "inductive", facts["class_names"], seen_class_ids=facts["seen_class_ids"])
+    output = tmp_path / "transductive"
+    run_script(
+        "train_cascade_clip.py",
+        [
+            "--dataset", "pascal-voc-2012", "--data_dir", str(voc_root), "--setting", "transductive",
+            "--init_from", str(inductive), "--output_dir", str(output), "--max_train_steps", "3",
+            "--train_batch_size", "2", "--crop_size", "64", "--train_scale", "256,64", "--warmup_steps", "1",
+            "--num_workers", "0", "--checkpointing_steps", "0", "--max_eval_samples", "2",
+        ],
+    )
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(output)
+    assert model.config.setting == "transductive"
+    assert json.loads((output / "eval_results.json").read_text())["num_images"] == 2
+
+
+def test_two_processes_train_and_evaluate_like_one(tmp_path, hub_dataset, tiny_hub_model_dir):
+    """1 process x 2 images and 2 processes x 1 image see the same batches and reach the same model."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_script("train_cascade_clip.py", train_args(hub_dataset, one, tiny_hub_model_dir, 8, batch_size=2, extra=["--checkpointing_steps", "0"]))
+    run_script(
+        "train_cascade_clip.py",
+        train_args(hub_dataset, two, tiny_hub_model_dir, 8, batch_size=1, extra=["--checkpointing_steps", "0"]),
+        num_processes=2,
+    )
+    weights_one, weights_two = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    for key in weights_one:
+        torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=0)
+    results_one = json.loads((one / "eval_results.json").read_text())
+    results_two = json.loads((two / "eval_results.json").read_text())
+    for key in ("miou", "miou_seen", "pixel_accuracy", "per_class_iou", "num_images"):
+        assert results_two[key] == results_one[key], key
