@@ -2,7 +2,10 @@
 
 import itertools
 import math
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -425,6 +428,21 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         self.decoders = nn.ModuleList([CascadeClipDecoder(config) for _ in range(config.num_decoders)])
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """
+        `PreTrainedModel.save_pretrained`, also writing the zero-shot segmentation pipeline's code and naming it in
+        `config.custom_pipelines`, so that `pipeline("zero-shot-image-segmentation", model=...,
+        trust_remote_code=True)` works where this package is not installed. (The model's own code and `auto_map`
+        are written by transformers because the package registers its classes for the Auto classes.)
+        """
+        from .pipeline_cascade_clip import zero_shot_pipeline_entry
+
+        os.makedirs(save_directory, exist_ok=True)
+        pipeline_file = Path(__file__).with_name("pipeline_cascade_clip.py")
+        shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
+        self.config.custom_pipelines = zero_shot_pipeline_entry()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """

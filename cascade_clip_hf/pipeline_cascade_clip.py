@@ -1,0 +1,130 @@
+"""The `zero-shot-image-segmentation` pipeline: Cascade-CLIP segmenting images into any class names.
+
+This file is also saved beside every model (see `CascadeClipForZeroShotSegmentation.save_pretrained`) and loaded
+from there with `trust_remote_code=True`, so it imports nothing from its own package.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+
+PIPELINE_TASK = "zero-shot-image-segmentation"
+
+
+class CascadeClipZeroShotSegmentationPipeline(Pipeline):
+    """
+    Segments images into the classes you name (or the model's default vocabulary), with the original's test-time
+    path: the processor's resize, then overlapping windows whose scores are averaged.
+
+    ```python
+    >>> segmenter = pipeline("zero-shot-image-segmentation", model="org/cascade-clip-coco", trust_remote_code=True)
+    >>> segmenter("street.jpg", candidate_labels=["car", "road", "sky"])
+    [{"label": "car", "score": 0.61, "mask": <PIL.Image.Image image mode=L>}, ...]
+    ```
+
+    Each image gives one dict per class that wins at least one pixel: `label`, `mask` (a PIL image of the image's
+    size, 255 where the class wins, 0 elsewhere) and `score` (the class's mean calibrated score over its mask).
+    A list of images gives a list of such lists; `batch_size` images go through the model together.
+    """
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_tokenizer = False
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(
+        self, candidate_labels=None, crop_size=None, stride=None, window_batch_size=None, timeout=None, **kwargs
+    ):
+        preprocess_params = {"candidate_labels": candidate_labels, "timeout": timeout}
+        forward_params = {"crop_size": crop_size, "stride": stride, "window_batch_size": window_batch_size}
+        return preprocess_params, forward_params, {}
+
+    def __call__(self, images, candidate_labels: Sequence[str] | None = None, batch_size: int | None = None, **kwargs):
+        """
+        Args:
+            images (`str`, `PIL.Image.Image`, `np.ndarray`, or a list of them): paths, URLs or images.
+            candidate_labels (`list[str]`, *optional*): class names; the model's default vocabulary when not given.
+            batch_size (`int`, *optional*): images per forward pass (the pipeline's own `batch_size`, else 1).
+            crop_size, stride, window_batch_size (`int`, *optional*): sliding-window options (model defaults).
+            timeout (`float`, *optional*): seconds to wait for an image URL.
+        """
+        preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(
+            candidate_labels=candidate_labels, **kwargs
+        )
+        batch_size = batch_size or self._batch_size or 1
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
+        results = []
+        for start in range(0, len(images), batch_size):
+            model_inputs = self.preprocess(images[start : start + batch_size], **preprocess_params)
+            model_outputs = self.forward(model_inputs, **forward_params)
+            results += self.postprocess(model_outputs, **postprocess_params)
+        return results[0] if single else results
+
+    def preprocess(self, images: list, candidate_labels=None, timeout=None) -> dict:
+        loaded = []
+        for image in images:
+            try:
+                loaded.append(load_image(image, timeout=timeout))
+            except (OSError, ValueError) as error:
+                name = image if isinstance(image, str) else type(image).__name__
+                raise ValueError(f"Cannot read image {name}: {error}") from error
+        if candidate_labels is None:
+            class_names = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
+            inputs = self.processor(images=loaded)
+        else:
+            class_names = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
+            inputs = self.processor(images=loaded, text=class_names)
+        inputs["output_sizes"] = [image.size[::-1] for image in loaded]
+        inputs["class_names"] = class_names
+        return dict(inputs)
+
+    def _forward(self, model_inputs: dict, crop_size=None, stride=None, window_batch_size=None) -> dict:
+        scores = self.model.sliding_window_inference(
+            [image.to(self.model.dtype) for image in model_inputs["pixel_values"]],
+            output_size=model_inputs["output_sizes"],
+            input_ids=model_inputs.get("input_ids"),
+            attention_mask=model_inputs.get("attention_mask"),
+            seen_class_mask=model_inputs.get("seen_class_mask"),
+            crop_size=crop_size,
+            stride=stride,
+            window_batch_size=window_batch_size,
+        )
+        return {"scores": [image_scores.float() for image_scores in scores], "class_names": model_inputs["class_names"]}
+
+    def postprocess(self, model_outputs: dict) -> list[list[dict]]:
+        results = []
+        for scores in model_outputs["scores"]:
+            segmentation = scores.argmax(dim=0)
+            segments = []
+            for class_index in segmentation.unique().tolist():
+                region = segmentation == class_index
+                segments.append(
+                    {
+                        "label": model_outputs["class_names"][class_index],
+                        "score": scores[class_index][region].mean().item(),
+                        "mask": PIL.Image.fromarray(region.numpy().astype(np.uint8) * 255),
+                    }
+                )
+            results.append(segments)
+        return results
+
+
+def zero_shot_pipeline_entry() -> dict:
+    """How `config.custom_pipelines` names this pipeline, for loading it from a model folder with remote code."""
+    return {
+        PIPELINE_TASK: {
+            "impl": f"{__name__.split('.')[-1]}.{CascadeClipZeroShotSegmentationPipeline.__name__}",
+            "pt": ["AutoModelForSemanticSegmentation"],
+            "type": "multimodal",
+        }
+    }
+
+
+__all__ = ["CascadeClipZeroShotSegmentationPipeline", "PIPELINE_TASK"]

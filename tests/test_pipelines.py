@@ -1,0 +1,156 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor, pipeline
+
+from cascade_clip_hf import (
+    CascadeClipConfig,
+    CascadeClipForZeroShotSegmentation,
+    CascadeClipImageProcessor,
+    CascadeClipProcessor,
+    CascadeClipZeroShotSegmentationPipeline,
+)
+
+from .conftest import HUB_CLASSES
+
+
+def random_image(height: int, width: int, seed: int = 0) -> PIL.Image.Image:
+    return PIL.Image.fromarray(np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def reference_segmentation(model_dir, image, class_names=None) -> np.ndarray:
+    """The class-index map computed directly with the model and processor (the pipelines' expected answer)."""
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(model_dir).eval()
+    processor = CascadeClipProcessor.from_pretrained(model_dir)
+    inputs = processor(images=image, text=class_names)
+    with torch.no_grad():
+        scores = model.sliding_window_inference(
+            inputs["pixel_values"], output_size=image.size[::-1], input_ids=inputs.get("input_ids"),
+            attention_mask=inputs.get("attention_mask"), seen_class_mask=inputs.get("seen_class_mask"),
+        )
+    return processor.post_process_semantic_segmentation(scores)[0].numpy()
+
+
+def index_map(segments, class_names, size) -> np.ndarray:
+    segmentation = np.full(size[::-1], -1)
+    for segment in segments:
+        mask = np.asarray(segment["mask"])
+        assert mask.shape == size[::-1] and set(np.unique(mask)) <= {0, 255}
+        assert (segmentation[mask > 0] == -1).all(), "masks overlap"
+        segmentation[mask > 0] = class_names.index(segment["label"])
+    assert (segmentation >= 0).all(), "masks leave pixels uncovered"
+    return segmentation
+
+
+def test_auto_classes_resolve_to_the_package(tiny_hub_model_dir):
+    assert isinstance(AutoConfig.from_pretrained(tiny_hub_model_dir), CascadeClipConfig)
+    assert isinstance(AutoModelForSemanticSegmentation.from_pretrained(tiny_hub_model_dir), CascadeClipForZeroShotSegmentation)
+    assert isinstance(AutoImageProcessor.from_pretrained(tiny_hub_model_dir), CascadeClipImageProcessor)
+    assert isinstance(AutoProcessor.from_pretrained(tiny_hub_model_dir), CascadeClipProcessor)
+
+
+def test_saved_folder_carries_code_auto_map_and_custom_pipeline(tiny_hub_model_dir):
+    config = json.loads((tiny_hub_model_dir / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_cascade_clip.CascadeClipConfig",
+        "AutoModelForSemanticSegmentation": "modeling_cascade_clip.CascadeClipForZeroShotSegmentation",
+    }
+    assert config["custom_pipelines"]["zero-shot-image-segmentation"]["impl"] == (
+        "pipeline_cascade_clip.CascadeClipZeroShotSegmentationPipeline"
+    )
+    processor_config = json.loads((tiny_hub_model_dir / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_cascade_clip.CascadeClipProcessor"
+    for name in ("configuration", "modeling", "processing", "image_processing", "pipeline"):
+        assert (tiny_hub_model_dir / f"{name}_cascade_clip.py").is_file()
+
+
+def test_image_segmentation_pipeline_uses_the_default_vocabulary(tiny_hub_model_dir):
+    image = random_image(50, 80)
+    segments = pipeline("image-segmentation", model=str(tiny_hub_model_dir))(image)
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir).eval()
+    processor = CascadeClipProcessor.from_pretrained(tiny_hub_model_dir)
+    with torch.no_grad():
+        outputs = model(**processor(images=image))
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0].numpy()
+    np.testing.assert_array_equal(index_map(segments, HUB_CLASSES, image.size), expected)
+    assert all(set(segment) == {"label", "score", "mask"} for segment in segments)
+
+
+def test_zero_shot_pipeline_with_any_class_names_batched(tiny_hub_model_dir):
+    images = [random_image(50, 80, seed=1), random_image(70, 40, seed=2), random_image(64, 64, seed=3)]
+    labels = ["bicycle", "red thing", "ocean"]
+    segmenter = pipeline("zero-shot-image-segmentation", model=str(tiny_hub_model_dir), trust_remote_code=True)
+    batched = segmenter(images, candidate_labels=labels, batch_size=2)
+    assert len(batched) == 3
+    for image, segments in zip(images, batched):
+        expected = reference_segmentation(tiny_hub_model_dir, image, labels)
+        np.testing.assert_array_equal(index_map(segments, labels, image.size), expected)
+        assert all(-1 <= segment["score"] <= 1 for segment in segments)
+    assert segmenter(images[1], candidate_labels=labels)[0]["label"] == batched[1][0]["label"]
+
+
+def test_zero_shot_pipeline_from_the_package_class(tiny_hub_model_dir):
+    segmenter = CascadeClipZeroShotSegmentationPipeline(
+        model=CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir).eval(),
+        processor=CascadeClipProcessor.from_pretrained(tiny_hub_model_dir),
+    )
+    image = random_image(40, 60, seed=4)
+    segments = segmenter(image)  # the default vocabulary
+    expected = reference_segmentation(tiny_hub_model_dir, image)
+    np.testing.assert_array_equal(index_map(segments, HUB_CLASSES, image.size), expected)
+    with pytest.raises(ValueError, match="Duplicate class names"):
+        segmenter(image, candidate_labels=["cat", "Cat"])
+    with pytest.raises(ValueError, match="Cannot read image"):
+        segmenter("no/such/image.png")
+
+
+def test_remote_code_without_the_package_gives_the_same_outputs(tmp_path, tiny_hub_model_dir):
+    """A virtualenv that sees this environment's libraries but not the package loads the model as remote code."""
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    site_packages = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    # A path line in a .pth adds the directory without running that directory's own .pth files, so the
+    # package's editable-install hook stays out.
+    import sysconfig
+
+    (tmp_path / "venv" / site_packages.split("/venv/", 1)[1] / "libraries.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
+    image = random_image(50, 80, seed=5)
+    image.save(tmp_path / "image.png")
+    script = f"""
+import importlib.util, json
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModelForSemanticSegmentation, AutoProcessor, pipeline
+assert importlib.util.find_spec("cascade_clip_hf") is None, "the package is importable"
+model = AutoModelForSemanticSegmentation.from_pretrained({str(tiny_hub_model_dir)!r}, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained({str(tiny_hub_model_dir)!r}, trust_remote_code=True)
+image = Image.open({str(tmp_path / "image.png")!r})
+with torch.no_grad():
+    logits = model(**processor(images=image, text=["bicycle", "red thing"])).logits
+np.save({str(tmp_path / "logits.npy")!r}, logits.numpy())
+segmenter = pipeline("zero-shot-image-segmentation", model={str(tiny_hub_model_dir)!r}, trust_remote_code=True)
+print(json.dumps([segment["label"] for segment in segmenter(image, candidate_labels=["bicycle", "red thing"])]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir).eval()
+    processor = CascadeClipProcessor.from_pretrained(tiny_hub_model_dir)
+    with torch.no_grad():
+        logits = model(**processor(images=image, text=["bicycle", "red thing"])).logits
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), logits.numpy())
+    remote_labels = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = reference_segmentation(tiny_hub_model_dir, image, ["bicycle", "red thing"])
+    assert sorted(remote_labels) == sorted(["bicycle", "red thing"][index] for index in np.unique(expected))
