@@ -1,8 +1,11 @@
 """Publishing a saved model folder to the Hugging Face Hub."""
 
 import os
+import tempfile
+from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.utils import filter_repo_objects
 
 
 # Training leaves resumable state and interrupted saves beside the model; they do not belong on the Hub.
@@ -16,10 +19,41 @@ def push_folder(
     private: bool | None = None,
     commit_message: str = "Upload Cascade-CLIP model",
 ) -> str:
-    """Uploads a `save_pretrained` folder (weights, config, processor, model card) in one commit; returns its URL."""
+    """
+    Uploads a `save_pretrained` folder (weights, config, processor, code, model card) in one commit and returns
+    the commit's URL. (`HfApi.upload_folder` may split a folder over several commits.)
+    """
+    folder = Path(folder)
+    files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
+        for name in filter_repo_objects(files, ignore_patterns=NOT_PUBLISHED)
+    ]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), ignore_patterns=NOT_PUBLISHED, commit_message=commit_message
-    )
-    return commit.commit_url
+    return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message).commit_url
+
+
+def push_model_to_hub(
+    model,
+    processor,
+    repo_id: str,
+    card=None,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload Cascade-CLIP model",
+) -> str:
+    """
+    Uploads a model with its processor, code (for `trust_remote_code`) and model card in one commit, where
+    `model.push_to_hub` and `processor.push_to_hub` would make one each. Returns the commit's URL.
+
+    Args:
+        model ([`CascadeClipForZeroShotSegmentation`]), processor ([`CascadeClipProcessor`]).
+        card ([`huggingface_hub.ModelCard`], *optional*): written as the repository's README.md.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        if card is not None:
+            card.save(os.path.join(folder, "README.md"))
+        return push_folder(folder, repo_id, token=token, private=private, commit_message=commit_message)

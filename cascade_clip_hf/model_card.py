@@ -11,6 +11,8 @@ from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 BASE_MODEL = "openai/clip-vit-base-patch16"
+# The image transformers' own documentation examples use (COCO val2017 #39769: two cats on a couch).
+WIDGET_EXAMPLES = [{"src": "http://images.cocodataset.org/val2017/000000039769.jpg", "example_title": "Cats"}]
 DATASET_NAMES = {
     "coco-stuff-164k": "COCO-Stuff 164k",
     "pascal-voc-2012": "PASCAL VOC 2012",
@@ -113,6 +115,7 @@ def build_model_card(
         tags=["cascade-clip", "zero-shot-semantic-segmentation", "clip", "image-segmentation"],
         model_name=repo_id,
         eval_results=eval_results(results, dataset, split) if results and dataset else None,
+        widget=WIDGET_EXAMPLES,
     )
     dataset_name = DATASET_NAMES.get(dataset, dataset)
     return ModelCard.from_template(

@@ -1,0 +1,156 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import CommitInfo, HfApi, ModelCard
+
+from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf.hub import push_model_to_hub
+from cascade_clip_hf.model_card import build_model_card
+
+from .test_pipelines import random_image
+
+
+REPOSITORY = Path(__file__).parent.parent
+
+
+def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> Path:
+    """A Hugging Face cache in its documented layout holding `model_dir` as `repo_id`'s main revision."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return cache
+
+
+def test_from_pretrained_offline_through_the_hub_cache(tmp_path, tiny_hub_model_dir):
+    cache = hub_cache_with(tiny_hub_model_dir, tmp_path / "cache", "org/cascade-clip-tiny")
+    random_image(50, 80).save(tmp_path / "image.png")
+    script = """
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModelForSemanticSegmentation, AutoProcessor
+import cascade_clip_hf
+model = AutoModelForSemanticSegmentation.from_pretrained("org/cascade-clip-tiny").eval()
+processor = AutoProcessor.from_pretrained("org/cascade-clip-tiny")
+with torch.no_grad():
+    np.save("logits.npy", model(**processor(images=Image.open("image.png"))).logits.numpy())
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir).eval()
+    processor = CascadeClipProcessor.from_pretrained(tiny_hub_model_dir)
+    with torch.no_grad():
+        expected = model(**processor(images=random_image(50, 80))).logits.numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), expected)
+
+
+@pytest.fixture
+def intercepted_hub(monkeypatch):
+    """Replaces the Hub's repository and commit endpoints; records each commit's files and their bytes."""
+    commits = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_commit(self, repo_id, operations, commit_message, **kwargs):
+        files = {}
+        for operation in operations:
+            source = operation.path_or_fileobj
+            files[operation.path_in_repo] = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+        commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{len(commits)}",
+            commit_message=commit_message,
+            commit_description="",
+            oid=f"{len(commits):040d}",
+        )
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return commits
+
+
+def test_push_to_hub_uploads_everything_in_one_commit(tiny_hub_model_dir, intercepted_hub):
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir)
+    processor = CascadeClipProcessor.from_pretrained(tiny_hub_model_dir)
+    results = {"miou": 50.0, "miou_seen": 60.0, "miou_unseen": 40.0, "hiou": 48.0, "num_images": 3}
+    card = build_model_card(model.config, "org/cascade-clip-tiny", dataset="pascal-voc-2012", results=results)
+    url = push_model_to_hub(model, processor, "org/cascade-clip-tiny", card=card)
+
+    assert url == "https://huggingface.co/org/cascade-clip-tiny/commit/1"
+    assert len(intercepted_hub) == 1
+    files = intercepted_hub[0]["files"]
+    assert {
+        "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
+        "modeling_cascade_clip.py", "configuration_cascade_clip.py", "pipeline_cascade_clip.py",
+    } <= set(files)
+    from safetensors.torch import load
+
+    uploaded = load(files["model.safetensors"])
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(uploaded[name], tensor, rtol=0, atol=0)
+    assert json.loads(files["config.json"])["id2label"]["0"] == "red thing"
+    assert files["modeling_cascade_clip.py"] == (REPOSITORY / "cascade_clip_hf" / "modeling_cascade_clip.py").read_bytes()
+    metadata = yaml.safe_load(files["README.md"].decode().split("---")[1])
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 50.0
+
+
+def test_training_pushes_its_output_folder_in_one_commit(tmp_path, tiny_hub_model_dir, intercepted_hub):
+    from cascade_clip_hf.hub import push_folder
+
+    output = tmp_path / "run"
+    shutil.copytree(tiny_hub_model_dir, output)
+    (output / "checkpoint-2").mkdir()
+    (output / "checkpoint-2" / "optimizer.bin").write_bytes(b"state")
+    push_folder(output, "org/run")
+    assert len(intercepted_hub) == 1
+    assert "model.safetensors" in intercepted_hub[0]["files"]
+    assert not any(name.startswith("checkpoint-") for name in intercepted_hub[0]["files"])
+
+
+def test_model_cards_of_the_six_settings(tmp_path):
+    results = {"miou": 51.0, "miou_seen": 55.5, "miou_unseen": 44.5, "hiou": 49.4, "num_images": 7, "split": "val"}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    command = [
+        sys.executable, str(REPOSITORY / "model_cards" / "generate_model_cards.py"), "--org", "org",
+        "--output_dir", str(tmp_path / "cards"), "--results", f"pascal-voc-2012/inductive={tmp_path / 'results.json'}",
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    cards = sorted(path.parent.name for path in (tmp_path / "cards").glob("*/README.md"))
+    assert len(cards) == 6 and "cascade-clip-pascal-voc-2012-transductive" in cards
+
+    card = ModelCard.load(tmp_path / "cards" / "cascade-clip-pascal-voc-2012-inductive" / "README.md")
+    assert card.data.pipeline_tag == "image-segmentation"
+    assert card.data.library_name == "transformers"
+    assert card.data.base_model == "openai/clip-vit-base-patch16"
+    assert card.data.datasets == ["pascal-voc-2012"]
+    assert card.data.widget and card.data.widget[0]["src"].endswith(".jpg")
+    measured = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert measured == {"miou": 51.0, "miou_seen": 55.5, "miou_unseen": 44.5, "hiou": 49.4}
+    assert "| reported by the original authors (not measured here) | 92.5 | 83.0 | 87.5 |" in card.text
+    assert "non-commercial" in card.text and "@inproceedings" in card.text
+
+    unmeasured = ModelCard.load(tmp_path / "cards" / "cascade-clip-coco-stuff-164k-transductive" / "README.md")
+    assert unmeasured.data.eval_results is None
+    assert "41.7 | 62.5" in unmeasured.text and "measured with this checkpoint" not in unmeasured.text
+
+
+def test_shipped_model_cards_are_the_generators_output(tmp_path):
+    subprocess.run(
+        [sys.executable, str(REPOSITORY / "model_cards" / "generate_model_cards.py"), "--output_dir", str(tmp_path)],
+        check=True, capture_output=True,
+    )
+    for card in tmp_path.glob("*/README.md"):
+        shipped = REPOSITORY / "model_cards" / card.parent.name / "README.md"
+        assert shipped.read_text() == card.read_text(), f"{shipped} is stale: rerun model_cards/generate_model_cards.py"
+    assert CascadeClipConfig.from_preset("pascal-voc-2012", "inductive").setting == "inductive"
