@@ -1,6 +1,7 @@
 """The `cascade-clip` command line."""
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -89,11 +90,118 @@ def run_parity(args) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def add_segment_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images into the classes you name",
+        description="Segments images (files, or folders of images) into the given class names, or the model's "
+        "default vocabulary, with the original's test-time sliding window. Writes for each image a class-id map "
+        "(NAME_classes.png, pixel values index --labels), a coloured overlay with a legend (NAME_overlay.png) and "
+        "the share of pixels each class wins (NAME.json).",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("--model", required=True, help="a Cascade-CLIP model: folder or Hub id")
+    parser.add_argument("--labels", type=class_names_argument, help='"cat,grass,sky" or a .txt/.json file')
+    parser.add_argument("--output", required=True, help="folder for the results")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--crop-size", type=int, help="sliding-window size (default: the model's)")
+    parser.add_argument("--stride", type=int, help="sliding-window stride (default: the model's)")
+    parser.add_argument("--window-batch-size", type=int, help="windows per forward pass (default: all)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay")
+    parser.set_defaults(run=run_segment)
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """Files as given, and the images (by suffix) of folders, sorted; missing paths are kept to be reported."""
+    paths = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            paths += sorted(child for child in path.iterdir() if child.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(path)
+    return paths
+
+
+def unique_stem(path: Path, used: set[str]) -> str:
+    stem, number = path.stem, 1
+    while stem in used:
+        number += 1
+        stem = f"{path.stem}-{number}"
+    used.add(stem)
+    return stem
+
+
+def write_segmentation(image, segments: list[dict], class_names: list[str], output: Path, stem: str, alpha: float):
+    import PIL.Image
+
+    from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
+
+    segmentation = segmentation_from_masks(segments, class_names, image.size)
+    dtype = "uint8" if len(class_names) <= 256 else "uint16"
+    PIL.Image.fromarray(segmentation.astype(dtype)).save(output / f"{stem}_classes.png")
+    overlay_with_legend(image, segmentation, class_names, alpha=alpha).save(output / f"{stem}_overlay.png")
+    fractions = class_fractions(segmentation, class_names)
+    (output / f"{stem}.json").write_text(json.dumps({"class_names": class_names, "fractions": fractions}, indent=2))
+
+
+def run_segment(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .image_processing_cascade_clip import ImageInputError, open_image
+    from .processing_cascade_clip import check_class_names
+    from .segmenter import load_segmenter, vocabulary
+
+    if args.labels is not None:
+        check_class_names(args.labels)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    paths = image_paths(args.inputs)
+    if not paths:
+        raise ValueError(f"No images found in {', '.join(args.inputs)}.")
+    segmenter = load_segmenter(args.model, args.device)
+    class_names = vocabulary(segmenter, args.labels)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+
+    failures, used_stems = 0, set()
+    with tqdm(total=len(paths), desc="Segmenting", unit="image") as progress:
+        for start in range(0, len(paths), args.batch_size):
+            batch = []
+            for path in paths[start : start + args.batch_size]:
+                try:
+                    batch.append((path, open_image(path)))
+                except ImageInputError as error:
+                    logger.error(f"error: {error}")
+                    failures += 1
+                    progress.update()
+            if not batch:
+                continue
+            results = segmenter(
+                [image for _, image in batch],
+                candidate_labels=args.labels,
+                batch_size=len(batch),
+                crop_size=args.crop_size,
+                stride=args.stride,
+                window_batch_size=args.window_batch_size,
+            )
+            for (path, image), segments in zip(batch, results):
+                write_segmentation(image, segments, class_names, output, unique_stem(path, used_stems), args.alpha)
+                progress.update()
+    logger.info(f"Segmented {len(paths) - failures} of {len(paths)} images into {output}.")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade-clip", description="Cascade-CLIP zero-shot segmentation tools.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(subparsers)
     add_parity_parser(subparsers)
+    add_segment_parser(subparsers)
     return parser
 
 

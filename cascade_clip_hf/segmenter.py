@@ -1,0 +1,24 @@
+"""Loading the zero-shot pipeline for a model, as the command line and the demo app use it."""
+
+from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
+from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
+from .processing_cascade_clip import CascadeClipProcessor
+
+
+def load_segmenter(model_name: str, device: str = "cpu") -> CascadeClipZeroShotSegmentationPipeline:
+    """The zero-shot pipeline for a model folder or Hub id; a one-line `ValueError` when it cannot be loaded."""
+    try:
+        model = CascadeClipForZeroShotSegmentation.from_pretrained(model_name)
+        processor = CascadeClipProcessor.from_pretrained(model_name)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"cannot load the model {model_name!r}: {reason}") from error
+    return CascadeClipZeroShotSegmentationPipeline(model=model.eval(), processor=processor, device=device)
+
+
+def vocabulary(segmenter: CascadeClipZeroShotSegmentationPipeline, labels: list[str] | None) -> list[str]:
+    """The class names a call segments into: `labels`, or the model's default vocabulary."""
+    if labels is not None:
+        return labels
+    config = segmenter.model.config
+    return [config.id2label[index] for index in range(config.num_labels)]

@@ -1,0 +1,93 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from cascade_clip_hf.cli import main
+from cascade_clip_hf.visualization import class_palette, overlay_with_legend
+
+from .test_pipelines import random_image, reference_segmentation
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    random_image(50, 80, seed=1).save(folder / "street.png")
+    random_image(64, 40, seed=2).save(folder / "beach.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+def test_segment_writes_maps_overlays_and_fractions(tmp_path, photos, tiny_hub_model_dir):
+    labels = ["bicycle", "red thing", "ocean"]
+    output = tmp_path / "out"
+    code = main(["segment", str(photos), "--model", str(tiny_hub_model_dir), "--labels", ",".join(labels),
+                 "--output", str(output), "--batch-size", "2"])
+    assert code == 0
+    for name, suffix in (("street", ".png"), ("beach", ".jpg")):
+        image = PIL.Image.open(photos / f"{name}{suffix}").convert("RGB")
+        class_map = np.asarray(PIL.Image.open(output / f"{name}_classes.png"))
+        np.testing.assert_array_equal(class_map, reference_segmentation(tiny_hub_model_dir, image, labels))
+        record = json.loads((output / f"{name}.json").read_text())
+        assert record["class_names"] == labels
+        expected = np.bincount(class_map.ravel(), minlength=3) / class_map.size
+        np.testing.assert_allclose([record["fractions"][label] for label in labels], expected)
+        overlay = PIL.Image.open(output / f"{name}_overlay.png")
+        assert overlay.height >= image.height and overlay.width > image.width  # the legend sits on the right
+
+
+def test_segment_reports_bad_files_and_processes_the_others(tmp_path, photos, tiny_hub_model_dir, caplog):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    code = main(["segment", str(photos / "street.png"), str(tmp_path / "broken.jpg"), str(tmp_path / "missing.png"),
+                 str(photos / "notes.txt"), "--model", str(tiny_hub_model_dir), "--output", str(tmp_path / "out")])
+    assert code == 1
+    assert (tmp_path / "out" / "street_classes.png").is_file()
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 3
+    assert any("broken.jpg: not a readable image" in error for error in errors)
+    assert any("missing.png: no such file" in error for error in errors)
+    assert any("notes.txt: not a readable image" in error for error in errors)
+    # Without --labels the model's own vocabulary is used.
+    assert json.loads((tmp_path / "out" / "street.json").read_text())["class_names"][0] == "red thing"
+
+
+@pytest.mark.parametrize(
+    "labels, message", [("cat,,sky", "are empty"), ("cat,Cat", "Duplicate class names")]
+)
+def test_segment_rejects_bad_labels(tmp_path, photos, tiny_hub_model_dir, caplog, labels, message):
+    code = main(["segment", str(photos), "--model", str(tiny_hub_model_dir), "--labels", labels,
+                 "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert message in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_names_an_unknown_model_in_one_line(tmp_path, photos):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cascade_clip_hf.cli", "segment", str(photos), "--model", "org/no-such-model",
+         "--output", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot load the model 'org/no-such-model'" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_overlay_colours_each_class_and_lists_only_present_ones():
+    image = PIL.Image.new("RGB", (20, 10), "black")
+    segmentation = np.zeros((10, 20), dtype=np.int64)
+    segmentation[:, 10:] = 2
+    overlay = np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0))
+    palette = class_palette(3)
+    assert (overlay[:10, :10] == palette[0]).all() and (overlay[:10, 10:20] == palette[2]).all()
+    legend = overlay[:, 20:].reshape(-1, 3)
+    assert (legend == palette[0]).all(axis=1).any() and (legend == palette[2]).all(axis=1).any()
+    assert not (legend == palette[1]).all(axis=1).any()
+    assert len({tuple(colour) for colour in class_palette(50)}) == 50
