@@ -1,0 +1,48 @@
+"""A Gradio app: upload an image, name some classes, see the segmentation with its legend (Space-ready)."""
+
+import gradio as gr
+
+from .processing_cascade_clip import check_class_names
+from .segmenter import load_segmenter, vocabulary
+from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    """`"cat, grass, sky"` -> the class names; blank -> None (the model's default vocabulary)."""
+    if not text or not text.strip():
+        return None
+    return check_class_names([name.strip() for name in text.split(",")])
+
+
+def build_demo(model_name: str, device: str = "cpu", example_labels: str = "") -> gr.Blocks:
+    """The app for one model (folder or Hub id); its `segment` endpoint takes an image and comma-separated names."""
+    segmenter = load_segmenter(model_name, device)
+
+    def segment(image, labels_text):
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        try:
+            labels = parse_labels(labels_text)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        class_names = vocabulary(segmenter, labels)
+        segmentation = segmentation_from_masks(segmenter(image, candidate_labels=labels), class_names, image.size)
+        shares = {name: share for name, share in class_fractions(segmentation, class_names).items() if share > 0}
+        return overlay_with_legend(image, segmentation, class_names), shares
+
+    with gr.Blocks(title="Cascade-CLIP zero-shot segmentation") as demo:
+        gr.Markdown(
+            "# Cascade-CLIP zero-shot segmentation\n"
+            f"Model: `{model_name}`. Name any classes, separated by commas; leave the box empty for the model's own "
+            "vocabulary. Each pixel goes to the class that scores best there."
+        )
+        with gr.Row():
+            image_input = gr.Image(type="pil", label="Image")
+            overlay_output = gr.Image(type="pil", format="png", label="Segmentation")
+        labels_input = gr.Textbox(label="Class names", value=example_labels, placeholder="cat, grass, sky")
+        run_button = gr.Button("Segment", variant="primary")
+        shares_output = gr.Label(label="Share of the pixels")
+        run_button.click(
+            segment, inputs=[image_input, labels_input], outputs=[overlay_output, shares_output], api_name="segment"
+        )
+    return demo

@@ -1,0 +1,29 @@
+import numpy as np
+import PIL.Image
+import pytest
+
+from .conftest import free_port
+from .test_pipelines import random_image
+
+
+def test_demo_app_answers_a_request_through_gradio_client(tmp_path, tiny_hub_model_dir, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    from cascade_clip_hf.demo import build_demo
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    random_image(50, 80).save(tmp_path / "photo.png")
+    demo = build_demo(str(tiny_hub_model_dir))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        overlay_path, shares = client.predict(handle_file(tmp_path / "photo.png"), "bicycle, ocean", api_name="/segment")
+        overlay = PIL.Image.open(overlay_path)
+        assert overlay.height >= 50 and overlay.width > 80
+        fractions = {entry["label"]: entry["confidence"] for entry in shares["confidences"]}
+        assert set(fractions) <= {"bicycle", "ocean"} and np.isclose(sum(fractions.values()), 1.0)
+        with pytest.raises(Exception, match="Duplicate class names"):
+            client.predict(handle_file(tmp_path / "photo.png"), "ocean, Ocean", api_name="/segment")
+    finally:
+        demo.close()
