@@ -41,6 +41,7 @@ class CascadeClipConfig(PreTrainedConfig):
         cascade_stages (`list[list[int]]`, *optional*, defaults to `[[5, 6, 7], [8, 9, 10]]`):
             0-based indices of the tapped encoder layers, grouped into stages. Each stage's layers are fused with
             learned Gaussian-initialised weights and decoded by a decoder of its own; the final layer is one more stage.
+            `[]` leaves only the final layer's decoder (the single-decoder baseline the paper compares with).
         decoder_num_layers (`int`, *optional*, defaults to 3):
             Layers per decoder.
         decoder_num_attention_heads (`int`, *optional*, defaults to 8):
@@ -130,7 +131,9 @@ class CascadeClipConfig(PreTrainedConfig):
                 else self.vision_config.projection_dim
             )
             self.projection_dim = vision_projection_dim
-        self.cascade_stages = [list(stage) for stage in (self.cascade_stages or ((5, 6, 7), (8, 9, 10)))]
+        if self.cascade_stages is None:
+            self.cascade_stages = ((5, 6, 7), (8, 9, 10))
+        self.cascade_stages = [list(stage) for stage in self.cascade_stages]
         self.templates = list(self.templates or ("a photo of a {}.",))
         if self.seen_class_ids is not None:
             self.seen_class_ids = [int(class_id) for class_id in self.seen_class_ids]
@@ -189,7 +192,7 @@ class CascadeClipConfig(PreTrainedConfig):
             raise ValueError(f"vision_drop_path_rate must lie in [0, 1), got {self.vision_drop_path_rate}.")
         if self.num_prompt_tokens < 0:
             raise ValueError(f"num_prompt_tokens must not be negative, got {self.num_prompt_tokens}.")
-        if not self.cascade_stages or any(len(stage) == 0 for stage in self.cascade_stages):
+        if any(len(stage) == 0 for stage in self.cascade_stages):
             raise ValueError(f"cascade_stages must be non-empty lists of layer indices, got {self.cascade_stages}.")
         layers = self.extract_layers
         if len(set(layers)) != len(layers) or any(not 0 <= layer < num_layers - 1 for layer in layers):

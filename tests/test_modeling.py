@@ -298,3 +298,16 @@ def test_set_vocabulary_checks_shapes(tiny_model):
     tiny_model.set_vocabulary(["a", "b"], torch.randn(2, 16), seen_class_ids=[1])
     assert tiny_model.config.id2label == {0: "a", 1: "b"}
     assert tiny_model.class_embeddings.shape == (2, 16)
+
+
+def test_no_cascade_stages_leaves_a_single_decoder_on_the_last_layer(tiny_clip_dir):
+    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
+        str(tiny_clip_dir), image_size=64, id2label={0: "cat", 1: "sky"}, cascade_stages=[], num_prompt_tokens=2,
+        decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )
+    assert model.config.num_decoders == 1 and model.config.extract_layers == []
+    assert len(model.decoders) == 1 and len(model.vision_encoder.taps) == 0
+    outputs = model(torch.randn(2, 3, 64, 64), labels=torch.randint(0, 2, (2, 64, 64)))
+    assert outputs.logits.shape == (2, 2, 4, 4) and torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    assert model.decoders[0].layers[0].fc1.weight.grad.abs().sum() > 0
