@@ -61,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--class_embeddings", help=".npy of precomputed class embeddings (one row per class)")
     model.add_argument("--templates", nargs="+", help="prompt templates for a dataset without a preset")
     model.add_argument("--image_size", type=int, default=512, help="position-embedding grid size (pixels)")
+    model.add_argument(
+        "--model_config", type=json.loads, default={},
+        help='CascadeClipConfig arguments for a model built from CLIP, as JSON, e.g. \'{"cascade_stages": []}\'',
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
     train.add_argument("--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark")
@@ -113,7 +117,7 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
         model.config.setting = args.setting
     else:
         preset = args.dataset if args.dataset in BENCHMARKS and not args.dataset_name else None
-        overrides = {"templates": args.templates} if args.templates else {}
+        overrides = {**args.model_config, **({"templates": args.templates} if args.templates else {})}
         model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
             args.clip_model,
             preset=preset,
