@@ -76,7 +76,7 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
                 name = image if isinstance(image, str) else type(image).__name__
                 raise ValueError(f"Cannot read image {name}: {error}") from error
         if candidate_labels is None:
-            class_names = [self.model.config.id2label[index] for index in range(self.model.config.num_labels)]
+            class_names = self.model.config.class_names
             inputs = self.processor(images=loaded)
         else:
             class_names = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)

@@ -18,7 +18,4 @@ def load_segmenter(model_name: str, device: str = "cpu") -> CascadeClipZeroShotS
 
 def vocabulary(segmenter: CascadeClipZeroShotSegmentationPipeline, labels: list[str] | None) -> list[str]:
     """The class names a call segments into: `labels`, or the model's default vocabulary."""
-    if labels is not None:
-        return labels
-    config = segmenter.model.config
-    return [config.id2label[index] for index in range(config.num_labels)]
+    return labels if labels is not None else segmenter.model.config.class_names
