@@ -315,6 +315,9 @@ def main(argv=None) -> None:
         if args.push_to_hub:
             url = push_folder(output_dir, args.hub_model_id, token=args.hub_token)
             logger.info(f"Pushed to {url}")
+    # Tear the process group down together: a gloo rank that leaves while another still writes the model card
+    # can leave that one hanging at its own teardown.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
