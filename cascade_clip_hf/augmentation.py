@@ -144,17 +144,19 @@ def training_augmentation(
     image_mean: Sequence[float] = ORIGINAL_IMAGE_MEAN,
     image_std: Sequence[float] = ORIGINAL_IMAGE_STD,
     ignore_index: int = 255,
+    photometric_distortion: bool = True,
 ) -> A.Compose:
     """
     The original training pipeline. Call it as `pipeline(image=rgb_uint8, mask=labels_uint16)`; it returns a
-    normalised float32 image and its labels, both `crop_size` x `crop_size`.
+    normalised float32 image and its labels, both `crop_size` x `crop_size`. `photometric_distortion=False` drops
+    the brightness, contrast, saturation and hue jitter, for data whose classes are told apart by colour.
     """
     return A.Compose(
         [
             RandomRescale(scale=scale, ratio_range=ratio_range),
             CategoryBalancedRandomCrop(crop_size=crop_size, cat_max_ratio=cat_max_ratio, ignore_index=ignore_index),
             A.HorizontalFlip(p=0.5),
-            PhotometricDistortion(),
+            PhotometricDistortion(p=1.0 if photometric_distortion else 0.0),
             A.Normalize(mean=image_mean, std=image_std, max_pixel_value=1.0),
             A.PadIfNeeded(
                 min_height=crop_size,

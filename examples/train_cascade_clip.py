@@ -72,7 +72,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--crop_size", type=int, default=512)
     train.add_argument(
         "--train_scale", type=comma_separated_ints, default=[2048, 512],
-        help="long,short sides of the random rescale before cropping (times a ratio in [0.5, 2])",
+        help="long,short sides of the random rescale before cropping (times a ratio in --scale_ratio_range)",
+    )
+    train.add_argument(
+        "--scale_ratio_range", type=float, nargs=2, default=[0.5, 2.0], metavar=("LOW", "HIGH"),
+        help="range of the random rescale's ratio; 1 1 keeps images at --train_scale",
+    )
+    train.add_argument(
+        "--no_photometric_distortion", action="store_true",
+        help="no brightness/contrast/saturation/hue jitter (for data whose classes differ by colour)",
     )
     train.add_argument("--learning_rate", type=float, default=2e-5, help="base rate; prompts and head train at 10x")
     train.add_argument("--weight_decay", type=float, default=0.01)
@@ -198,7 +206,12 @@ def main(argv=None) -> None:
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
     vocabulary = training_vocabulary(len(data.class_names), model.config.seen_class_ids, args.setting)
-    augmentation = training_augmentation(crop_size=args.crop_size, scale=tuple(args.train_scale))
+    augmentation = training_augmentation(
+        crop_size=args.crop_size,
+        scale=tuple(args.train_scale),
+        ratio_range=tuple(args.scale_ratio_range),
+        photometric_distortion=not args.no_photometric_distortion,
+    )
     train_dataset = AugmentedSegmentation(data, augmentation, args.seed)
     train_dataloader = DataLoader(
         train_dataset,

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from cascade_clip_hf.augmentation import (
+    ORIGINAL_IMAGE_MEAN,
+    ORIGINAL_IMAGE_STD,
     CategoryBalancedRandomCrop,
     PhotometricDistortion,
     RandomRescale,
@@ -152,6 +154,18 @@ def test_training_pipeline_pads_with_ignore():
     assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.float32
     assert out["mask"].shape == (64, 64)
     assert (out["mask"][-1] == 255).all() and (out["image"][-1] == 0).all()
+
+
+def test_training_pipeline_can_keep_scale_and_colours():
+    image, labels = labelled_image(64, 64)
+    pipeline = training_augmentation(crop_size=64, scale=(64, 64), ratio_range=(1, 1), photometric_distortion=False)
+    for seed in range(8):
+        pipeline.set_random_seed(seed)
+        out = pipeline(image=image, mask=labels)
+        flipped = not np.array_equal(out["mask"], labels)
+        assert np.array_equal(out["mask"][:, ::-1] if flipped else out["mask"], labels)
+        expected = (image[..., 0].astype(np.float32) - ORIGINAL_IMAGE_MEAN[0]) / ORIGINAL_IMAGE_STD[0]
+        np.testing.assert_allclose(out["image"][..., 0], expected[:, ::-1] if flipped else expected, rtol=1e-6)
 
 
 def test_unreadable_training_samples_are_reported_and_replaced(tmp_path, voc_root, caplog):
