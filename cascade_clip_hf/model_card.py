@@ -1,5 +1,6 @@
 """Model cards: YAML metadata (with a model-index of evaluation results) and prose, on huggingface_hub's ModelCard."""
 
+import json
 import os
 from pathlib import Path
 
@@ -23,6 +24,14 @@ ORIGINAL_WEIGHTS_LICENSE = (
     "converted from that release, and models trained with its recipe from its checkpoints, carry that restriction. "
     "The cascade-clip-hf code itself is Apache-2.0."
 )
+CLIP_LIMITATIONS = """\
+- Zero-shot quality depends on how close the new class names are to what CLIP learned; rare, ambiguous or very
+  fine-grained names segment worse, and the model tends to prefer seen classes where they compete.
+- The `image-segmentation` pipeline (what the Hub widget runs) segments into the default vocabulary with one
+  forward pass at the processor's resolution; the `zero-shot-image-segmentation` pipeline and
+  `sliding_window_inference` follow the original's sliding window, which the reported numbers use.
+- Inference at 512x512 windows is slow on CPU (about 2 s per window for ViT-B/16 on two cores).
+- The model inherits the biases of CLIP's web-scale pretraining data."""
 RESULT_METRICS = (("miou", "mIoU"), ("miou_seen", "mIoU (seen)"), ("miou_unseen", "mIoU (unseen)"), ("hiou", "hIoU"))
 
 
@@ -101,21 +110,34 @@ def build_model_card(
     training: dict | None = None,
     summary: str | None = None,
     license_note: str = ORIGINAL_WEIGHTS_LICENSE,
+    license: str = "other",
+    base_model: str | None = BASE_MODEL,
+    widget: list[dict] | None = WIDGET_EXAMPLES,
+    example_image: str = "photo.jpg",
+    example_folder: str = "photos/",
+    example_labels: tuple[str, ...] = ("cat", "grass", "sky"),
+    limitations: str = CLIP_LIMITATIONS,
+    recipe: str | None = None,
 ) -> ModelCard:
-    """A model card for a Cascade-CLIP checkpoint, with `results` (a `results.json` record) in its model-index."""
+    """
+    A model card for a Cascade-CLIP checkpoint, with `results` (a `results.json` record) in its model-index.
+    The defaults describe a checkpoint of the original recipe (CLIP ViT-B/16, the original's non-commercial
+    weights, photos); a model of another kind passes its own license, base model, usage example, limitations and
+    `recipe` (markdown for the Training section, instead of the original recipe's).
+    """
     num_seen = len(config.seen_class_ids) if config.seen_class_ids is not None else config.num_labels
     card_data = ModelCardData(
-        license="other",
-        license_name="cascade-clip-non-commercial",
+        license=license,
+        license_name="cascade-clip-non-commercial" if license == "other" else None,
         library_name="transformers",
         pipeline_tag="image-segmentation",
-        base_model=BASE_MODEL,
+        base_model=base_model,
         datasets=[dataset] if dataset else None,
         metrics=["mean_iou"],
         tags=["cascade-clip", "zero-shot-semantic-segmentation", "clip", "image-segmentation"],
         model_name=repo_id,
         eval_results=eval_results(results, dataset, split) if results and dataset else None,
-        widget=WIDGET_EXAMPLES,
+        widget=widget,
     )
     dataset_name = DATASET_NAMES.get(dataset, dataset)
     return ModelCard.from_template(
@@ -130,9 +152,14 @@ def build_model_card(
         num_unseen=config.num_labels - num_seen,
         setting=config.setting,
         seen_score_shift=config.seen_score_shift,
-        training=training_markdown(config, dataset, training),
+        training=recipe or training_markdown(config, dataset, training),
         results=results_markdown(results, dataset, config.setting),
         license_note=license_note,
+        example_image=example_image,
+        example_folder=example_folder,
+        example_labels=list(example_labels),
+        example_labels_list=json.dumps(list(example_labels)),
+        limitations=limitations.rstrip("\n"),
     )
 
 
