@@ -14,7 +14,10 @@ import PIL.ImageDraw
 
 
 GROUNDS = {"sand": (196, 176, 132), "stone": (128, 128, 128), "soil": (92, 64, 44)}
-COLOURS = {"red": (214, 40, 40), "green": (40, 176, 64), "blue": (48, 84, 226), "yellow": (232, 208, 36)}
+COLOURS = {
+    "red": (214, 40, 40), "orange": (240, 140, 30), "yellow": (232, 208, 36), "green": (40, 176, 64),
+    "blue": (48, 84, 226), "purple": (150, 60, 200),
+}
 PATTERNS = ("plain", "striped", "checked")
 SHAPES = ("circle", "square", "triangle")
 UNSEEN_OBJECTS = ("striped red", "checked green", "plain blue")
@@ -22,7 +25,8 @@ OBJECTS = tuple(f"{pattern} {colour}" for colour, pattern in itertools.product(C
 CLASS_NAMES = tuple(GROUNDS) + OBJECTS
 UNSEEN_CLASS_IDS = tuple(CLASS_NAMES.index(name) for name in UNSEEN_OBJECTS)
 SEEN_CLASS_IDS = tuple(index for index in range(len(CLASS_NAMES)) if index not in UNSEEN_CLASS_IDS)
-TEMPLATES = ("a {}.",)
+# Class prompts in the captions' own form, averaged over the grounds (as "a photo of a {}." suits real CLIP).
+TEMPLATES = tuple(f"a {{}} on {ground}" for ground in GROUNDS)
 # The scenes bundled in examples/scenes: the held-out objects beside seen ones, on every ground.
 EXAMPLE_SCENES = (
     ("sand", (("striped red", "triangle", (6, 8, 30, 32)), ("checked blue", "circle", (34, 30, 60, 56)))),
@@ -89,11 +93,11 @@ def render_scene(rng: np.random.Generator, objects: tuple[str, ...], size: int =
     return compose_scene(rng, ground, placements, size)
 
 
-def scenes(seed: int, count: int, objects: tuple[str, ...] = OBJECTS, size: int = 64):
+def scenes(seed: int, count: int, objects: tuple[str, ...] = OBJECTS, size: int = 64, max_objects: int = 3):
     """`count` scenes, the same for the same seed: `(image, class_map, caption)` each."""
     rng = np.random.default_rng(seed)
     for _ in range(count):
-        yield render_scene(rng, objects, size)
+        yield render_scene(rng, objects, size, max_objects)
 
 
 def pretraining_objects() -> tuple[str, ...]:
