@@ -45,6 +45,7 @@ from cascade_clip_hf.toy_world import (
 logger = logging.getLogger("build_demo_model")
 EXAMPLES = Path(__file__).parent
 IMAGE_SIZE = 64
+SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
 CASCADE_CONFIG = {
     "cascade_stages": [[1, 2], [3, 4]],
     "num_prompt_tokens": 4,
@@ -93,13 +94,20 @@ def train_tokenizer(captions: list[str]) -> CLIPTokenizer:
     bpe.normalizer = normalizers.Lowercase()
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(
-        vocab_size=256, special_tokens=["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>",
+        vocab_size=256, special_tokens=SPECIAL_TOKENS, end_of_word_suffix="</w>",
         show_progress=False,
     )
     bpe.train_from_iterator(captions, trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in state["merges"]]
-    tokenizer = CLIPTokenizer(vocab=state["vocab"], merges=merges)
+    # The trainer numbers its initial alphabet in hash-map order, which changes from run to run; its merges do not.
+    # Renumber: special tokens, the alphabet sorted, then merged tokens in merge order.
+    merged = [first + second for first, second in merges]
+    alphabet = sorted(set(state["vocab"]) - set(SPECIAL_TOKENS) - set(merged))
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(SPECIAL_TOKENS + alphabet + merged))}
+    if len(vocab) != len(state["vocab"]):
+        raise RuntimeError("Renumbering the byte-pair vocabulary lost tokens.")
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     for word in caption_words():
         if tokenizer.tokenize(word) != [f"{word}</w>"]:
             raise RuntimeError(f"The tokenizer splits {word!r} into {tokenizer.tokenize(word)}.")
