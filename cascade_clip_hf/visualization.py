@@ -43,7 +43,11 @@ def class_fractions(segmentation: np.ndarray, class_names: list[str]) -> dict[st
 
 
 def overlay_with_legend(
-    image: PIL.Image.Image, segmentation: np.ndarray, class_names: list[str], alpha: float = 0.5
+    image: PIL.Image.Image,
+    segmentation: np.ndarray,
+    class_names: list[str],
+    alpha: float = 0.5,
+    min_side: int = 256,
 ) -> PIL.Image.Image:
     """
     The image with each pixel tinted by its class's colour, and on its right a legend of the classes present
@@ -52,6 +56,8 @@ def overlay_with_legend(
     Args:
         segmentation (`np.ndarray` of shape `(height, width)`): indices into `class_names`, at the image's size.
         alpha: weight of the class colours against the image.
+        min_side: images whose shorter side is below this are enlarged by a whole factor (each pixel a block),
+            so that small images stay legible beside the legend.
     """
     if segmentation.shape != (image.height, image.width):
         raise ValueError(f"The segmentation is {segmentation.shape} but the image is {(image.height, image.width)}.")
@@ -59,6 +65,9 @@ def overlay_with_legend(
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1 - alpha) * pixels + alpha * palette[segmentation].astype(np.float32)
     overlay = PIL.Image.fromarray(blended.round().astype(np.uint8))
+    factor = -(-min_side // min(image.size))
+    if factor > 1:
+        overlay = overlay.resize((image.width * factor, image.height * factor), PIL.Image.Resampling.NEAREST)
 
     fractions = class_fractions(segmentation, class_names)
     present = [index for index, name in enumerate(class_names) if fractions[name] > 0]
@@ -67,11 +76,11 @@ def overlay_with_legend(
     rows = [f"{class_names[index]} {100 * fractions[class_names[index]]:.1f}%" for index in present]
     text_width = max(int(font.getlength(row)) for row in rows)
     legend_width = LEGEND_PADDING * 3 + LEGEND_ROW_HEIGHT + text_width
-    height = max(image.height, LEGEND_PADDING * 2 + LEGEND_ROW_HEIGHT * len(rows))
-    canvas = PIL.Image.new("RGB", (image.width + legend_width, height), "white")
+    height = max(overlay.height, LEGEND_PADDING * 2 + LEGEND_ROW_HEIGHT * len(rows))
+    canvas = PIL.Image.new("RGB", (overlay.width + legend_width, height), "white")
     canvas.paste(overlay, (0, 0))
     draw = PIL.ImageDraw.Draw(canvas)
-    left = image.width + LEGEND_PADDING
+    left = overlay.width + LEGEND_PADDING
     for row_index, (class_index, row) in enumerate(zip(present, rows)):
         top = LEGEND_PADDING + row_index * LEGEND_ROW_HEIGHT
         swatch = (left, top + 2, left + LEGEND_ROW_HEIGHT - 4, top + LEGEND_ROW_HEIGHT - 2)

@@ -84,10 +84,21 @@ def test_overlay_colours_each_class_and_lists_only_present_ones():
     image = PIL.Image.new("RGB", (20, 10), "black")
     segmentation = np.zeros((10, 20), dtype=np.int64)
     segmentation[:, 10:] = 2
-    overlay = np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0))
+    overlay = np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0, min_side=10))
     palette = class_palette(3)
     assert (overlay[:10, :10] == palette[0]).all() and (overlay[:10, 10:20] == palette[2]).all()
     legend = overlay[:, 20:].reshape(-1, 3)
     assert (legend == palette[0]).all(axis=1).any() and (legend == palette[2]).all(axis=1).any()
     assert not (legend == palette[1]).all(axis=1).any()
     assert len({tuple(colour) for colour in class_palette(50)}) == 50
+
+
+def test_small_images_are_enlarged_in_whole_blocks_in_the_overlay():
+    image = PIL.Image.new("RGB", (20, 10), "black")
+    segmentation = np.zeros((10, 20), dtype=np.int64)
+    segmentation[:, 10:] = 2
+    overlay = np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0, min_side=64))
+    palette = class_palette(3)
+    # The shorter side (10) needs a factor of 7 to reach 64: each pixel becomes a 7x7 block.
+    assert overlay.shape[0] == 70 and overlay.shape[1] > 140
+    assert (overlay[:70, :70] == palette[0]).all() and (overlay[:70, 70:140] == palette[2]).all()
