@@ -103,7 +103,11 @@ def add_segment_parser(subparsers) -> None:
         "the share of pixels each class wins (NAME.json).",
     )
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--model", required=True, help="a Cascade-CLIP model: folder or Hub id")
+    parser.add_argument(
+        "--model",
+        help="a Cascade-CLIP model: folder or Hub id (default: the tiny toy-world demo model shipped in the package, "
+        "which only knows toy-world scenes such as examples/scenes)",
+    )
     parser.add_argument("--labels", type=class_names_argument, help='"cat,grass,sky" or a .txt/.json file')
     parser.add_argument("--output", required=True, help="folder for the results")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
@@ -154,7 +158,7 @@ def run_segment(args) -> int:
 
     from .image_processing_cascade_clip import ImageInputError, open_image
     from .processing_cascade_clip import check_class_names
-    from .segmenter import load_segmenter, vocabulary
+    from .segmenter import DEMO_MODEL, load_segmenter, vocabulary
 
     if args.labels is not None:
         check_class_names(args.labels)
@@ -163,7 +167,7 @@ def run_segment(args) -> int:
     paths = image_paths(args.inputs)
     if not paths:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
-    segmenter = load_segmenter(args.model, args.device)
+    segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device)
     class_names = vocabulary(segmenter, args.labels)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

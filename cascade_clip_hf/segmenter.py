@@ -1,8 +1,15 @@
 """Loading the zero-shot pipeline for a model, as the command line and the demo app use it."""
 
+from pathlib import Path
+
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 from .processing_cascade_clip import CascadeClipProcessor
+
+
+# The tiny toy-world model shipped inside the package (built by examples/build_demo_model.py): the command line's
+# default, so that it works offline on a fresh machine. It only knows toy-world scenes, not photos.
+DEMO_MODEL = Path(__file__).parent / "demo_model"
 
 
 def load_segmenter(model_name: str, device: str = "cpu") -> CascadeClipZeroShotSegmentationPipeline:

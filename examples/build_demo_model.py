@@ -243,8 +243,10 @@ def main(argv=None) -> None:
             PIL.Image.fromarray(image).save(Path(args.scenes_dir) / f"scene-{index}.png")
             logger.info(f"scene-{index}.png: {caption}")
     if args.ship_to:
+        # Without the code files save_pretrained copies beside the weights: inside the package they would be stale
+        # duplicates of its own modules (cascade_clip_hf.hub.push_model_to_hub adds them again for the Hub).
         with atomic_directory(args.ship_to) as staging:
-            shutil.copytree(folder / "cascade", staging, dirs_exist_ok=True)
+            shutil.copytree(folder / "cascade", staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.py"))
     logger.info("Cascade:\n" + markdown_summary(cascade) + "\nSingle decoder:\n" + markdown_summary(single))
     logger.info(f"Built in {minutes:.1f} min; report in {folder / 'report.json'}")
 
