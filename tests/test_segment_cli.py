@@ -80,11 +80,16 @@ def test_segment_names_an_unknown_model_in_one_line(tmp_path, photos):
     assert "Traceback" not in result.stderr
 
 
-def test_overlay_colours_each_class_and_lists_only_present_ones():
+def two_class_overlay(min_side: int) -> np.ndarray:
+    """The overlay of a black 20x10 image: class "a" on the left half, "c" on the right, colours at full weight."""
     image = PIL.Image.new("RGB", (20, 10), "black")
     segmentation = np.zeros((10, 20), dtype=np.int64)
     segmentation[:, 10:] = 2
-    overlay = np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0, min_side=10))
+    return np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0, min_side=min_side))
+
+
+def test_overlay_colours_each_class_and_lists_only_present_ones():
+    overlay = two_class_overlay(min_side=10)
     palette = class_palette(3)
     assert (overlay[:10, :10] == palette[0]).all() and (overlay[:10, 10:20] == palette[2]).all()
     legend = overlay[:, 20:].reshape(-1, 3)
@@ -94,10 +99,7 @@ def test_overlay_colours_each_class_and_lists_only_present_ones():
 
 
 def test_small_images_are_enlarged_in_whole_blocks_in_the_overlay():
-    image = PIL.Image.new("RGB", (20, 10), "black")
-    segmentation = np.zeros((10, 20), dtype=np.int64)
-    segmentation[:, 10:] = 2
-    overlay = np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0, min_side=64))
+    overlay = two_class_overlay(min_side=64)
     palette = class_palette(3)
     # The shorter side (10) needs a factor of 7 to reach 64: each pixel becomes a 7x7 block.
     assert overlay.shape[0] == 70 and overlay.shape[1] > 140
