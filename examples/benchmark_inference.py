@@ -12,34 +12,11 @@ CUDA it is the peak of allocated GPU memory.
 import argparse
 import json
 import multiprocessing
-import platform
-import resource
-import statistics
-import time
-from pathlib import Path
 
 import torch
-import transformers
+from benchmarking import machine_description, time_runs, write_report
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
-
-
-def machine_description(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    description = {
-        "cpu": cpu,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-    if device == "cuda":
-        description["gpu"] = torch.cuda.get_device_name()
-    return description
 
 
 def build_model(dtype: torch.dtype, attn_implementation: str, device: str) -> CascadeClipForZeroShotSegmentation:
@@ -56,36 +33,18 @@ def measure(device: str, dtype_name: str, attn_implementation: str, batch_size: 
     dtype = getattr(torch, dtype_name)
     model = build_model(dtype, attn_implementation, device)
     pixel_values = torch.randn(batch_size, 3, 512, 512, device=device, dtype=dtype)
-
-    def synchronize():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     with torch.inference_mode():
-        model.sliding_window_inference(pixel_values)
-        synchronize()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        latencies = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.sliding_window_inference(pixel_values)
-            synchronize()
-            latencies.append(time.perf_counter() - start)
-    if device == "cuda":
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    latency = statistics.median(latencies)
+        timing = time_runs(lambda: model.sliding_window_inference(pixel_values), repeats, device)
+    latency = timing["median_s"]
     return {
         "device": device,
         "dtype": dtype_name,
         "attn_implementation": attn_implementation,
         "batch_size": batch_size,
         "latency_s": round(latency, 4),
-        "latency_min_s": round(min(latencies), 4),
+        "latency_min_s": round(timing["min_s"], 4),
         "images_per_s": round(batch_size / latency, 3),
-        "peak_memory_mib": round(peak_mib, 1),
+        "peak_memory_mib": timing["peak_memory_mib"],
         "repeats": repeats,
     }
 
@@ -127,9 +86,7 @@ def main() -> None:
 
     report = {"machine": machine_description(args.device), "model": "ViT-B/16, 512x512, 171 classes", "results": results}
     print(f"\nMachine: {json.dumps(report['machine'])}\n\n{markdown_table(results)}")
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,9 @@ peak memory is the process's peak resident set size (weights included); on CUDA 
 import argparse
 import json
 import multiprocessing
-import platform
-import resource
-import statistics
-import time
-from pathlib import Path
 
 import torch
-import transformers
+from benchmarking import machine_description, time_runs, write_report
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
 from cascade_clip_hf.training import parameter_groups, training_vocabulary
@@ -41,31 +36,15 @@ def measure(device: str, dtype_name: str, batch_size: int, steps: int, crop_size
     labels = vocabulary.labels(labels)
     autocast = torch.autocast(device_type=device, dtype=getattr(torch, dtype_name), enabled=dtype_name != "float32")
 
-    def synchronize():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     def step():
         with autocast:
             loss = model(pixel_values=pixel_values, class_embeds=class_embeds, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize()
 
-    step()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    durations = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        durations.append(time.perf_counter() - start)
-    if device == "cuda":
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    seconds = statistics.median(durations)
+    timing = time_runs(step, steps, device)
+    seconds = timing["median_s"]
     return {
         "device": device,
         "dtype": dtype_name,
@@ -75,7 +54,7 @@ def measure(device: str, dtype_name: str, batch_size: int, steps: int, crop_size
         "activation_checkpointing": checkpointing,
         "seconds_per_step": round(seconds, 3),
         "images_per_s": round(batch_size / seconds, 3),
-        "peak_memory_mib": round(peak_mib, 1),
+        "peak_memory_mib": timing["peak_memory_mib"],
         "steps": steps,
     }
 
@@ -99,20 +78,11 @@ def main() -> None:
                 results.append(pool.apply(measure, config))
             print(json.dumps(results[-1]), flush=True)
     report = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            **({"gpu": torch.cuda.get_device_name()} if args.device == "cuda" else {}),
-        },
+        "machine": machine_description(args.device),
         "model": "ViT-B/16, 512x512, COCO-Stuff inductive (156 seen classes)",
         "results": results,
     }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-
+    write_report(args.output, report)
 
 if __name__ == "__main__":
     main()
