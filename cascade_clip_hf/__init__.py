@@ -18,7 +18,9 @@ __version__ = "0.1.0"
 
 AutoConfig.register(CascadeClipConfig.model_type, CascadeClipConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(CascadeClipConfig, CascadeClipForZeroShotSegmentation, exist_ok=True)
-AutoImageProcessor.register(CascadeClipConfig, image_processor_classes={"pil": CascadeClipImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    CascadeClipConfig, image_processor_classes={"pil": CascadeClipImageProcessor}, exist_ok=True
+)
 AutoProcessor.register(CascadeClipConfig, CascadeClipProcessor, exist_ok=True)
 # Saved models then carry this code and an `auto_map`, for loading with trust_remote_code=True without the package.
 CascadeClipConfig.register_for_auto_class()

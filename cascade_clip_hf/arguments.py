@@ -18,9 +18,9 @@ def class_names_argument(text: str) -> list[str]:
     path = Path(text)
     if path.suffix in (".txt", ".json") and path.is_file():
         if path.suffix == ".json":
-            names = json.loads(path.read_text())
+            names = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(names, list):
                 raise argparse.ArgumentTypeError(f"{path} must hold a JSON list of class names")
             return names
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [name.strip() for name in text.split(",")]

@@ -90,7 +90,9 @@ class PhotometricDistortion(A.ImageOnlyTransform):
     [0.5, 1.5] and a hue shift in [-18, 17] on OpenCV's 0-180 hue scale; every step rounds back to 8 bits.
     """
 
-    def __init__(self, brightness_delta=32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta=18, p=1.0):
+    def __init__(
+        self, brightness_delta=32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta=18, p=1.0
+    ):
         super().__init__(p=p)
         self.brightness_delta = brightness_delta
         self.contrast_range = contrast_range

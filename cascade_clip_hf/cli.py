@@ -193,7 +193,7 @@ def run_segment(args) -> int:
                 stride=args.stride,
                 window_batch_size=args.window_batch_size,
             )
-            for (path, image), segments in zip(batch, results):
+            for (path, image), segments in zip(batch, results, strict=True):
                 write_segmentation(image, segments, class_names, output, unique_stem(path, used_stems), args.alpha)
                 progress.update()
     logger.info(f"Segmented {len(paths) - failures} of {len(paths)} images into {output}.")

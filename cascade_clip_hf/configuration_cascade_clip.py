@@ -40,7 +40,8 @@ class CascadeClipConfig(PreTrainedConfig):
             Epsilon of the LayerNorm applied to every tapped layer and to the final layer.
         cascade_stages (`list[list[int]]`, *optional*, defaults to `[[5, 6, 7], [8, 9, 10]]`):
             0-based indices of the tapped encoder layers, grouped into stages. Each stage's layers are fused with
-            learned Gaussian-initialised weights and decoded by a decoder of its own; the final layer is one more stage.
+            learned Gaussian-initialised weights and decoded by a decoder of its own; the final layer is one more
+            stage.
             `[]` leaves only the final layer's decoder (the single-decoder baseline the paper compares with).
         decoder_num_layers (`int`, *optional*, defaults to 3):
             Layers per decoder.

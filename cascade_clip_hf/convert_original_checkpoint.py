@@ -199,7 +199,9 @@ def infer_config(
         num_prompt_tokens=num_prompt_tokens,
         num_prompt_layers=1 + (deep_prompts.shape[0] if deep_prompts is not None else 0),
         cascade_stages=cascade_stages,
-        decoder_num_layers=count_indexed(state_dict, r"decode_head\.cascade_decoders\.0\.layers\.(\d+)\.linear1\.weight"),
+        decoder_num_layers=count_indexed(
+            state_dict, r"decode_head\.cascade_decoders\.0\.layers\.(\d+)\.linear1\.weight"
+        ),
         decoder_num_attention_heads=decoder_heads if decoder_heads is not None else 8,
         decoder_intermediate_size=state_dict["decode_head.cascade_decoders.0.layers.0.linear1.weight"].shape[0],
         id2label=dict(enumerate(class_names)),

@@ -118,7 +118,7 @@ def coco_stuff_pairs(data_dir: Path, split: str) -> tuple[list[tuple[Path, Path]
     images = sorted(image_dir.glob("*.jpg"))
     train_id_labels = [label_dir / f"{image.stem}_labelTrainIds.png" for image in images]
     if images and all(label.is_file() for label in train_id_labels):
-        return list(zip(images, train_id_labels)), False
+        return list(zip(images, train_id_labels, strict=True)), False
     return [(image, label_dir / f"{image.stem}.png") for image in images], True
 
 
@@ -177,7 +177,7 @@ def benchmark_split(
 
 def read_id2label(path: str | os.PathLike) -> list[str]:
     """Class names from an `id2label.json` (`{"0": "cat", ...}`), in id order; ids must run from 0 without gaps."""
-    mapping = json.loads(Path(path).read_text())
+    mapping = json.loads(Path(path).read_text(encoding="utf-8"))
     ids = sorted(int(key) for key in mapping)
     if ids != list(range(len(ids))):
         raise DatasetLayoutError(f"{path}: ids must run 0..{len(ids) - 1} without gaps, got {ids[:10]}...")
@@ -207,7 +207,9 @@ def hub_split(
             raise DatasetLayoutError(f"{dataset_name_or_path} has no column {column!r}: {dataset.column_names}.")
     dataset = dataset.select_columns([image_column, label_column])
     dataset = dataset.rename_columns({image_column: "image", label_column: "label"})
-    dataset = dataset.add_column("name", [f"{dataset_name_or_path}[{split}][{index}]" for index in range(len(dataset))])
+    dataset = dataset.add_column(
+        "name", [f"{dataset_name_or_path}[{split}][{index}]" for index in range(len(dataset))]
+    )
     num_classes = len(class_names)
     return SegmentationData(
         dataset=dataset,
@@ -239,7 +241,9 @@ def load_segmentation_data(args, split: str) -> SegmentationData:
         elif args.dataset in BENCHMARKS:
             class_names = benchmark_facts(args.dataset)["class_names"]
         else:
-            raise DatasetLayoutError("--dataset_name needs --id2label (or --dataset naming a benchmark) for class names.")
+            raise DatasetLayoutError(
+                "--dataset_name needs --id2label (or --dataset naming a benchmark) for class names."
+            )
         seen = benchmark_facts(args.dataset, args.setting)["seen_class_ids"] if args.dataset in BENCHMARKS else None
         return hub_split(
             args.dataset_name,

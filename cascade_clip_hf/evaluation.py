@@ -116,15 +116,13 @@ def evaluate_split(
                 window_batch_size=window_batch_size,
             )
             readable_rows = [row for row, sample in enumerate(batch) if sample is not None]
-            for row, sample, image_scores in zip(readable_rows, readable, scores):
+            for row, sample, image_scores in zip(readable_rows, readable, scores, strict=True):
                 prediction = image_scores.argmax(dim=0).cpu().numpy()
                 areas[row] = metric.class_areas(prediction, sample["labels"].numpy(), num_classes, IGNORE_INDEX)
         gathered = accelerator.gather_for_metrics(torch.from_numpy(areas).to(accelerator.device))
         if accelerator.is_main_process:
             gathered = gathered.cpu().numpy()
-            metric.add_batch(
-                area_intersect=gathered[:, 0], area_prediction=gathered[:, 1], area_label=gathered[:, 2]
-            )
+            metric.add_batch(area_intersect=gathered[:, 0], area_prediction=gathered[:, 1], area_label=gathered[:, 2])
         progress.update(1)
     progress.close()
     num_unreadable = int(accelerator.reduce(torch.tensor(num_unreadable, device=accelerator.device), "sum"))
@@ -147,7 +145,9 @@ def results_record(metrics: dict, class_names: list[str], **metadata) -> dict:
         "miou_unseen": as_percent(metrics["mean_iou_unseen"]),
         "hiou": as_percent(metrics["harmonic_iou"]),
         "pixel_accuracy": as_percent(metrics["pixel_accuracy"]),
-        "per_class_iou": {name: as_percent(iou) for name, iou in zip(class_names, metrics["per_category_iou"])},
+        "per_class_iou": {
+            name: as_percent(iou) for name, iou in zip(class_names, metrics["per_category_iou"], strict=True)
+        },
         "num_images": metrics["num_images"],
         "num_unreadable": metrics["num_unreadable"],
         "units": "percent",

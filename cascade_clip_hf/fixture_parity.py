@@ -116,10 +116,20 @@ def compare_to_expected(outputs: dict, fixture_dir: str | os.PathLike) -> dict[s
             report[name] = {"error": mismatches, "tolerance": 0, "kind": "mismatches", "ok": mismatches == 0}
         elif name in LOSS_NAMES:
             error = ((actual - reference).abs() / reference.abs().clamp_min(1e-12)).max().item()
-            report[name] = {"error": error, "tolerance": RELATIVE_TOLERANCE, "kind": "relative", "ok": error <= RELATIVE_TOLERANCE}
+            report[name] = {
+                "error": error,
+                "tolerance": RELATIVE_TOLERANCE,
+                "kind": "relative",
+                "ok": error <= RELATIVE_TOLERANCE,
+            }
         else:
             error = (actual - reference).abs().max().item()
-            report[name] = {"error": error, "tolerance": ABSOLUTE_TOLERANCE, "kind": "absolute", "ok": error <= ABSOLUTE_TOLERANCE}
+            report[name] = {
+                "error": error,
+                "tolerance": ABSOLUTE_TOLERANCE,
+                "kind": "absolute",
+                "ok": error <= ABSOLUTE_TOLERANCE,
+            }
     return report
 
 
@@ -127,5 +137,7 @@ def format_report(report: dict[str, dict]) -> str:
     """A markdown table of the comparison."""
     lines = ["| tensor | error | tolerance | ok |", "| --- | --- | --- | --- |"]
     for name, row in report.items():
-        lines.append(f"| {name} | {row['error']:.3g} ({row['kind']}) | {row['tolerance']:g} | {'yes' if row['ok'] else 'NO'} |")
+        lines.append(
+            f"| {name} | {row['error']:.3g} ({row['kind']}) | {row['tolerance']:g} | {'yes' if row['ok'] else 'NO'} |"
+        )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Image processor for Cascade-CLIP: any image to normalised RGB at the original's test scale, and back to class maps."""
+"""Image processor for Cascade-CLIP: any image to normalised RGB at the original's test scale, back to class maps."""
 
 import os
 from collections.abc import Sequence

@@ -63,8 +63,9 @@ def results_markdown(results: dict | None, dataset: str | None, setting: str) ->
 
     if results:
         rows.append(
-            f"| measured with this checkpoint ({results.get('num_images', '?')} images) | {cell(results.get('miou_seen'))} | "
-            f"{cell(results.get('miou_unseen'))} | {cell(results.get('hiou'))} | {cell(results.get('miou'))} |"
+            f"| measured with this checkpoint ({results.get('num_images', '?')} images) | "
+            f"{cell(results.get('miou_seen'))} | {cell(results.get('miou_unseen'))} | {cell(results.get('hiou'))} | "
+            f"{cell(results.get('miou'))} |"
         )
     paper = load_benchmarks()["_common"]["paper_results_readme_average"].get(dataset or "", {}).get(setting)
     if paper:
@@ -144,7 +145,8 @@ def build_model_card(
         card_data,
         template_path=str(TEMPLATE),
         title=repo_id.split("/")[-1],
-        summary=summary or f"Cascade-CLIP for zero-shot semantic segmentation{f' on {dataset_name}' if dataset else ''}.",
+        summary=summary
+        or f"Cascade-CLIP for zero-shot semantic segmentation{f' on {dataset_name}' if dataset else ''}.",
         repo_id=repo_id,
         dataset_name=dataset_name,
         num_classes=config.num_labels,

@@ -223,7 +223,9 @@ class CascadeClipVisionEncoder(nn.Module):
         image_embeds = F.normalize(final_tokens[:, 0], dim=-1)
         return features, image_embeds, grid, tuple(all_hidden_states) if output_hidden_states else None
 
-    def run_layer(self, layer_index: int, encoder_layer: CLIPEncoderLayer, hidden_states: torch.Tensor) -> torch.Tensor:
+    def run_layer(
+        self, layer_index: int, encoder_layer: CLIPEncoderLayer, hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         """One encoder layer, with stochastic depth while training."""
         rate = self.drop_path_rates[layer_index]
         if not (self.training and rate > 0):
@@ -327,9 +329,7 @@ class CascadeClipDecoder(nn.Module):
         return self.layers[-1].cross_attention.attention_logits(queries, visual_tokens).mean(dim=1)
 
 
-def sigmoid_focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
-) -> torch.Tensor:
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     """
     Per-mask sigmoid focal loss, averaged over pixels.
 
@@ -424,7 +424,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         super().__init__(config)
         self.vision_encoder = CascadeClipVisionEncoder(config)
         self.text_encoder = CLIPTextModelWithProjection._from_config(config.text_config)
-        self.stage_weights = nn.ParameterList([nn.Parameter(torch.ones(len(stage))) for stage in config.cascade_stages])
+        self.stage_weights = nn.ParameterList(
+            [nn.Parameter(torch.ones(len(stage))) for stage in config.cascade_stages]
+        )
         self.decoders = nn.ModuleList([CascadeClipDecoder(config) for _ in range(config.num_decoders)])
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         self.post_init()
@@ -791,14 +793,14 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         start = 0
         for weights in self.stage_weights:
             stage_features = features[start : start + len(weights)]
-            stage_inputs.append(sum(weight * feature for weight, feature in zip(weights, stage_features)))
+            stage_inputs.append(sum(weight * feature for weight, feature in zip(weights, stage_features, strict=True)))
             start += len(weights)
         stage_inputs.append(features[-1])
 
         batch_size = pixel_values.shape[0]
         decoder_logits = tuple(
             decoder(class_embeds, image_embeds, visual_tokens).view(batch_size, -1, *grid)
-            for decoder, visual_tokens in zip(self.decoders, stage_inputs)
+            for decoder, visual_tokens in zip(self.decoders, stage_inputs, strict=True)
         )
         logits = sum(decoder_logits)
 
@@ -895,7 +897,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 )
                 logits = self(pixel_values=crops, class_embeds=class_embeds).logits
                 # One crop at a time: only one full-resolution window of scores exists beside the sums.
-                for crop_logits, (_, index, top, left) in zip(logits.split(1), group):
+                for crop_logits, (_, index, top, left) in zip(logits.split(1), group, strict=True):
                     crop_scores = self.upsample_to_image_size(crop_logits).sigmoid_().sub_(score_shift[:, None, None])
                     if crop_scores.shape[-2:] != crop:
                         crop_scores = F.interpolate(crop_scores, size=crop, mode="bilinear", align_corners=False)
@@ -903,10 +905,12 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                     counts[index][:, top : top + crop[0], left : left + crop[1]] += 1
 
         results = []
-        for image_scores, image_counts, size in zip(scores, counts, output_sizes):
+        for image_scores, image_counts, size in zip(scores, counts, output_sizes, strict=True):
             image_scores /= image_counts
             if tuple(size) != tuple(image_scores.shape[-2:]):
-                image_scores = F.interpolate(image_scores[None], size=tuple(size), mode="bilinear", align_corners=False)
+                image_scores = F.interpolate(
+                    image_scores[None], size=tuple(size), mode="bilinear", align_corners=False
+                )
                 image_scores = image_scores[0]
             results.append(image_scores)
         return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results

@@ -96,7 +96,10 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             stride=stride,
             window_batch_size=window_batch_size,
         )
-        return {"scores": [image_scores.float() for image_scores in scores], "class_names": model_inputs["class_names"]}
+        return {
+            "scores": [image_scores.float() for image_scores in scores],
+            "class_names": model_inputs["class_names"],
+        }
 
     def postprocess(self, model_outputs: dict) -> list[list[dict]]:
         results = []

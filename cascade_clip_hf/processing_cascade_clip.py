@@ -1,4 +1,4 @@
-"""Processor for Cascade-CLIP: images through the image processor, class names through templates and the CLIP tokenizer."""
+"""Processor for Cascade-CLIP: images through the image processor, class names through templates and the tokenizer."""
 
 from collections.abc import Sequence
 

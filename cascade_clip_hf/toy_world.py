@@ -15,8 +15,12 @@ import PIL.ImageDraw
 
 GROUNDS = {"sand": (196, 176, 132), "stone": (128, 128, 128), "soil": (92, 64, 44)}
 COLOURS = {
-    "red": (214, 40, 40), "orange": (240, 140, 30), "yellow": (232, 208, 36), "green": (40, 176, 64),
-    "blue": (48, 84, 226), "purple": (150, 60, 200),
+    "red": (214, 40, 40),
+    "orange": (240, 140, 30),
+    "yellow": (232, 208, 36),
+    "green": (40, 176, 64),
+    "blue": (48, 84, 226),
+    "purple": (150, 60, 200),
 }
 PATTERNS = ("plain", "striped", "checked")
 SHAPES = ("circle", "square", "triangle")

@@ -39,7 +39,7 @@ def segmentation_from_masks(segments: list[dict], class_names: list[str], size: 
 def class_fractions(segmentation: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """The fraction of the image's pixels each class wins (zero for classes absent), in class order."""
     counts = np.bincount(segmentation.ravel(), minlength=len(class_names))
-    return {name: float(count) / segmentation.size for name, count in zip(class_names, counts)}
+    return {name: float(count) / segmentation.size for name, count in zip(class_names, counts, strict=True)}
 
 
 def overlay_with_legend(
@@ -81,7 +81,7 @@ def overlay_with_legend(
     canvas.paste(overlay, (0, 0))
     draw = PIL.ImageDraw.Draw(canvas)
     left = overlay.width + LEGEND_PADDING
-    for row_index, (class_index, row) in enumerate(zip(present, rows)):
+    for row_index, (class_index, row) in enumerate(zip(present, rows, strict=True)):
         top = LEGEND_PADDING + row_index * LEGEND_ROW_HEIGHT
         swatch = (left, top + 2, left + LEGEND_ROW_HEIGHT - 4, top + LEGEND_ROW_HEIGHT - 2)
         draw.rectangle(swatch, fill=tuple(int(value) for value in palette[class_index]), outline="black")

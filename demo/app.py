@@ -9,4 +9,6 @@ from cascade_clip_hf.demo import build_demo
 
 
 if __name__ == "__main__":
-    build_demo(os.environ.get("CASCADE_CLIP_MODEL", "org/cascade-clip-coco"), example_labels="cat, grass, sky").launch()
+    build_demo(
+        os.environ.get("CASCADE_CLIP_MODEL", "org/cascade-clip-coco"), example_labels="cat, grass, sky"
+    ).launch()

@@ -84,7 +84,11 @@ def main() -> None:
                 results.append(row)
                 print(markdown_table([row]).splitlines()[-1], flush=True)
 
-    report = {"machine": machine_description(args.device), "model": "ViT-B/16, 512x512, 171 classes", "results": results}
+    report = {
+        "machine": machine_description(args.device),
+        "model": "ViT-B/16, 512x512, 171 classes",
+        "results": results,
+    }
     print(f"\nMachine: {json.dumps(report['machine'])}\n\n{markdown_table(results)}")
     write_report(args.output, report)
 

@@ -84,5 +84,6 @@ def main() -> None:
     }
     write_report(args.output, report)
 
+
 if __name__ == "__main__":
     main()

@@ -5,8 +5,8 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import transformers
@@ -49,7 +49,11 @@ def machine_description(device: str) -> dict:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text(encoding="utf-8").splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     description = {
         "cpu": cpu,
@@ -67,4 +71,4 @@ def write_report(path: str | None, report: dict) -> None:
     """Writes the report as JSON to `path`, when one is given."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -37,8 +37,15 @@ from cascade_clip_hf.atomic import atomic_directory
 from cascade_clip_hf.evaluation import markdown_summary
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.toy_world import (
-    CLASS_NAMES, EXAMPLE_SCENES, SEEN_CLASS_IDS, TEMPLATES, UNSEEN_OBJECTS, caption_words, example_scene,
-    pretraining_objects, scenes,
+    CLASS_NAMES,
+    EXAMPLE_SCENES,
+    SEEN_CLASS_IDS,
+    TEMPLATES,
+    UNSEEN_OBJECTS,
+    caption_words,
+    example_scene,
+    pretraining_objects,
+    scenes,
 )
 
 
@@ -89,12 +96,14 @@ def write_scene_datasets(folder: Path, seed: int, train_scenes: int, test_scenes
 
 
 def train_tokenizer(captions: list[str]) -> CLIPTokenizer:
-    """A byte-pair vocabulary learnt from the captions (CLIP's end-of-word suffix), as a transformers CLIP tokenizer."""
+    """A byte-pair vocabulary learnt from the captions (CLIP's end-of-word suffix), as a transformers CLIPTokenizer."""
     bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
     bpe.normalizer = normalizers.Lowercase()
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(
-        vocab_size=256, special_tokens=SPECIAL_TOKENS, end_of_word_suffix="</w>",
+        vocab_size=256,
+        special_tokens=SPECIAL_TOKENS,
+        end_of_word_suffix="</w>",
         show_progress=False,
     )
     bpe.train_from_iterator(captions, trainer)
@@ -129,13 +138,24 @@ def train_clip(folder: Path, seed: int, steps: int, batch_size: int) -> Path:
     tokenizer = train_tokenizer([caption for _, _, caption in scenes(seed + 3, 2000, objects)])
     config = CLIPConfig(
         vision_config={
-            "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4,
-            "image_size": IMAGE_SIZE, "patch_size": 8, "projection_dim": 64,
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "image_size": IMAGE_SIZE,
+            "patch_size": 8,
+            "projection_dim": 64,
         },
         text_config={
-            "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
-            "max_position_embeddings": 32, "vocab_size": len(tokenizer), "projection_dim": 64,
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 32,
+            "vocab_size": len(tokenizer),
+            "projection_dim": 64,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         },
         projection_dim=64,
@@ -151,8 +171,10 @@ def train_clip(folder: Path, seed: int, steps: int, batch_size: int) -> Path:
         batch = [next(stream) for _ in range(batch_size)]
         text = tokenizer([caption for _, _, caption in batch], padding=True, return_tensors="pt")
         outputs = model(
-            input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-            pixel_values=normalise(np.stack([image for image, _, _ in batch])), return_loss=True,
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            pixel_values=normalise(np.stack([image for image, _, _ in batch])),
+            return_loss=True,
         )
         optimizer.zero_grad()
         outputs.loss.backward()
@@ -173,21 +195,71 @@ def run_example(script: str, arguments: list[str]) -> None:
 
 def train_and_evaluate(folder: Path, name: str, clip: Path, data: Path, seed: int, steps: int, config: dict) -> dict:
     """Cascade-CLIP trained inductively on the seen classes, then evaluated on the held-out scenes."""
-    common = ["--dataset_name", str(data), "--id2label", str(data.parent / "id2label.json"),
-              "--seen_class_ids", ",".join(map(str, SEEN_CLASS_IDS))]
-    run_example("train_cascade_clip.py", [
-        *common, "--setting", "inductive", "--clip_model", str(clip), "--output_dir", str(folder / name),
-        "--image_size", str(IMAGE_SIZE), "--crop_size", str(IMAGE_SIZE),
-        # Scenes are drawn at one scale and their classes differ by colour: no rescaling, no colour jitter.
-        "--train_scale", f"{IMAGE_SIZE},{IMAGE_SIZE}", "--scale_ratio_range", "1", "1", "--no_photometric_distortion",
-        "--templates", *TEMPLATES, "--model_config", json.dumps(config), "--max_train_steps", str(steps),
-        "--train_batch_size", "16", "--learning_rate", "2e-4", "--warmup_steps", str(max(steps // 20, 1)),
-        "--checkpointing_steps", "0", "--num_workers", "0", "--seed", str(seed), "--skip_eval",
-    ])
+    common = [
+        "--dataset_name",
+        str(data),
+        "--id2label",
+        str(data.parent / "id2label.json"),
+        "--seen_class_ids",
+        ",".join(map(str, SEEN_CLASS_IDS)),
+    ]
+    run_example(
+        "train_cascade_clip.py",
+        [
+            *common,
+            "--setting",
+            "inductive",
+            "--clip_model",
+            str(clip),
+            "--output_dir",
+            str(folder / name),
+            "--image_size",
+            str(IMAGE_SIZE),
+            "--crop_size",
+            str(IMAGE_SIZE),
+            # Scenes are drawn at one scale and their classes differ by colour: no rescaling, no colour jitter.
+            "--train_scale",
+            f"{IMAGE_SIZE},{IMAGE_SIZE}",
+            "--scale_ratio_range",
+            "1",
+            "1",
+            "--no_photometric_distortion",
+            "--templates",
+            *TEMPLATES,
+            "--model_config",
+            json.dumps(config),
+            "--max_train_steps",
+            str(steps),
+            "--train_batch_size",
+            "16",
+            "--learning_rate",
+            "2e-4",
+            "--warmup_steps",
+            str(max(steps // 20, 1)),
+            "--checkpointing_steps",
+            "0",
+            "--num_workers",
+            "0",
+            "--seed",
+            str(seed),
+            "--skip_eval",
+        ],
+    )
     results_path = folder / f"{name}_results.json"
-    run_example("evaluate_cascade_clip.py", [
-        *common, "--model", str(folder / name), "--split", "test", "--output", str(results_path), "--num_workers", "0",
-    ])
+    run_example(
+        "evaluate_cascade_clip.py",
+        [
+            *common,
+            "--model",
+            str(folder / name),
+            "--split",
+            "test",
+            "--output",
+            str(results_path),
+            "--num_workers",
+            "0",
+        ],
+    )
     return json.loads(results_path.read_text())
 
 
@@ -230,8 +302,13 @@ def main(argv=None) -> None:
     minutes = (time.perf_counter() - started) / 60
 
     report = {
-        "seed": args.seed, "quick": args.quick, "sizes": sizes, "build_minutes": round(minutes, 1),
-        "unseen_classes": list(UNSEEN_OBJECTS), "cascade": cascade, "single_decoder": single,
+        "seed": args.seed,
+        "quick": args.quick,
+        "sizes": sizes,
+        "build_minutes": round(minutes, 1),
+        "unseen_classes": list(UNSEEN_OBJECTS),
+        "cascade": cascade,
+        "single_decoder": single,
         "best_constant_baseline": baseline,
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -299,27 +376,32 @@ def demo_summary(report: dict) -> str:
         cells = [cell(results.get(key)) for key in ("miou_seen", "miou_unseen", "hiou")]
         return f"| {name} | " + " | ".join(cells) + " |"
 
-    return "\n".join([
-        "A tiny Cascade-CLIP trained from scratch on the procedural toy world of `cascade_clip_hf.toy_world` "
-        "(patterned, coloured shapes on textured grounds), for demonstrations and end-to-end tests; it knows nothing of real "
-        f"photos. Its CLIP never saw the held-out objects ({', '.join(report['unseen_classes'])}) and neither did "
-        "its segmentation training: they are segmented zero-shot, from their words.",
-        "",
-        f"Measured on {report['cascade'].get('num_images', '?')} held-out scenes (`examples/build_demo_model.py "
-        f"--seed {report['seed']}`, built in {report['build_minutes']} min on a CPU):",
-        "",
-        "| model | mIoU(seen) | mIoU(unseen) | hIoU |",
-        "| --- | --- | --- | --- |",
-        row("Cascade-CLIP (2 cascade stages + last layer)", report["cascade"]),
-        row("single decoder on the last layer", report["single_decoder"]),
-        row("best constant map", report["best_constant_baseline"]),
-        "",
-        "IoU of each held-out object (Cascade-CLIP / single decoder): " + ", ".join(
-            f"{name} {cell(report['cascade']['per_class_iou'][name])} / "
-            f"{cell(report['single_decoder']['per_class_iou'][name])}"
-            for name in report["unseen_classes"]
-        ) + ".",
-    ])
+    return "\n".join(
+        [
+            "A tiny Cascade-CLIP trained from scratch on the procedural toy world of `cascade_clip_hf.toy_world` "
+            "(patterned, coloured shapes on textured grounds), for demonstrations and end-to-end tests; it knows "
+            "nothing of real photos. Its CLIP never saw the held-out objects "
+            f"({', '.join(report['unseen_classes'])}) and neither did its segmentation training: they are segmented "
+            "zero-shot, from their words.",
+            "",
+            f"Measured on {report['cascade'].get('num_images', '?')} held-out scenes (`examples/build_demo_model.py "
+            f"--seed {report['seed']}`, built in {report['build_minutes']} min on a CPU):",
+            "",
+            "| model | mIoU(seen) | mIoU(unseen) | hIoU |",
+            "| --- | --- | --- | --- |",
+            row("Cascade-CLIP (2 cascade stages + last layer)", report["cascade"]),
+            row("single decoder on the last layer", report["single_decoder"]),
+            row("best constant map", report["best_constant_baseline"]),
+            "",
+            "IoU of each held-out object (Cascade-CLIP / single decoder): "
+            + ", ".join(
+                f"{name} {cell(report['cascade']['per_class_iou'][name])} / "
+                f"{cell(report['single_decoder']['per_class_iou'][name])}"
+                for name in report["unseen_classes"]
+            )
+            + ".",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def main(argv=None) -> dict:
 
     cross_dataset = model.config.class_names != data.class_names
     if cross_dataset:
-        templates = args.templates or (benchmark_facts(args.dataset)["templates"] if args.dataset in BENCHMARKS else None)
+        templates = args.templates or (
+            benchmark_facts(args.dataset)["templates"] if args.dataset in BENCHMARKS else None
+        )
         if templates:
             processor.templates = templates
         if args.class_embeddings:

@@ -62,24 +62,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--templates", nargs="+", help="prompt templates for a dataset without a preset")
     model.add_argument("--image_size", type=int, default=512, help="position-embedding grid size (pixels)")
     model.add_argument(
-        "--model_config", type=json.loads, default={},
-        help='CascadeClipConfig arguments for a model built from CLIP, as JSON, e.g. \'{"cascade_stages": []}\'',
+        "--model_config",
+        type=json.loads,
+        default={},
+        help="CascadeClipConfig arguments for a model built from CLIP, as JSON, e.g. '{\"cascade_stages\": []}'",
     )
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True)
-    train.add_argument("--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark")
+    train.add_argument(
+        "--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark"
+    )
     train.add_argument("--train_batch_size", type=int, default=4, help="images per process and step")
     train.add_argument("--crop_size", type=int, default=512)
     train.add_argument(
-        "--train_scale", type=comma_separated_ints, default=[2048, 512],
+        "--train_scale",
+        type=comma_separated_ints,
+        default=[2048, 512],
         help="long,short sides of the random rescale before cropping (times a ratio in --scale_ratio_range)",
     )
     train.add_argument(
-        "--scale_ratio_range", type=float, nargs=2, default=[0.5, 2.0], metavar=("LOW", "HIGH"),
+        "--scale_ratio_range",
+        type=float,
+        nargs=2,
+        default=[0.5, 2.0],
+        metavar=("LOW", "HIGH"),
         help="range of the random rescale's ratio; 1 1 keeps images at --train_scale",
     )
     train.add_argument(
-        "--no_photometric_distortion", action="store_true",
+        "--no_photometric_distortion",
+        action="store_true",
         help="no brightness/contrast/saturation/hue jitter (for data whose classes differ by colour)",
     )
     train.add_argument("--learning_rate", type=float, default=2e-5, help="base rate; prompts and head train at 10x")
@@ -161,7 +172,9 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
     return model, processor
 
 
-def training_loss(model, unwrapped, batch, class_embeds, vocabulary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_loss(
+    model, unwrapped, batch, class_embeds, vocabulary
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The original's loss for one batch; in the transductive setting after pseudo-labelling hidden pixels."""
     labels = vocabulary.labels(batch["labels"])
     outputs = model(pixel_values=batch["pixel_values"], class_embeds=class_embeds)
@@ -264,7 +277,9 @@ def main(argv=None) -> None:
     while completed_steps < args.max_train_steps:
         train_dataset.set_epoch(epoch)
         train_dataloader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
+        batches = (
+            accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
+        )
         resume_batches = 0
         for batch in batches:
             with accelerator.accumulate(model):
@@ -281,7 +296,12 @@ def main(argv=None) -> None:
             progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
             if completed_steps % args.logging_steps == 0:
                 accelerator.log(
-                    {"loss": loss.item(), "loss_mask": mask_loss.item(), "loss_dice": dice_loss.item(), "lr": learning_rate},
+                    {
+                        "loss": loss.item(),
+                        "loss_mask": mask_loss.item(),
+                        "loss_dice": dice_loss.item(),
+                        "lr": learning_rate,
+                    },
                     step=completed_steps,
                 )
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
@@ -300,8 +320,13 @@ def main(argv=None) -> None:
             logger.warning(f"No evaluation: the {args.eval_split!r} split cannot be loaded ({error}).")
         else:
             metrics = evaluate_split(
-                accelerator, unwrapped, processor, eval_data,
-                batch_size=args.eval_batch_size, num_workers=args.num_workers, max_samples=args.max_eval_samples,
+                accelerator,
+                unwrapped,
+                processor,
+                eval_data,
+                batch_size=args.eval_batch_size,
+                num_workers=args.num_workers,
+                max_samples=args.max_eval_samples,
             )
             if accelerator.is_main_process:
                 results = results_record(

@@ -40,13 +40,22 @@ def tiny_clip_dir(tmp_path_factory, clip_tokenizer) -> Path:
     """A tiny random transformers CLIP checkpoint (224-style 2x2 grid at 32 pixels) with the real tokenizer."""
     torch.manual_seed(0)
     config = CLIPConfig(
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=2,
-            image_size=32, patch_size=16, projection_dim=16,
-        ),
-        text_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=16,
-        ),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+            "projection_dim": 16,
+        },
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "projection_dim": 16,
+        },
         projection_dim=16,
     )
     path = tmp_path_factory.mktemp("tiny_clip")
@@ -103,9 +112,21 @@ def run_script(script: str, args: list[str], num_processes: int = 1, timeout: in
     else:
         env["ACCELERATE_USE_CPU"] = "true"
         command = [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), str(EXAMPLES / script),
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(EXAMPLES / script),
         ]
     try:
         result = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=timeout)

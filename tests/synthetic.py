@@ -18,7 +18,7 @@ def scene(rng: np.random.Generator, class_ids: list[int], height: int, width: in
     chosen = rng.choice(class_ids, size=min(3, len(class_ids)), replace=False)
     edges = np.linspace(0, width, len(chosen) + 1).astype(int)
     image = np.zeros((height, width, 3), dtype=np.float64)
-    for class_id, left, right in zip(chosen, edges[:-1], edges[1:]):
+    for class_id, left, right in zip(chosen, edges[:-1], edges[1:], strict=True):
         labels[:, left:right] = class_id
         image[:, left:right] = class_colour(int(class_id))
     image += rng.normal(0, 6, image.shape)
@@ -63,7 +63,9 @@ def write_context(root: Path, num_classes: int = 59, sizes=(("train", 4), ("val"
     return root
 
 
-def write_coco_stuff(root: Path, raw_ids: bool = False, sizes=(("train", 4), ("val", 2)), seed: int = 2, raw_to_train=None):
+def write_coco_stuff(
+    root: Path, raw_ids: bool = False, sizes=(("train", 4), ("val", 2)), seed: int = 2, raw_to_train=None
+):
     """mmseg COCO-Stuff 164k layout: `*_labelTrainIds.png` with training ids, or raw COCO-Stuff ids in `*.png`."""
     rng = np.random.default_rng(seed)
     train_to_raw = {train: int(raw) for raw, train in (raw_to_train or {}).items() if train != 255}
@@ -83,7 +85,9 @@ def write_coco_stuff(root: Path, raw_ids: bool = False, sizes=(("train", 4), ("v
     return root
 
 
-def write_hub_dataset(path: Path, num_classes: int = 4, sizes=(("train", 8), ("validation", 4)), seed: int = 3) -> Path:
+def write_hub_dataset(
+    path: Path, num_classes: int = 4, sizes=(("train", 8), ("validation", 4)), seed: int = 3
+) -> Path:
     """A `save_to_disk` DatasetDict with `image` and `label` image columns; every pixel labelled."""
     import datasets
 

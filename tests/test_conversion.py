@@ -63,7 +63,9 @@ def test_fused_attention_is_split_and_class_token_folded():
     original = state_dict["backbone.positional_embedding"]
     torch.testing.assert_close(positions[0], original[0] + state_dict["backbone.class_embedding"])
     torch.testing.assert_close(positions[1:], original[1:])
-    torch.testing.assert_close(converted["vision_encoder.taps.2.projection.weight"], state_dict["backbone.proj_layers"][2].t())
+    torch.testing.assert_close(
+        converted["vision_encoder.taps.2.projection.weight"], state_dict["backbone.proj_layers"][2].t()
+    )
 
 
 @pytest.fixture
@@ -73,16 +75,16 @@ def tiny_checkpoint() -> dict:
 
 def convert_tiny(path, output_dir, official_meta, **overrides):
     architecture = official_meta["architecture"]
-    kwargs = dict(
-        class_names=official_meta["class_names"],
-        seen_class_ids=official_meta["seen_class_ids"],
-        extract_layers=architecture["extract_layers"],
-        templates=[official_meta["prompt_template"]],
-        tokenizer=str(CLIP_TOKENIZER),
-        vision_heads=architecture["vision_heads"],
-        text_heads=architecture["text_heads"],
-        decoder_heads=architecture["decoder_heads"],
-    )
+    kwargs = {
+        "class_names": official_meta["class_names"],
+        "seen_class_ids": official_meta["seen_class_ids"],
+        "extract_layers": architecture["extract_layers"],
+        "templates": [official_meta["prompt_template"]],
+        "tokenizer": str(CLIP_TOKENIZER),
+        "vision_heads": architecture["vision_heads"],
+        "text_heads": architecture["text_heads"],
+        "decoder_heads": architecture["decoder_heads"],
+    }
     return convert_checkpoint(path, output_dir, **{**kwargs, **overrides})
 
 
@@ -162,16 +164,26 @@ def test_cli_convert_with_precomputed_embeddings(tmp_path, official_meta):
     architecture = official_meta["architecture"]
     exit_code = main(
         [
-            "convert", str(OFFICIAL_TINY / "checkpoint.pth"),
-            "--output-dir", str(tmp_path / "model"),
-            "--class-names", ",".join(official_meta["class_names"]),
-            "--seen-class-ids", ",".join(map(str, official_meta["seen_class_ids"])),
-            "--class-embeddings", str(tmp_path / "embeddings.npy"),
-            "--templates", official_meta["prompt_template"],
-            "--tokenizer", str(CLIP_TOKENIZER),
-            "--vision-heads", str(architecture["vision_heads"]),
-            "--text-heads", str(architecture["text_heads"]),
-            "--decoder-heads", str(architecture["decoder_heads"]),
+            "convert",
+            str(OFFICIAL_TINY / "checkpoint.pth"),
+            "--output-dir",
+            str(tmp_path / "model"),
+            "--class-names",
+            ",".join(official_meta["class_names"]),
+            "--seen-class-ids",
+            ",".join(map(str, official_meta["seen_class_ids"])),
+            "--class-embeddings",
+            str(tmp_path / "embeddings.npy"),
+            "--templates",
+            official_meta["prompt_template"],
+            "--tokenizer",
+            str(CLIP_TOKENIZER),
+            "--vision-heads",
+            str(architecture["vision_heads"]),
+            "--text-heads",
+            str(architecture["text_heads"]),
+            "--decoder-heads",
+            str(architecture["decoder_heads"]),
         ]
     )
     assert exit_code == 0

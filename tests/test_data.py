@@ -100,7 +100,9 @@ def test_geometric_steps_keep_image_and_labels_aligned(seed):
     import albumentations as A
 
     image, labels = labelled_image()
-    pipeline = A.Compose([RandomRescale(scale=(400, 100)), CategoryBalancedRandomCrop(crop_size=64), A.HorizontalFlip()])
+    pipeline = A.Compose(
+        [RandomRescale(scale=(400, 100)), CategoryBalancedRandomCrop(crop_size=64), A.HorizontalFlip()]
+    )
     pipeline.set_random_seed(seed)
     out = pipeline(image=image, mask=labels)
     assert out["image"].shape[:2] == out["mask"].shape
@@ -172,7 +174,9 @@ def test_unreadable_training_samples_are_reported_and_replaced(tmp_path, voc_roo
     data = benchmark_split("pascal-voc-2012", voc_root, "train")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    data.dataset = data.dataset.map(lambda row, i: {"image": str(broken) if i == 2 else row["image"]}, with_indices=True)
+    data.dataset = data.dataset.map(
+        lambda row, i: {"image": str(broken) if i == 2 else row["image"]}, with_indices=True
+    )
     dataset = AugmentedSegmentation(data, training_augmentation(crop_size=32, scale=(128, 32)), seed=0)
     sample = dataset[2]
     assert sample["pixel_values"].shape == (3, 32, 32) and sample["labels"].dtype == torch.int64

@@ -18,7 +18,9 @@ def test_demo_app_answers_a_request_through_gradio_client(tmp_path, tiny_hub_mod
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        overlay_path, shares = client.predict(handle_file(tmp_path / "photo.png"), "bicycle, ocean", api_name="/segment")
+        overlay_path, shares = client.predict(
+            handle_file(tmp_path / "photo.png"), "bicycle, ocean", api_name="/segment"
+        )
         overlay = PIL.Image.open(overlay_path)
         assert overlay.height >= 50 and overlay.width > 80
         fractions = {entry["label"]: entry["confidence"] for entry in shares["confidences"]}

@@ -33,10 +33,12 @@ def test_metric_agrees_with_ious_by_hand():
 
 def test_metric_from_areas_equals_metric_from_maps():
     metric = load_metric("areas")
-    areas = np.stack([metric.class_areas(p, r, 5) for p, r in zip(PREDICTIONS, REFERENCES)])
+    areas = np.stack([metric.class_areas(p, r, 5) for p, r in zip(PREDICTIONS, REFERENCES, strict=True)])
     metric.add_batch(area_intersect=areas[:, 0], area_prediction=areas[:, 1], area_label=areas[:, 2])
     from_areas = metric.compute(num_labels=5, seen_class_ids=[0, 1])
-    from_maps = load_metric().compute(predictions=PREDICTIONS, references=REFERENCES, num_labels=5, seen_class_ids=[0, 1])
+    from_maps = load_metric().compute(
+        predictions=PREDICTIONS, references=REFERENCES, num_labels=5, seen_class_ids=[0, 1]
+    )
     assert np.isnan(from_maps["per_category_iou"][4])  # absent everywhere: left out of the means
     np.testing.assert_equal(from_areas["per_category_iou"], from_maps["per_category_iou"])
     assert from_areas["mean_iou"] == from_maps["mean_iou"]
@@ -52,20 +54,36 @@ def test_metric_without_a_split_reports_no_unseen():
 def voc_model_dir(tmp_path_factory, tiny_clip_dir):
     facts = benchmark_facts("pascal-voc-2012", "inductive")
     return save_tiny_cascade(
-        tiny_clip_dir, tmp_path_factory.mktemp("voc_model") / "model", facts["class_names"],
+        tiny_clip_dir,
+        tmp_path_factory.mktemp("voc_model") / "model",
+        facts["class_names"],
         seen_class_ids=facts["seen_class_ids"],
     )
 
 
 def evaluate_args(model_dir, voc_root, output, extra=()):
     return [
-        "--model", str(model_dir), "--dataset", "pascal-voc-2012", "--data_dir", str(voc_root), "--split", "val",
-        "--output", str(output), "--num_workers", "0", *extra,
+        "--model",
+        str(model_dir),
+        "--dataset",
+        "pascal-voc-2012",
+        "--data_dir",
+        str(voc_root),
+        "--split",
+        "val",
+        "--output",
+        str(output),
+        "--num_workers",
+        "0",
+        *extra,
     ]
 
 
 def test_evaluation_on_two_processes_equals_one(tmp_path, voc_model_dir, voc_root):
-    one = run_script("evaluate_cascade_clip.py", evaluate_args(voc_model_dir, voc_root, tmp_path / "one.json", ["--max_samples", "3"]))
+    one = run_script(
+        "evaluate_cascade_clip.py",
+        evaluate_args(voc_model_dir, voc_root, tmp_path / "one.json", ["--max_samples", "3"]),
+    )
     run_script(
         "evaluate_cascade_clip.py",
         evaluate_args(voc_model_dir, voc_root, tmp_path / "two.json", ["--max_samples", "3", "--batch_size", "1"]),

@@ -68,7 +68,9 @@ def test_default_vocabulary_equals_text_tower(official_model, official_meta):
     """The converted model stores its vocabulary's embeddings, so no text is needed at inference."""
     inputs = load_file(str(OFFICIAL_TINY / "inputs.safetensors"))
     expected = load_file(str(OFFICIAL_TINY / "expected.safetensors"))
-    torch.testing.assert_close(official_model.class_embeddings, expected["text_embeds"], atol=ABSOLUTE_TOLERANCE, rtol=0)
+    torch.testing.assert_close(
+        official_model.class_embeddings, expected["text_embeds"], atol=ABSOLUTE_TOLERANCE, rtol=0
+    )
     with torch.no_grad():
         outputs = official_model(pixel_values=inputs["pixel_values"])
     logits = torch.nn.functional.interpolate(outputs.logits, size=(inputs["pixel_values"].shape[-2:]), mode="bilinear")

@@ -91,8 +91,14 @@ def test_push_to_hub_uploads_everything_in_one_commit(tiny_hub_model_dir, interc
     assert len(intercepted_hub) == 1
     files = intercepted_hub[0]["files"]
     assert {
-        "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md",
-        "modeling_cascade_clip.py", "configuration_cascade_clip.py", "pipeline_cascade_clip.py",
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "modeling_cascade_clip.py",
+        "configuration_cascade_clip.py",
+        "pipeline_cascade_clip.py",
     } <= set(files)
     from safetensors.torch import load
 
@@ -100,7 +106,9 @@ def test_push_to_hub_uploads_everything_in_one_commit(tiny_hub_model_dir, interc
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(uploaded[name], tensor, rtol=0, atol=0)
     assert json.loads(files["config.json"])["id2label"]["0"] == "red thing"
-    assert files["modeling_cascade_clip.py"] == (REPOSITORY / "cascade_clip_hf" / "modeling_cascade_clip.py").read_bytes()
+    assert (
+        files["modeling_cascade_clip.py"] == (REPOSITORY / "cascade_clip_hf" / "modeling_cascade_clip.py").read_bytes()
+    )
     metadata = yaml.safe_load(files["README.md"].decode().split("---")[1])
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 50.0
 
@@ -122,8 +130,14 @@ def test_model_cards_of_the_six_settings(tmp_path):
     results = {"miou": 51.0, "miou_seen": 55.5, "miou_unseen": 44.5, "hiou": 49.4, "num_images": 7, "split": "val"}
     (tmp_path / "results.json").write_text(json.dumps(results))
     command = [
-        sys.executable, str(REPOSITORY / "model_cards" / "generate_model_cards.py"), "--org", "org",
-        "--output_dir", str(tmp_path / "cards"), "--results", f"pascal-voc-2012/inductive={tmp_path / 'results.json'}",
+        sys.executable,
+        str(REPOSITORY / "model_cards" / "generate_model_cards.py"),
+        "--org",
+        "org",
+        "--output_dir",
+        str(tmp_path / "cards"),
+        "--results",
+        f"pascal-voc-2012/inductive={tmp_path / 'results.json'}",
     ]
     subprocess.run(command, check=True, capture_output=True)
     cards = sorted(path.parent.name for path in (tmp_path / "cards").glob("*/README.md"))
@@ -148,9 +162,12 @@ def test_model_cards_of_the_six_settings(tmp_path):
 def test_shipped_model_cards_are_the_generators_output(tmp_path):
     subprocess.run(
         [sys.executable, str(REPOSITORY / "model_cards" / "generate_model_cards.py"), "--output_dir", str(tmp_path)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     for card in tmp_path.glob("*/README.md"):
         shipped = REPOSITORY / "model_cards" / card.parent.name / "README.md"
-        assert shipped.read_text() == card.read_text(), f"{shipped} is stale: rerun model_cards/generate_model_cards.py"
+        assert shipped.read_text() == card.read_text(), (
+            f"{shipped} is stale: rerun model_cards/generate_model_cards.py"
+        )
     assert CascadeClipConfig.from_preset("pascal-voc-2012", "inductive").setting == "inductive"

@@ -45,7 +45,9 @@ def test_from_clip_pretrained_freezes_like_the_original(tiny_clip_dir):
     assert "vision_encoder.prompt_layernorm.weight" in trainable
     assert "stage_weights.0" in trainable
     assert "decoders.2.layers.0.cross_attention.q_proj.weight" in trainable
-    assert not any(name.startswith(("vision_encoder.clip.", "text_encoder.", "vision_encoder.taps.")) for name in trainable)
+    assert not any(
+        name.startswith(("vision_encoder.clip.", "text_encoder.", "vision_encoder.taps.")) for name in trainable
+    )
     assert model.config.num_labels == 0
 
 
@@ -70,8 +72,9 @@ def test_default_vocabulary_is_the_template_ensemble(tiny_model, clip_tokenizer)
     config = tiny_model.config
     with torch.no_grad():
         per_template = [
-            F.normalize(tiny_model.get_text_features(**tokenize_class_prompts(clip_tokenizer, config.class_names, [t]))
-                        , dim=-1)
+            F.normalize(
+                tiny_model.get_text_features(**tokenize_class_prompts(clip_tokenizer, config.class_names, [t])), dim=-1
+            )
             for t in config.templates
         ]
     expected = F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
@@ -129,7 +132,9 @@ def test_save_load_round_trip_through_safetensors(tiny_model, tmp_path):
     assert isinstance(reloaded, CascadeClipForZeroShotSegmentation)
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(pixel_values=pixel_values).logits, tiny_model(pixel_values=pixel_values).logits)
+        torch.testing.assert_close(
+            reloaded(pixel_values=pixel_values).logits, tiny_model(pixel_values=pixel_values).logits
+        )
     assert reloaded.config.id2label == tiny_model.config.id2label
 
 
@@ -156,7 +161,7 @@ def test_chunked_loss_equals_one_chunk(tiny_model, monkeypatch):
         mask_loss, dice = tiny_model.compute_loss(logits, labels)
         (mask_loss + dice).backward()
         results.append((mask_loss.detach(), dice.detach(), logits.grad.clone()))
-    for one, many in zip(*results):
+    for one, many in zip(*results, strict=True):
         torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-7)
     assert results[0][2].abs().sum() > 0
 
@@ -223,7 +228,7 @@ def test_sliding_window_over_images_of_different_sizes(tiny_model):
     together = tiny_model.sliding_window_inference(
         images, output_size=[(35, 75), (64, 64), (50, 40)], crop_size=64, stride=40, window_batch_size=4
     )
-    for image, scores in zip(images, together):
+    for image, scores in zip(images, together, strict=True):
         alone = tiny_model.sliding_window_inference(
             image[None], output_size=tuple(scores.shape[-2:]), crop_size=64, stride=40
         )[0]
@@ -247,7 +252,9 @@ def test_processor_to_post_processing(tiny_model, clip_tokenizer):
     torch.testing.assert_close(outputs.score_shift, torch.tensor([0.1, 0.0, 0.1]))
     segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(48, 80)])[0]
     assert segmentation.shape == (48, 80)
-    scores = F.interpolate(outputs.logits, size=(48, 80), mode="bilinear").sigmoid()[0] - outputs.score_shift[:, None, None]
+    scores = (
+        F.interpolate(outputs.logits, size=(48, 80), mode="bilinear").sigmoid()[0] - outputs.score_shift[:, None, None]
+    )
     assert torch.equal(segmentation, scores.argmax(dim=0))
 
 
@@ -262,12 +269,22 @@ def test_processor_to_post_processing(tiny_model, clip_tokenizer):
         ({"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(0, 16)}, "At least one class"),
         ({"pixel_values": torch.randn(1, 3, 64, 64), "input_ids": torch.ones(4, dtype=torch.long)}, "input_ids must"),
         (
-            {"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(2, 16), "input_ids": torch.ones(2, 3, dtype=torch.long)},
+            {
+                "pixel_values": torch.randn(1, 3, 64, 64),
+                "class_embeds": torch.randn(2, 16),
+                "input_ids": torch.ones(2, 3, dtype=torch.long),
+            },
             "either input_ids or class_embeds",
         ),
-        ({"pixel_values": torch.randn(1, 3, 64, 64), "seen_class_mask": torch.ones(3, dtype=torch.bool)}, "one entry per class"),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "seen_class_mask": torch.ones(3, dtype=torch.bool)},
+            "one entry per class",
+        ),
         ({"pixel_values": torch.randn(1, 3, 64, 64), "labels": torch.full((1, 64, 64), 7)}, "neither class indices"),
-        ({"pixel_values": torch.randn(1, 3, 64, 64), "labels": torch.zeros(2, 64, 64, dtype=torch.long)}, "labels must have shape"),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "labels": torch.zeros(2, 64, 64, dtype=torch.long)},
+            "labels must have shape",
+        ),
     ],
 )
 def test_bad_inputs_get_clear_errors(tiny_model, kwargs, message):
@@ -277,10 +294,21 @@ def test_bad_inputs_get_clear_errors(tiny_model, kwargs, message):
 
 def test_model_without_vocabulary_asks_for_classes():
     config = CascadeClipConfig(
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=32, patch_size=16, projection_dim=16
-        ),
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+            "projection_dim": 16,
+        },
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "projection_dim": 16,
+        },
         num_prompt_tokens=2,
         decoder_num_attention_heads=2,
         decoder_intermediate_size=32,
@@ -289,7 +317,12 @@ def test_model_without_vocabulary_asks_for_classes():
     with pytest.raises(ValueError, match="no default vocabulary"):
         model(pixel_values=torch.randn(1, 3, 32, 32))
     with torch.no_grad():
-        assert model(pixel_values=torch.randn(1, 3, 32, 32), class_embeds=torch.randn(5, 16)).logits.shape == (1, 5, 2, 2)
+        assert model(pixel_values=torch.randn(1, 3, 32, 32), class_embeds=torch.randn(5, 16)).logits.shape == (
+            1,
+            5,
+            2,
+            2,
+        )
 
 
 def test_set_vocabulary_checks_shapes(tiny_model):
@@ -302,8 +335,13 @@ def test_set_vocabulary_checks_shapes(tiny_model):
 
 def test_no_cascade_stages_leaves_a_single_decoder_on_the_last_layer(tiny_clip_dir):
     model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
-        str(tiny_clip_dir), image_size=64, id2label={0: "cat", 1: "sky"}, cascade_stages=[], num_prompt_tokens=2,
-        decoder_num_attention_heads=2, decoder_intermediate_size=32,
+        str(tiny_clip_dir),
+        image_size=64,
+        id2label={0: "cat", 1: "sky"},
+        cascade_stages=[],
+        num_prompt_tokens=2,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
     )
     assert model.config.num_decoders == 1 and model.config.extract_layers == []
     assert len(model.decoders) == 1 and len(model.vision_encoder.taps) == 0

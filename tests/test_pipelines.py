@@ -31,8 +31,11 @@ def reference_segmentation(model_dir, image, class_names=None) -> np.ndarray:
     inputs = processor(images=image, text=class_names)
     with torch.no_grad():
         scores = model.sliding_window_inference(
-            inputs["pixel_values"], output_size=image.size[::-1], input_ids=inputs.get("input_ids"),
-            attention_mask=inputs.get("attention_mask"), seen_class_mask=inputs.get("seen_class_mask"),
+            inputs["pixel_values"],
+            output_size=image.size[::-1],
+            input_ids=inputs.get("input_ids"),
+            attention_mask=inputs.get("attention_mask"),
+            seen_class_mask=inputs.get("seen_class_mask"),
         )
     return processor.post_process_semantic_segmentation(scores)[0].numpy()
 
@@ -50,7 +53,9 @@ def index_map(segments, class_names, size) -> np.ndarray:
 
 def test_auto_classes_resolve_to_the_package(tiny_hub_model_dir):
     assert isinstance(AutoConfig.from_pretrained(tiny_hub_model_dir), CascadeClipConfig)
-    assert isinstance(AutoModelForSemanticSegmentation.from_pretrained(tiny_hub_model_dir), CascadeClipForZeroShotSegmentation)
+    assert isinstance(
+        AutoModelForSemanticSegmentation.from_pretrained(tiny_hub_model_dir), CascadeClipForZeroShotSegmentation
+    )
     assert isinstance(AutoImageProcessor.from_pretrained(tiny_hub_model_dir), CascadeClipImageProcessor)
     assert isinstance(AutoProcessor.from_pretrained(tiny_hub_model_dir), CascadeClipProcessor)
 
@@ -88,7 +93,7 @@ def test_zero_shot_pipeline_with_any_class_names_batched(tiny_hub_model_dir):
     segmenter = pipeline("zero-shot-image-segmentation", model=str(tiny_hub_model_dir), trust_remote_code=True)
     batched = segmenter(images, candidate_labels=labels, batch_size=2)
     assert len(batched) == 3
-    for image, segments in zip(images, batched):
+    for image, segments in zip(images, batched, strict=True):
         expected = reference_segmentation(tiny_hub_model_dir, image, labels)
         np.testing.assert_array_equal(index_map(segments, labels, image.size), expected)
         assert all(-1 <= segment["score"] <= 1 for segment in segments)
@@ -116,7 +121,9 @@ def test_remote_code_without_the_package_gives_the_same_outputs(tmp_path, tiny_h
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
     site_packages = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # A path line in a .pth adds the directory without running that directory's own .pth files, so the
     # package's editable-install hook stays out.

@@ -60,7 +60,10 @@ def image_variants():
         "pil_rgba": (PIL.Image.fromarray(np.dstack([rgb, np.zeros_like(gray)])), rgb),
         "pil_palette": (palette, np.array(palette.convert("RGB"))),
         "pil_16bit": (PIL.Image.fromarray(gray.astype(np.uint16) * 257), np.repeat(gray[..., None], 3, -1)),
-        "pil_bilevel": (PIL.Image.fromarray(gray > 127), np.repeat(((gray > 127) * 255).astype(np.uint8)[..., None], 3, -1)),
+        "pil_bilevel": (
+            PIL.Image.fromarray(gray > 127),
+            np.repeat(((gray > 127) * 255).astype(np.uint8)[..., None], 3, -1),
+        ),
         "numpy_hwc": (rgb, rgb),
         "numpy_chw": (rgb.transpose(2, 0, 1), rgb),
         "numpy_gray": (gray, np.repeat(gray[..., None], 3, -1)),
@@ -78,7 +81,9 @@ def test_odd_images_become_rgb(name):
     image, expected_rgb = image_variants()[name]
     processor = CascadeClipImageProcessor(do_resize=False)
     pixel_values = unnormalize(processor(image)["pixel_values"][0], processor)
-    torch.testing.assert_close(pixel_values, torch.from_numpy(expected_rgb).permute(2, 0, 1).float(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        pixel_values, torch.from_numpy(expected_rgb).permute(2, 0, 1).float(), atol=1e-3, rtol=0
+    )
 
 
 def test_images_of_different_sizes_come_back_as_a_list(image_processor):

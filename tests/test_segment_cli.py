@@ -26,8 +26,20 @@ def photos(tmp_path):
 def test_segment_writes_maps_overlays_and_fractions(tmp_path, photos, tiny_hub_model_dir):
     labels = ["bicycle", "red thing", "ocean"]
     output = tmp_path / "out"
-    code = main(["segment", str(photos), "--model", str(tiny_hub_model_dir), "--labels", ",".join(labels),
-                 "--output", str(output), "--batch-size", "2"])
+    code = main(
+        [
+            "segment",
+            str(photos),
+            "--model",
+            str(tiny_hub_model_dir),
+            "--labels",
+            ",".join(labels),
+            "--output",
+            str(output),
+            "--batch-size",
+            "2",
+        ]
+    )
     assert code == 0
     for name, suffix in (("street", ".png"), ("beach", ".jpg")):
         image = PIL.Image.open(photos / f"{name}{suffix}").convert("RGB")
@@ -43,8 +55,19 @@ def test_segment_writes_maps_overlays_and_fractions(tmp_path, photos, tiny_hub_m
 
 def test_segment_reports_bad_files_and_processes_the_others(tmp_path, photos, tiny_hub_model_dir, caplog):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    code = main(["segment", str(photos / "street.png"), str(tmp_path / "broken.jpg"), str(tmp_path / "missing.png"),
-                 str(photos / "notes.txt"), "--model", str(tiny_hub_model_dir), "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "segment",
+            str(photos / "street.png"),
+            str(tmp_path / "broken.jpg"),
+            str(tmp_path / "missing.png"),
+            str(photos / "notes.txt"),
+            "--model",
+            str(tiny_hub_model_dir),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     assert (tmp_path / "out" / "street_classes.png").is_file()
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
@@ -56,12 +79,20 @@ def test_segment_reports_bad_files_and_processes_the_others(tmp_path, photos, ti
     assert json.loads((tmp_path / "out" / "street.json").read_text())["class_names"][0] == "red thing"
 
 
-@pytest.mark.parametrize(
-    "labels, message", [("cat,,sky", "are empty"), ("cat,Cat", "Duplicate class names")]
-)
+@pytest.mark.parametrize("labels, message", [("cat,,sky", "are empty"), ("cat,Cat", "Duplicate class names")])
 def test_segment_rejects_bad_labels(tmp_path, photos, tiny_hub_model_dir, caplog, labels, message):
-    code = main(["segment", str(photos), "--model", str(tiny_hub_model_dir), "--labels", labels,
-                 "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "segment",
+            str(photos),
+            "--model",
+            str(tiny_hub_model_dir),
+            "--labels",
+            labels,
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     assert message in caplog.text
     assert not (tmp_path / "out").exists()
@@ -70,9 +101,20 @@ def test_segment_rejects_bad_labels(tmp_path, photos, tiny_hub_model_dir, caplog
 def test_segment_names_an_unknown_model_in_one_line(tmp_path, photos):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_cache")}
     result = subprocess.run(
-        [sys.executable, "-m", "cascade_clip_hf.cli", "segment", str(photos), "--model", "org/no-such-model",
-         "--output", str(tmp_path / "out")],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cascade_clip_hf.cli",
+            "segment",
+            str(photos),
+            "--model",
+            "org/no-such-model",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

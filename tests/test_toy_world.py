@@ -9,7 +9,14 @@ import PIL.Image
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL, load_segmenter
 from cascade_clip_hf.toy_world import (
-    CLASS_NAMES, EXAMPLE_SCENES, OBJECTS, UNSEEN_OBJECTS, caption_words, example_scene, pretraining_objects, scenes
+    CLASS_NAMES,
+    EXAMPLE_SCENES,
+    OBJECTS,
+    UNSEEN_OBJECTS,
+    caption_words,
+    example_scene,
+    pretraining_objects,
+    scenes,
 )
 from cascade_clip_hf.visualization import segmentation_from_masks
 
@@ -21,7 +28,7 @@ SCENES = Path(__file__).parent.parent / "examples" / "scenes"
 
 def test_toy_world_is_deterministic_and_holds_out_word_combinations():
     first, second = list(scenes(7, 20, pretraining_objects())), list(scenes(7, 20, pretraining_objects()))
-    for (image, class_map, caption), (image_again, class_map_again, caption_again) in zip(first, second):
+    for (image, class_map, caption), (image_again, class_map_again, caption_again) in zip(first, second, strict=True):
         np.testing.assert_array_equal(image, image_again)
         np.testing.assert_array_equal(class_map, class_map_again)
         assert caption == caption_again
@@ -88,8 +95,15 @@ def test_demo_tokenizer_is_the_same_in_every_process():
 def test_build_script_runs_end_to_end_in_quick_mode(tmp_path):
     run_script(
         "build_demo_model.py",
-        ["--output_dir", str(tmp_path / "build"), "--quick", "--ship_to", str(tmp_path / "shipped"),
-         "--scenes_dir", str(tmp_path / "scenes")],
+        [
+            "--output_dir",
+            str(tmp_path / "build"),
+            "--quick",
+            "--ship_to",
+            str(tmp_path / "shipped"),
+            "--scenes_dir",
+            str(tmp_path / "scenes"),
+        ],
         timeout=480,
     )
     report = json.loads((tmp_path / "build" / "report.json").read_text())

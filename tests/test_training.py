@@ -123,10 +123,31 @@ def test_resolve_checkpoint(tmp_path):
 def train_args(dataset, output_dir, init_from, steps, batch_size=2, extra=()):
     path, id2label = dataset
     return [
-        "--dataset_name", str(path), "--id2label", str(id2label), "--eval_split", "validation",
-        "--init_from", str(init_from), "--output_dir", str(output_dir), "--max_train_steps", str(steps),
-        "--train_batch_size", str(batch_size), "--crop_size", "64", "--train_scale", "256,64",
-        "--warmup_steps", "2", "--learning_rate", "5e-4", "--num_workers", "0", *extra,
+        "--dataset_name",
+        str(path),
+        "--id2label",
+        str(id2label),
+        "--eval_split",
+        "validation",
+        "--init_from",
+        str(init_from),
+        "--output_dir",
+        str(output_dir),
+        "--max_train_steps",
+        str(steps),
+        "--train_batch_size",
+        str(batch_size),
+        "--crop_size",
+        "64",
+        "--train_scale",
+        "256,64",
+        "--warmup_steps",
+        "2",
+        "--learning_rate",
+        "5e-4",
+        "--num_workers",
+        "0",
+        *extra,
     ]
 
 
@@ -147,7 +168,10 @@ def dataset_loss(model_dir, dataset) -> float:
 
 def test_training_lowers_the_loss_and_writes_a_model(tmp_path, hub_dataset, tiny_hub_model_dir):
     output = tmp_path / "run"
-    result = run_script("train_cascade_clip.py", train_args(hub_dataset, output, tiny_hub_model_dir, 30, extra=["--checkpointing_steps", "0"]))
+    result = run_script(
+        "train_cascade_clip.py",
+        train_args(hub_dataset, output, tiny_hub_model_dir, 30, extra=["--checkpointing_steps", "0"]),
+    )
     assert dataset_loss(output, hub_dataset) < 0.8 * dataset_loss(tiny_hub_model_dir, hub_dataset)
     assert (output / "model.safetensors").is_file() and (output / "processor_config.json").is_file()
     results = json.loads((output / "eval_results.json").read_text())
@@ -160,7 +184,10 @@ def test_training_lowers_the_loss_and_writes_a_model(tmp_path, hub_dataset, tiny
 
 def test_resuming_continues_exactly(tmp_path, hub_dataset, tiny_hub_model_dir):
     straight = tmp_path / "straight"
-    run_script("train_cascade_clip.py", train_args(hub_dataset, straight, tiny_hub_model_dir, 6, extra=["--checkpointing_steps", "3", "--skip_eval"]))
+    run_script(
+        "train_cascade_clip.py",
+        train_args(hub_dataset, straight, tiny_hub_model_dir, 6, extra=["--checkpointing_steps", "3", "--skip_eval"]),
+    )
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
@@ -168,7 +195,13 @@ def test_resuming_continues_exactly(tmp_path, hub_dataset, tiny_hub_model_dir):
     assert all(state["step"] == 3 for state in saved_optimizer["state"].values())
     result = run_script(
         "train_cascade_clip.py",
-        train_args(hub_dataset, resumed, tiny_hub_model_dir, 6, extra=["--checkpointing_steps", "3", "--skip_eval", "--resume_from_checkpoint", "latest"]),
+        train_args(
+            hub_dataset,
+            resumed,
+            tiny_hub_model_dir,
+            6,
+            extra=["--checkpointing_steps", "3", "--skip_eval", "--resume_from_checkpoint", "latest"],
+        ),
     )
     assert "at step 3" in result.stderr
     final_optimizer = torch.load(resumed / "checkpoint-6" / "optimizer.bin", weights_only=False)
@@ -177,7 +210,9 @@ def test_resuming_continues_exactly(tmp_path, hub_dataset, tiny_hub_model_dir):
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
     reference = load_file(str(tiny_hub_model_dir / "model.safetensors"))
-    assert not torch.equal(expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"])
+    assert not torch.equal(
+        expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"]
+    )
 
 
 KILLED_SAVE = textwrap.dedent(
@@ -233,15 +268,39 @@ def test_transductive_training_runs_from_an_inductive_model(tmp_path, voc_root, 
     from .conftest import save_tiny_cascade
 
     facts = benchmark_facts("pascal-voc-2012", "inductive")
-    inductive = save_tiny_cascade(tiny_clip_dir, tmp_path / "inductive", facts["class_names"], seen_class_ids=facts["seen_class_ids"])
+    inductive = save_tiny_cascade(
+        tiny_clip_dir, tmp_path / "inductive", facts["class_names"], seen_class_ids=facts["seen_class_ids"]
+    )
     output = tmp_path / "transductive"
     run_script(
         "train_cascade_clip.py",
         [
-            "--dataset", "pascal-voc-2012", "--data_dir", str(voc_root), "--setting", "transductive",
-            "--init_from", str(inductive), "--output_dir", str(output), "--max_train_steps", "3",
-            "--train_batch_size", "2", "--crop_size", "64", "--train_scale", "256,64", "--warmup_steps", "1",
-            "--num_workers", "0", "--checkpointing_steps", "0", "--max_eval_samples", "2",
+            "--dataset",
+            "pascal-voc-2012",
+            "--data_dir",
+            str(voc_root),
+            "--setting",
+            "transductive",
+            "--init_from",
+            str(inductive),
+            "--output_dir",
+            str(output),
+            "--max_train_steps",
+            "3",
+            "--train_batch_size",
+            "2",
+            "--crop_size",
+            "64",
+            "--train_scale",
+            "256,64",
+            "--warmup_steps",
+            "1",
+            "--num_workers",
+            "0",
+            "--checkpointing_steps",
+            "0",
+            "--max_eval_samples",
+            "2",
         ],
     )
     model = CascadeClipForZeroShotSegmentation.from_pretrained(output)
@@ -252,7 +311,10 @@ def test_transductive_training_runs_from_an_inductive_model(tmp_path, voc_root, 
 def test_two_processes_train_and_evaluate_like_one(tmp_path, hub_dataset, tiny_hub_model_dir):
     """1 process x 2 images and 2 processes x 1 image see the same batches and reach the same model."""
     one, two = tmp_path / "one", tmp_path / "two"
-    run_script("train_cascade_clip.py", train_args(hub_dataset, one, tiny_hub_model_dir, 8, batch_size=2, extra=["--checkpointing_steps", "0"]))
+    run_script(
+        "train_cascade_clip.py",
+        train_args(hub_dataset, one, tiny_hub_model_dir, 8, batch_size=2, extra=["--checkpointing_steps", "0"]),
+    )
     run_script(
         "train_cascade_clip.py",
         train_args(hub_dataset, two, tiny_hub_model_dir, 8, batch_size=1, extra=["--checkpointing_steps", "0"]),

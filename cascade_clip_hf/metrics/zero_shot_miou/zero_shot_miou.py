@@ -27,7 +27,8 @@ Returns:
     `mean_iou`, `mean_iou_seen`, `mean_iou_unseen`, `harmonic_iou`, `pixel_accuracy`, `per_category_iou`.
 Example:
     >>> metric = evaluate.load("cascade_clip_hf/metrics/zero_shot_miou")
-    >>> metric.compute(predictions=[[[0, 1]]], references=[[[0, 0]]], num_labels=2, seen_class_ids=[0])["mean_iou_seen"]
+    >>> results = metric.compute(predictions=[[[0, 1]]], references=[[[0, 0]]], num_labels=2, seen_class_ids=[0])
+    >>> results["mean_iou_seen"]
     0.5
 """
 
@@ -89,7 +90,10 @@ class ZeroShotMeanIoU(evaluate.Metric):
             raise ValueError("num_labels is required.")
         if predictions is not None:
             areas = sum(
-                (class_areas(prediction, reference, num_labels, ignore_index) for prediction, reference in zip(predictions, references)),
+                (
+                    class_areas(prediction, reference, num_labels, ignore_index)
+                    for prediction, reference in zip(predictions, references, strict=True)
+                ),
                 np.zeros((3, num_labels), dtype=np.int64),
             )
         else:
