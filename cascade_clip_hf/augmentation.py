@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .image_processing_cascade_clip import ORIGINAL_IMAGE_MEAN, ORIGINAL_IMAGE_STD, keep_ratio_size
+from .labels import IGNORE_INDEX
 
 
 class RandomRescale(A.DualTransform):
@@ -46,7 +47,7 @@ class CategoryBalancedRandomCrop(A.DualTransform):
     class and no class fills `cat_max_ratio` or more of its labelled pixels.
     """
 
-    def __init__(self, crop_size: int = 512, cat_max_ratio: float = 0.75, ignore_index: int = 255, p=1.0):
+    def __init__(self, crop_size: int = 512, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX, p=1.0):
         super().__init__(p=p)
         self.crop_size = crop_size
         self.cat_max_ratio = cat_max_ratio
@@ -145,7 +146,7 @@ def training_augmentation(
     cat_max_ratio: float = 0.75,
     image_mean: Sequence[float] = ORIGINAL_IMAGE_MEAN,
     image_std: Sequence[float] = ORIGINAL_IMAGE_STD,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     photometric_distortion: bool = True,
 ) -> A.Compose:
     """

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers.utils import logging as transformers_logging
 
 from .arguments import class_names_argument, comma_separated_ints
+from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .presets import BENCHMARKS
 
@@ -28,7 +29,7 @@ def add_convert_parser(subparsers) -> None:
     parser.add_argument("checkpoint", help="the original .pth checkpoint")
     parser.add_argument("--output-dir", required=True, help="where to write the converted model")
     parser.add_argument("--preset", choices=BENCHMARKS, help="the benchmark the checkpoint was trained on")
-    parser.add_argument("--setting", choices=("inductive", "transductive"), help="default: inductive")
+    parser.add_argument("--setting", choices=SETTINGS, help="default: inductive")
     parser.add_argument("--class-names", type=class_names_argument, help='"cat,dog,..." or a .txt/.json file')
     parser.add_argument("--class-embeddings", help="a .npy of precomputed class embeddings, one row per class")
     parser.add_argument("--seen-class-ids", type=comma_separated_ints, help="ids of the classes seen in training")
@@ -157,8 +158,8 @@ def run_segment(args) -> int:
     from tqdm.auto import tqdm
 
     from .image_processing_cascade_clip import ImageInputError, open_image
-    from .processing_cascade_clip import check_class_names
     from .segmenter import DEMO_MODEL, load_segmenter, vocabulary
+    from .vocabulary import check_class_names
 
     if args.labels is not None:
         check_class_names(args.labels)

@@ -3,6 +3,9 @@
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
+from .labels import IGNORE_INDEX
+from .vocabulary import DEFAULT_TEMPLATES, check_class_names, check_templates, seen_class_names
+
 
 SETTINGS = ("inductive", "transductive")
 
@@ -117,7 +120,7 @@ class CascadeClipConfig(PreTrainedConfig):
     dice_loss_weight: float | int = 1.0
     focal_alpha: float | int = 0.25
     focal_gamma: float | int = 2.0
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     slide_crop_size: int = 512
     slide_stride: int = 426
     initializer_range: float = 0.02
@@ -135,7 +138,7 @@ class CascadeClipConfig(PreTrainedConfig):
         if self.cascade_stages is None:
             self.cascade_stages = ((5, 6, 7), (8, 9, 10))
         self.cascade_stages = [list(stage) for stage in self.cascade_stages]
-        self.templates = list(self.templates or ("a photo of a {}.",))
+        self.templates = list(self.templates or DEFAULT_TEMPLATES)
         if self.seen_class_ids is not None:
             self.seen_class_ids = [int(class_id) for class_id in self.seen_class_ids]
         # A Cascade-CLIP model has no vocabulary unless one is given: do not invent LABEL_0/LABEL_1.
@@ -158,6 +161,11 @@ class CascadeClipConfig(PreTrainedConfig):
     def class_names(self) -> list[str]:
         """The default vocabulary, in id order."""
         return [self.id2label[class_id] for class_id in sorted(self.id2label)]
+
+    @property
+    def seen_class_names(self) -> list[str]:
+        """The classes of the default vocabulary seen in training (all of them when `seen_class_ids` is `None`)."""
+        return seen_class_names(self.class_names, self.seen_class_ids)
 
     @classmethod
     def from_preset(cls, benchmark: str, setting: str = "inductive", **overrides) -> "CascadeClipConfig":
@@ -208,13 +216,13 @@ class CascadeClipConfig(PreTrainedConfig):
             )
         if self.setting not in SETTINGS:
             raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}.")
+        if self.id2label:
+            check_class_names(self.class_names)
         if self.seen_class_ids is not None:
             unknown = sorted(set(self.seen_class_ids) - set(self.id2label))
             if unknown:
                 raise ValueError(f"seen_class_ids {unknown} are not ids of id2label (0..{len(self.id2label) - 1}).")
-        bad_templates = [template for template in self.templates if template.count("{}") != 1]
-        if bad_templates:
-            raise ValueError(f"Every template needs exactly one '{{}}' for the class name: {bad_templates}.")
+        check_templates(self.templates)
         if self.slide_crop_size <= 0 or self.slide_stride <= 0:
             raise ValueError(
                 f"slide_crop_size and slide_stride must be positive, got {self.slide_crop_size} and "

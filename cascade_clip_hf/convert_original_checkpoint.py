@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import CLIPTokenizer
 from transformers.utils import logging
@@ -16,16 +15,15 @@ from .atomic import atomic_directory
 from .configuration_cascade_clip import CascadeClipConfig
 from .image_processing_cascade_clip import CascadeClipImageProcessor
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
-from .presets import benchmark_facts, stages_from_layers
-from .processing_cascade_clip import CascadeClipProcessor, check_class_names, tokenize_class_prompts
+from .presets import BACKGROUND_ZERO_BENCHMARKS, benchmark_facts, stages_from_layers
+from .processing_cascade_clip import CascadeClipProcessor
+from .vocabulary import DEFAULT_TEMPLATES, check_class_names, embed_class_names, load_class_embeddings
 
 
 logger = logging.get_logger(__name__)
 
 DEFAULT_TOKENIZER = "openai/clip-vit-base-patch16"
 DEFAULT_EXTRACT_LAYERS = (5, 6, 7, 8, 9, 10)
-# Benchmarks whose label maps use 0 for background (not a class): labels are reduced on loading.
-REDUCED_LABEL_BENCHMARKS = ("pascal-voc-2012", "pascal-context-59")
 
 # Keys the original checkpoint carries that the model does not use: the decoder layers' self-attention and its
 # norm (built by torch's TransformerDecoderLayer, never called) and the loss's buffers.
@@ -310,20 +308,6 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
     return {key: tensor.contiguous() for key, tensor in out.items()}, report
 
 
-def load_class_embeddings(path: str | os.PathLike, num_classes: int, projection_dim: int) -> torch.Tensor:
-    """Reads an `.npy` of precomputed class embeddings (one row per class, as the original release ships them)."""
-    try:
-        embeddings = np.load(path)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: cannot be read as a .npy array ({error}).") from error
-    if embeddings.shape != (num_classes, projection_dim):
-        raise CheckpointError(
-            f"{path} holds embeddings of shape {embeddings.shape}, but {num_classes} classes of "
-            f"{projection_dim} dimensions were expected."
-        )
-    return torch.from_numpy(embeddings.astype(np.float32))
-
-
 def convert_checkpoint(
     checkpoint_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -350,12 +334,12 @@ def convert_checkpoint(
     The folder is written atomically: an existing `output_dir` is replaced only once the new one is complete.
     """
     state_dict, meta = load_original_checkpoint(checkpoint_path)
-    facts = benchmark_facts(preset, setting or "inductive") if preset else {}
     setting = setting or "inductive"
+    facts = benchmark_facts(preset, setting) if preset else {}
     class_names = check_class_names(class_names or facts.get("class_names") or meta.get("CLASSES") or [])
     if seen_class_ids is None:
         seen_class_ids = facts.get("seen_class_ids")
-    templates = list(templates or facts.get("templates") or ["a photo of a {}."])
+    templates = list(templates or facts.get("templates") or DEFAULT_TEMPLATES)
     config = infer_config(
         state_dict,
         class_names=class_names,
@@ -393,14 +377,13 @@ def convert_checkpoint(
         class_embeds = load_class_embeddings(class_embeddings, len(class_names), config.projection_dim)
         report.notes.append(f"default vocabulary embeddings read from {class_embeddings}")
     else:
-        with torch.no_grad():
-            class_embeds = model.get_text_features(**tokenize_class_prompts(clip_tokenizer, class_names, templates))
+        class_embeds = embed_class_names(model, clip_tokenizer, class_names, templates)
         report.notes.append(f"default vocabulary embedded with the text tower over {len(templates)} template(s)")
     model.set_vocabulary(class_names, class_embeds, seen_class_ids)
 
     if do_reduce_labels is None:
-        do_reduce_labels = preset in REDUCED_LABEL_BENCHMARKS
-    seen_classes = [class_names[i] for i in seen_class_ids] if seen_class_ids is not None else list(class_names)
+        do_reduce_labels = preset in BACKGROUND_ZERO_BENCHMARKS
+    seen_classes = config.seen_class_names
     processor = CascadeClipProcessor(
         image_processor=CascadeClipImageProcessor(do_reduce_labels=do_reduce_labels),
         tokenizer=clip_tokenizer,

@@ -2,9 +2,9 @@
 
 import gradio as gr
 
-from .processing_cascade_clip import check_class_names
 from .segmenter import load_segmenter, vocabulary
 from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
+from .vocabulary import check_class_names
 
 
 def parse_labels(text: str | None) -> list[str] | None:

@@ -10,9 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import IGNORE_INDEX, SegmentationData
+from .data import SegmentationData
 from .image_processing_cascade_clip import CascadeClipImageProcessor, ImageInputError
+from .labels import IGNORE_INDEX
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
+from .vocabulary import embed_class_names
 
 
 logger = logging.getLogger(__name__)
@@ -60,11 +62,8 @@ def class_embeddings_for(
     """
     if model.config.class_names == list(class_names):
         return model.class_embeddings, model.default_seen_class_mask()
-    device = model.class_embeddings.device
-    text = processor(text=list(class_names))
-    with torch.no_grad():
-        class_embeds = model.get_text_features(text["input_ids"].to(device), text["attention_mask"].to(device))
-    return class_embeds, torch.ones(len(class_names), dtype=torch.bool, device=device)
+    class_embeds = embed_class_names(model, processor.tokenizer, class_names, processor.templates)
+    return class_embeds, torch.ones(len(class_names), dtype=torch.bool, device=class_embeds.device)
 
 
 @torch.no_grad()

@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from .convert_original_checkpoint import convert_checkpoint
+from .labels import index_lookup
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
+from .vocabulary import seen_class_mask, seen_class_names
 
 
 # What a faithful fp32 port meets: absolute on logits, scores and embeddings, relative on losses.
@@ -45,13 +47,6 @@ def convert_fixture(fixture_dir: str | os.PathLike, output_dir: str | os.PathLik
     return Path(output_dir)
 
 
-def seen_only_labels(labels: torch.Tensor, seen_class_ids: list[int], ignore_index: int) -> torch.Tensor:
-    """The inductive training labels: seen class id -> its index among the seen classes, anything else ignored."""
-    lookup = torch.full((max(int(labels.max()), ignore_index) + 1,), ignore_index, dtype=torch.long)
-    lookup[seen_class_ids] = torch.arange(len(seen_class_ids))
-    return lookup[labels]
-
-
 @torch.no_grad()
 def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str | os.PathLike) -> dict:
     """Recomputes every tensor of the fixture's `expected.safetensors` with `model`."""
@@ -59,23 +54,25 @@ def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str 
     inputs = load_file(str(Path(fixture_dir) / "inputs.safetensors"))
     model.eval()
     pixel_values = inputs["pixel_values"]
-    seen_class_ids = meta["seen_class_ids"]
-    seen_class_mask = torch.zeros(len(meta["class_names"]), dtype=torch.bool)
-    seen_class_mask[seen_class_ids] = True
+    class_names, seen_class_ids = meta["class_names"], meta["seen_class_ids"]
+    seen_mask = seen_class_mask(class_names, seen_class_names(class_names, seen_class_ids))
 
     upsampled = model.upsample_to_image_size
     text_embeds = model.get_text_features(inputs["input_ids"])
-    outputs = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_class_mask)
+    outputs = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_mask)
     mask_logits = upsampled(outputs.logits)
     inductive_shift = outputs.score_shift
     setting = model.config.setting
     model.config.setting = "transductive"
     try:
-        transductive = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_class_mask)
+        transductive = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_mask)
     finally:
         model.config.setting = setting
 
-    labels = seen_only_labels(inputs["labels"], seen_class_ids, meta["ignore_index"])
+    # The inductive training labels: a seen class's id becomes its index among the seen classes, the rest ignore.
+    lookup_size = max(int(inputs["labels"].max()), meta["ignore_index"], *seen_class_ids) + 1
+    seen_only_lookup = torch.from_numpy(index_lookup(seen_class_ids, lookup_size, meta["ignore_index"]))
+    labels = seen_only_lookup[inputs["labels"]]
     seen_only = model(pixel_values=pixel_values, class_embeds=text_embeds[seen_class_ids], labels=labels)
 
     slide = meta["slide"]
@@ -83,7 +80,7 @@ def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str 
         inputs["slide_pixel_values"],
         output_size=tuple(slide["output_hw"]),
         class_embeds=text_embeds,
-        seen_class_mask=seen_class_mask,
+        seen_class_mask=seen_mask,
         crop_size=slide["crop"],
         stride=slide["stride"],
     )

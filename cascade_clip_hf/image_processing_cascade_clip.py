@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.utils import logging
 
+from .labels import IGNORE_INDEX, reduce_zero_label
+
 
 logger = logging.get_logger(__name__)
 
@@ -182,7 +184,7 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         do_reduce_labels: bool = False,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -208,12 +210,6 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         if "height" in size:
             return size["height"], size["width"]
         return keep_ratio_size(height, width, size["shortest_edge"], size["longest_edge"])
-
-    def reduce_labels(self, labels: np.ndarray) -> np.ndarray:
-        """0 (background) becomes ignore; class k becomes k - 1; ignore stays ignore."""
-        reduced = labels - 1
-        reduced[(labels == 0) | (labels == self.ignore_index)] = self.ignore_index
-        return reduced
 
     def preprocess(
         self,
@@ -283,7 +279,7 @@ class CascadeClipImageProcessor(BaseImageProcessor):
                         f"Segmentation map {index} has size {label_array.shape} but its image has {(height, width)}."
                     )
                 if do_reduce_labels:
-                    label_array = self.reduce_labels(label_array)
+                    label_array = reduce_zero_label(label_array, self.ignore_index)
                 label_tensor = torch.from_numpy(label_array)
                 if new_size != (height, width):
                     label_tensor = F.interpolate(label_tensor[None, None].double(), size=new_size, mode="nearest")

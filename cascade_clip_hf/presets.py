@@ -9,8 +9,12 @@ import re
 from functools import cache
 from pathlib import Path
 
+from .configuration_cascade_clip import SETTINGS
+
 
 BENCHMARKS = ("coco-stuff-164k", "pascal-voc-2012", "pascal-context-59")
+# Benchmarks whose label maps store background as 0 and class k as k + 1: their labels are reduced on loading.
+BACKGROUND_ZERO_BENCHMARKS = ("pascal-voc-2012", "pascal-context-59")
 # The original head fuses the first three tapped layers into stage one and the next three into stage two.
 LAYERS_PER_STAGE = 3
 
@@ -28,8 +32,8 @@ def benchmark_facts(benchmark: str, setting: str | None = None) -> dict:
         raise ValueError(f"Unknown benchmark {benchmark!r}: choose one of {', '.join(BENCHMARKS)}.")
     facts = dict(benchmarks[benchmark])
     if setting is not None:
-        if setting not in ("inductive", "transductive"):
-            raise ValueError(f"Unknown setting {setting!r}: choose 'inductive' or 'transductive'.")
+        if setting not in SETTINGS:
+            raise ValueError(f"Unknown setting {setting!r}: choose one of {', '.join(SETTINGS)}.")
         facts.update(facts[setting])
     return facts
 
