@@ -25,7 +25,8 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.utils import ModelOutput, logging
 
 from .configuration_cascade_clip import CascadeClipConfig
-from .processing_cascade_clip import tokenize_class_prompts
+from .labels import HIDDEN_LABEL
+from .vocabulary import embed_class_names, seen_class_mask
 
 
 logger = logging.get_logger(__name__)
@@ -365,6 +366,30 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1 - (overlap + 1) / (total + 1)
 
 
+@torch.no_grad()
+def fill_pseudo_labels(
+    logits: torch.Tensor, labels: torch.Tensor, unseen_class_ids: list[int], ignore_index: int
+) -> torch.Tensor:
+    """
+    The original's transductive step: each hidden pixel (`HIDDEN_LABEL`) takes the unseen class with the highest
+    current score; without unseen classes, hidden pixels are ignored.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, num_classes, height, width)`): at the labels' size.
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`).
+        unseen_class_ids (`list[int]`): indices of the unseen classes among the logits' classes.
+
+    Returns:
+        The labels with every hidden pixel filled.
+    """
+    hidden = labels == HIDDEN_LABEL
+    if not unseen_class_ids:
+        return labels.masked_fill(hidden, ignore_index)
+    unseen = torch.tensor(unseen_class_ids, device=logits.device)
+    pseudo = unseen[logits[:, unseen].sigmoid().argmax(dim=1)]
+    return torch.where(hidden, pseudo, labels)
+
+
 def count_present_masks(present: torch.Tensor) -> float:
     """The number of (image, class) masks present, averaged over processes when training is distributed."""
     num_masks = present.sum().to(torch.float32)
@@ -577,19 +602,15 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
 
         if config.num_labels:
             tokenizer = tokenizer or CLIPTokenizer.from_pretrained(clip_name_or_path, **(clip_kwargs or {}))
-            text_inputs = tokenize_class_prompts(tokenizer, config.class_names, config.templates)
-            with torch.no_grad():
-                class_embeds = model.get_text_features(**text_inputs)
+            class_embeds = embed_class_names(model, tokenizer, config.class_names, config.templates)
             model.set_vocabulary(config.class_names, class_embeds, config.seen_class_ids)
         model.freeze_pretrained()
         return model
 
     def default_seen_class_mask(self) -> torch.Tensor:
         """`(num_labels,)` booleans: which classes of the default vocabulary were seen (all, without a split)."""
-        seen_class_ids = self.config.seen_class_ids
-        mask = torch.zeros(self.config.num_labels, dtype=torch.bool, device=self.class_embeddings.device)
-        mask[seen_class_ids if seen_class_ids is not None else slice(None)] = True
-        return mask
+        mask = seen_class_mask(self.config.class_names, self.config.seen_class_names)
+        return mask.to(self.class_embeddings.device)
 
     def resolve_class_embeds(
         self,
@@ -599,14 +620,15 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         seen_class_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        The class embeddings to segment with and what calibration subtracts from each class's score.
+        The class embeddings to segment with and which of their classes were seen in training.
 
         Classes come from `class_embeds`, else from `input_ids`, else from the default vocabulary. Which classes
         count as seen comes from `seen_class_mask`, else, for the default vocabulary, from `config.seen_class_ids`;
         classes given as text or embeddings without a mask count as unseen.
 
         Returns:
-            `class_embeds` of shape `(num_classes, projection_dim)` and `score_shift` of shape `(num_classes,)`.
+            `class_embeds` of shape `(num_classes, projection_dim)` and `seen_class_mask` of shape `(num_classes,)`,
+            on the embeddings' device.
         """
         if class_embeds is not None and input_ids is not None:
             raise ValueError("Pass either input_ids or class_embeds, not both.")
@@ -637,9 +659,18 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 f"seen_class_mask must have one entry per class ({num_classes}), got shape "
                 f"{tuple(seen_class_mask.shape)}."
             )
+        return class_embeds, seen_class_mask.to(class_embeds.device)
+
+    def calibration_shift(self, seen_class_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """
+        What calibration subtracts from each class's sigmoid score: `config.seen_score_shift` for the seen classes
+        of an inductive model, 0 otherwise.
+
+        Returns:
+            `torch.Tensor` of shape `(num_classes,)`.
+        """
         shift = self.config.seen_score_shift if self.config.setting == "inductive" else 0.0
-        score_shift = seen_class_mask.to(device=class_embeds.device, dtype=class_embeds.dtype) * shift
-        return class_embeds, score_shift
+        return seen_class_mask.to(dtype) * shift
 
     def upsample_to_image_size(self, logits: torch.Tensor) -> torch.Tensor:
         """Bilinearly upsamples grid-resolution logits to `image_size` x `image_size`, where the original's head
@@ -761,7 +792,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             seen_class_mask (`torch.BoolTensor` of shape `(num_classes,)`, *optional*):
                 Which classes were seen in training (their scores get shifted by inductive models).
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
-                Per-pixel indices into the classes, `config.ignore_index` for pixels without a class.
+                Per-pixel indices into the classes, `config.ignore_index` for pixels without a class, and `-1`
+                (`HIDDEN_LABEL`) for pixels of unseen classes that take the best-scoring unseen class (classes
+                outside `seen_class_mask`) as their pseudo-label, as the original's transductive training does.
             output_hidden_states (`bool`, *optional*):
                 Whether to return the vision tower's hidden states.
             return_dict (`bool`, *optional*):
@@ -785,7 +818,10 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.check_pixel_values(pixel_values)
-        class_embeds, score_shift = self.resolve_class_embeds(input_ids, attention_mask, class_embeds, seen_class_mask)
+        class_embeds, seen_class_mask = self.resolve_class_embeds(
+            input_ids, attention_mask, class_embeds, seen_class_mask
+        )
+        score_shift = self.calibration_shift(seen_class_mask, class_embeds.dtype)
 
         features, image_embeds, grid, hidden_states = self.vision_encoder(pixel_values, output_hidden_states)
         class_embeds = class_embeds.to(image_embeds.dtype)
@@ -806,6 +842,10 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
 
         loss = mask_loss = dice = None
         if labels is not None:
+            if (labels == HIDDEN_LABEL).any():
+                unseen_class_ids = (~seen_class_mask).nonzero().flatten().tolist()
+                upsampled = self.upsample_logits(logits.detach(), labels.shape[-2:])
+                labels = fill_pseudo_labels(upsampled, labels, unseen_class_ids, self.config.ignore_index)
             mask_loss, dice = self.compute_loss(logits, labels)
             loss = mask_loss + dice
 
@@ -872,7 +912,10 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         stride = stride or self.config.slide_stride
         if crop_size <= 0 or stride <= 0:
             raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
-        class_embeds, score_shift = self.resolve_class_embeds(input_ids, attention_mask, class_embeds, seen_class_mask)
+        class_embeds, seen_class_mask = self.resolve_class_embeds(
+            input_ids, attention_mask, class_embeds, seen_class_mask
+        )
+        score_shift = self.calibration_shift(seen_class_mask, class_embeds.dtype)
 
         scores, counts, windows = [], [], []
         for index, image in enumerate(images):

@@ -13,15 +13,15 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .atomic import publish_directory
-from .data import IGNORE_INDEX, SegmentationData
+from .configuration_cascade_clip import SETTINGS
+from .data import SegmentationData
 from .image_processing_cascade_clip import ImageInputError
+from .labels import HIDDEN_LABEL, IGNORE_INDEX, index_lookup
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 
 
 logger = logging.getLogger(__name__)
 
-# Pixels of unseen classes in transductive training: hidden from the loss until pseudo-labelled.
-HIDDEN_LABEL = -1
 # How many following samples an unreadable one may be replaced by before giving up.
 MAX_REPLACEMENTS = 100
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
@@ -96,8 +96,13 @@ class TrainingVocabulary:
     unseen_class_ids: list[int]
 
     def labels(self, dataset_labels: torch.Tensor) -> torch.Tensor:
-        """Maps dataset training ids (and ignore) to indices into `class_ids`, ignore or `HIDDEN_LABEL`."""
+        """Maps dataset class ids (and ignore) to indices into `class_ids`, ignore or `HIDDEN_LABEL`."""
         return self.label_lookup.to(dataset_labels.device)[dataset_labels]
+
+    @property
+    def seen_class_mask(self) -> torch.Tensor:
+        """`(len(class_ids),)` booleans: which of the trained classes were seen (the rest get pseudo-labels)."""
+        return torch.tensor([class_id not in self.unseen_class_ids for class_id in self.class_ids])
 
 
 def training_vocabulary(num_classes: int, seen_class_ids: list[int] | None, setting: str) -> TrainingVocabulary:
@@ -105,37 +110,17 @@ def training_vocabulary(num_classes: int, seen_class_ids: list[int] | None, sett
     Inductive: the vocabulary is the seen classes; pixels of unseen classes are ignored. Transductive: the
     vocabulary is every class; pixels of unseen classes are hidden, to be pseudo-labelled.
     """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}.")
     seen = list(range(num_classes)) if seen_class_ids is None else sorted(seen_class_ids)
     unseen = [class_id for class_id in range(num_classes) if class_id not in set(seen)]
-    lookup = torch.full((max(num_classes, IGNORE_INDEX) + 1,), IGNORE_INDEX, dtype=torch.long)
+    lookup_size = max(num_classes, IGNORE_INDEX) + 1
     if setting == "inductive":
-        lookup[seen] = torch.arange(len(seen))
+        lookup = torch.from_numpy(index_lookup(seen, lookup_size))
         return TrainingVocabulary(class_ids=seen, label_lookup=lookup, unseen_class_ids=[])
-    if setting != "transductive":
-        raise ValueError(f"setting must be 'inductive' or 'transductive', got {setting!r}.")
-    lookup[seen] = torch.tensor(seen)
+    lookup = torch.from_numpy(index_lookup(range(num_classes), lookup_size))
     lookup[unseen] = HIDDEN_LABEL
     return TrainingVocabulary(class_ids=list(range(num_classes)), label_lookup=lookup, unseen_class_ids=unseen)
-
-
-@torch.no_grad()
-def fill_pseudo_labels(logits: torch.Tensor, labels: torch.Tensor, unseen_class_ids: list[int]) -> torch.Tensor:
-    """
-    The original's transductive step: each hidden pixel takes the unseen class with the highest current score.
-
-    Args:
-        logits (`torch.Tensor` of shape `(batch_size, num_classes, height, width)`): at the labels' size.
-        labels (`torch.LongTensor` of shape `(batch_size, height, width)`): with `HIDDEN_LABEL` where hidden.
-
-    Returns:
-        The labels with every hidden pixel filled (ignore where there are no unseen classes).
-    """
-    hidden = labels == HIDDEN_LABEL
-    if not unseen_class_ids:
-        return labels.masked_fill(hidden, IGNORE_INDEX)
-    unseen = torch.tensor(unseen_class_ids, device=logits.device)
-    pseudo = unseen[logits[:, unseen].sigmoid().argmax(dim=1)]
-    return torch.where(hidden, pseudo, labels)
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike) -> dict[int, Path]:

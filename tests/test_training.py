@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.data import hub_split, read_id2label
+from cascade_clip_hf.labels import HIDDEN_LABEL, IGNORE_INDEX
+from cascade_clip_hf.modeling_cascade_clip import fill_pseudo_labels
 from cascade_clip_hf.training import (
-    HIDDEN_LABEL,
-    fill_pseudo_labels,
     parameter_groups,
     poly_schedule,
     remove_partial_checkpoints,
@@ -101,12 +101,34 @@ def test_transductive_pseudo_labels_fill_only_hidden_pixels_with_unseen_classes(
     torch.manual_seed(0)
     logits = torch.randn(1, 5, 2, 4)
     logits[:, [0, 2, 3]] += 10  # seen classes score far higher: pseudo-labels must still be unseen
-    filled = fill_pseudo_labels(logits, labels, vocabulary.unseen_class_ids)
+    filled = fill_pseudo_labels(logits, labels, vocabulary.unseen_class_ids, IGNORE_INDEX)
     hidden = labels == HIDDEN_LABEL
     assert torch.equal(filled[~hidden], labels[~hidden])  # seen and ignored pixels untouched
     assert set(filled[hidden].tolist()) <= {1, 4}
     best_unseen = torch.tensor([1, 4])[logits[:, [1, 4]].argmax(dim=1)]
     assert torch.equal(filled[hidden], best_unseen[hidden])
+    assert vocabulary.seen_class_mask.tolist() == [True, False, True, True, False]
+
+
+def test_the_model_pseudo_labels_hidden_pixels_before_its_loss(tiny_model):
+    """Training reaches the loss by one route, the model's forward, which pseudo-labels hidden pixels first."""
+    vocabulary = training_vocabulary(tiny_model.config.num_labels, tiny_model.config.seen_class_ids, "transductive")
+    torch.manual_seed(0)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = vocabulary.labels(torch.randint(0, tiny_model.config.num_labels, (2, 48, 40)))
+    assert (labels == HIDDEN_LABEL).any()
+    outputs = tiny_model(
+        pixel_values=pixel_values,
+        class_embeds=tiny_model.class_embeddings[vocabulary.class_ids],
+        seen_class_mask=vocabulary.seen_class_mask,
+        labels=labels,
+    )
+    upsampled = tiny_model.upsample_logits(outputs.logits, labels.shape[-2:])
+    filled = fill_pseudo_labels(upsampled, labels, vocabulary.unseen_class_ids, IGNORE_INDEX)
+    mask_loss, dice_loss = tiny_model.compute_loss(outputs.logits, filled)
+    assert torch.equal(outputs.mask_loss, mask_loss) and torch.equal(outputs.dice_loss, dice_loss)
+    ignored_mask_loss, _ = tiny_model.compute_loss(outputs.logits, labels.masked_fill(labels == HIDDEN_LABEL, 255))
+    assert not torch.equal(ignored_mask_loss, mask_loss)
 
 
 def test_resolve_checkpoint(tmp_path):
