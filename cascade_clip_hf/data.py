@@ -5,7 +5,6 @@ a path or an image; `name`), the class names in label order, and the table that 
 training ids (`IGNORE_INDEX` for pixels without a class).
 """
 
-import argparse
 import json
 import logging
 import os
@@ -15,16 +14,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .arguments import comma_separated_ints
 from .image_processing_cascade_clip import ImageInputError, to_label_array, to_rgb_uint8
+from .labels import LOOKUP_SIZE, identity_lookup, raw_coco_lookup, reduce_zero_lookup
 from .presets import BENCHMARKS, benchmark_facts
 
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = 255
-# Label values are looked up in a table this long (16-bit label maps); anything beyond becomes ignore.
-LOOKUP_SIZE = 65536
 
 
 class DatasetLayoutError(ValueError):
@@ -66,28 +61,6 @@ class SegmentationData:
 
     def __len__(self) -> int:
         return len(self.dataset)
-
-
-def identity_lookup(num_classes: int) -> np.ndarray:
-    """Training ids stored as they are; values past the classes become ignore."""
-    lookup = np.full(LOOKUP_SIZE, IGNORE_INDEX, dtype=np.int64)
-    lookup[:num_classes] = np.arange(num_classes)
-    return lookup
-
-
-def reduce_zero_lookup(num_classes: int) -> np.ndarray:
-    """0 is background (ignored) and class k is stored as k + 1, as in PASCAL VOC and PASCAL Context."""
-    lookup = np.full(LOOKUP_SIZE, IGNORE_INDEX, dtype=np.int64)
-    lookup[1 : num_classes + 1] = np.arange(num_classes)
-    return lookup
-
-
-def raw_coco_lookup(raw_to_train: dict[str, int]) -> np.ndarray:
-    """COCO-Stuff's raw label ids mapped to the 171 training ids."""
-    lookup = np.full(LOOKUP_SIZE, IGNORE_INDEX, dtype=np.int64)
-    for raw, train in raw_to_train.items():
-        lookup[int(raw)] = train
-    return lookup
 
 
 def rows_from_pairs(pairs: list[tuple[Path, Path]], what: str) -> datasets.Dataset:
@@ -219,41 +192,61 @@ def hub_split(
     )
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The dataset options the training and evaluation scripts share."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=BENCHMARKS, help="a benchmark: its layout, classes and seen/unseen split")
-    group.add_argument("--data_dir", help="the benchmark's folder in its original on-disk layout")
-    group.add_argument("--dataset_name", help="a Hugging Face dataset (name, or a folder written by save_to_disk)")
-    group.add_argument("--id2label", help="id2label.json with the class names of --dataset_name")
-    group.add_argument("--image_column", default="image")
-    group.add_argument("--label_column", default="label")
-    group.add_argument("--reduce_labels", action="store_true", help="label 0 is background: ignore it, shift the rest")
-    group.add_argument("--seen_class_ids", type=comma_separated_ints, help="classes seen in training, e.g. 0,1,2")
-    group.add_argument("--setting", choices=("inductive", "transductive"), default="inductive")
+@dataclass
+class DataSource:
+    """
+    Where a script's segmentation data comes from: a benchmark in its original layout (`benchmark` and `data_dir`),
+    or a Hugging Face dataset (`dataset_name`, with `id2label_file` or a benchmark's class names).
+
+    Args:
+        benchmark: one of `BENCHMARKS`: the layout, class names and seen/unseen split.
+        data_dir: the benchmark's folder in its original on-disk layout.
+        dataset_name: a Hugging Face dataset, by name or as a folder written by `save_to_disk`.
+        id2label_file: an `id2label.json` with the class names of `dataset_name`.
+        image_column, label_column: the columns of `dataset_name` holding images and label maps.
+        reduce_labels: label 0 of `dataset_name` is background: ignore it and shift the other labels down.
+        seen_class_ids: the classes seen in training; the benchmark's split by default.
+        setting: `"inductive"` or `"transductive"`, which of the benchmark's seen/unseen splits to attach.
+        label_dir: a PASCAL benchmark's label folder instead of its default (e.g. `SegmentationClassAug`).
+    """
+
+    benchmark: str | None = None
+    data_dir: str | os.PathLike | None = None
+    dataset_name: str | None = None
+    id2label_file: str | os.PathLike | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    reduce_labels: bool = False
+    seen_class_ids: list[int] | None = None
+    setting: str = "inductive"
+    label_dir: str | None = None
 
 
-def load_segmentation_data(args, split: str) -> SegmentationData:
-    """The split a script's arguments ask for: `--dataset` with `--data_dir`, or `--dataset_name`."""
-    if args.dataset_name:
-        if args.id2label:
-            class_names = read_id2label(args.id2label)
-        elif args.dataset in BENCHMARKS:
-            class_names = benchmark_facts(args.dataset)["class_names"]
+def load_segmentation_data(source: DataSource, split: str) -> SegmentationData:
+    """One split of `source`: a benchmark folder, or a Hugging Face dataset."""
+    if source.dataset_name:
+        if source.id2label_file:
+            class_names = read_id2label(source.id2label_file)
+        elif source.benchmark in BENCHMARKS:
+            class_names = benchmark_facts(source.benchmark)["class_names"]
         else:
             raise DatasetLayoutError(
                 "--dataset_name needs --id2label (or --dataset naming a benchmark) for class names."
             )
-        seen = benchmark_facts(args.dataset, args.setting)["seen_class_ids"] if args.dataset in BENCHMARKS else None
+        seen = None
+        if source.benchmark in BENCHMARKS:
+            seen = benchmark_facts(source.benchmark, source.setting)["seen_class_ids"]
         return hub_split(
-            args.dataset_name,
+            source.dataset_name,
             split,
             class_names,
-            image_column=args.image_column,
-            label_column=args.label_column,
-            reduce_labels=args.reduce_labels,
-            seen_class_ids=args.seen_class_ids or seen,
+            image_column=source.image_column,
+            label_column=source.label_column,
+            reduce_labels=source.reduce_labels,
+            seen_class_ids=source.seen_class_ids or seen,
         )
-    if not args.data_dir:
+    if not source.data_dir:
         raise DatasetLayoutError("Pass --data_dir with --dataset, or --dataset_name.")
-    return benchmark_split(args.dataset, args.data_dir, split, setting=args.setting)
+    return benchmark_split(
+        source.benchmark, source.data_dir, split, setting=source.setting, label_dir=source.label_dir
+    )

@@ -17,14 +17,14 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
 from accelerate import Accelerator
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.data import add_data_arguments, load_segmentation_data
+from cascade_clip_hf.arguments import add_data_arguments, data_source
+from cascade_clip_hf.data import load_segmentation_data
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.presets import BENCHMARKS, benchmark_facts
+from cascade_clip_hf.vocabulary import load_class_embeddings
 
 
 logger = logging.getLogger("evaluate_cascade_clip")
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     accelerator = Accelerator()
     model = CascadeClipForZeroShotSegmentation.from_pretrained(args.model).to(accelerator.device).eval()
     processor = CascadeClipProcessor.from_pretrained(args.model)
-    data = load_segmentation_data(args, args.split)
+    data = load_segmentation_data(data_source(args), args.split)
 
     cross_dataset = model.config.class_names != data.class_names
     if cross_dataset:
@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
         if templates:
             processor.templates = templates
         if args.class_embeddings:
-            embeddings = torch.from_numpy(np.load(args.class_embeddings).astype(np.float32))
+            num_classes, projection_dim = len(data.class_names), model.config.projection_dim
+            embeddings = load_class_embeddings(args.class_embeddings, num_classes, projection_dim)
             model.set_vocabulary(data.class_names, embeddings, seen_class_ids=None)
         logger.info(
             f"Cross-dataset evaluation: the model's {model.config.num_labels} classes differ from the dataset's "

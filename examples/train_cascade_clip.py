@@ -20,7 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -29,17 +28,15 @@ from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
-from cascade_clip_hf.arguments import comma_separated_ints
+from cascade_clip_hf.arguments import add_data_arguments, comma_separated_ints, data_source
 from cascade_clip_hf.augmentation import training_augmentation
-from cascade_clip_hf.data import DatasetLayoutError, add_data_arguments, load_segmentation_data
+from cascade_clip_hf.data import DatasetLayoutError, load_segmentation_data
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import push_folder
 from cascade_clip_hf.model_card import build_model_card, write_model_card
-from cascade_clip_hf.presets import BENCHMARKS, default_train_steps
-from cascade_clip_hf.processing_cascade_clip import tokenize_class_prompts
+from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
 from cascade_clip_hf.training import (
     AugmentedSegmentation,
-    fill_pseudo_labels,
     parameter_groups,
     poly_schedule,
     remove_partial_checkpoints,
@@ -47,6 +44,7 @@ from cascade_clip_hf.training import (
     save_checkpoint,
     training_vocabulary,
 )
+from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings
 
 
 logger = logging.getLogger("train_cascade_clip")
@@ -152,37 +150,20 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
         processor = CascadeClipProcessor(
             image_processor=CascadeClipImageProcessor(
                 size={"shortest_edge": args.image_size, "longest_edge": 4 * args.image_size},
-                do_reduce_labels=args.dataset in ("pascal-voc-2012", "pascal-context-59"),
+                do_reduce_labels=args.dataset in BACKGROUND_ZERO_BENCHMARKS,
             ),
             tokenizer=CLIPTokenizer.from_pretrained(args.clip_model),
             templates=model.config.templates,
         )
     if args.class_embeddings:
-        embeddings = torch.from_numpy(np.load(args.class_embeddings).astype(np.float32))
+        embeddings = load_class_embeddings(args.class_embeddings, len(data.class_names), model.config.projection_dim)
         model.set_vocabulary(data.class_names, embeddings, data.seen_class_ids)
     elif model.config.class_names != data.class_names:
-        with torch.no_grad():
-            embeddings = model.get_text_features(
-                **tokenize_class_prompts(processor.tokenizer, data.class_names, processor.templates)
-            )
+        embeddings = embed_class_names(model, processor.tokenizer, data.class_names, processor.templates)
         model.set_vocabulary(data.class_names, embeddings, data.seen_class_ids)
-    seen = model.config.seen_class_ids
-    processor.seen_classes = [data.class_names[i] for i in seen] if seen is not None else list(data.class_names)
+    processor.seen_classes = model.config.seen_class_names
     model.freeze_pretrained()
     return model, processor
-
-
-def training_loss(
-    model, unwrapped, batch, class_embeds, vocabulary
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The original's loss for one batch; in the transductive setting after pseudo-labelling hidden pixels."""
-    labels = vocabulary.labels(batch["labels"])
-    outputs = model(pixel_values=batch["pixel_values"], class_embeds=class_embeds)
-    if vocabulary.unseen_class_ids:
-        logits = unwrapped.upsample_logits(outputs.logits.detach(), labels.shape[-2:])
-        labels = fill_pseudo_labels(logits, labels, vocabulary.unseen_class_ids)
-    mask_loss, dice_loss = unwrapped.compute_loss(outputs.logits, labels)
-    return mask_loss + dice_loss, mask_loss, dice_loss
 
 
 def save_final(accelerator, model, processor, output_dir: Path) -> None:
@@ -214,7 +195,7 @@ def main(argv=None) -> None:
         remove_partial_checkpoints(output_dir)
     accelerator.wait_for_everyone()
 
-    data = load_segmentation_data(args, "train")
+    data = load_segmentation_data(data_source(args), "train")
     model, processor = build_model_and_processor(args, data)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
@@ -247,6 +228,7 @@ def main(argv=None) -> None:
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
     class_embeds = unwrapped.class_embeddings[vocabulary.class_ids]
+    seen_class_mask = vocabulary.seen_class_mask.to(accelerator.device)
 
     completed_steps, resume_batches = 0, 0
     if args.resume_from_checkpoint:
@@ -283,7 +265,14 @@ def main(argv=None) -> None:
         resume_batches = 0
         for batch in batches:
             with accelerator.accumulate(model):
-                loss, mask_loss, dice_loss = training_loss(model, unwrapped, batch, class_embeds, vocabulary)
+                # Transductive labels hide unseen classes' pixels; the model pseudo-labels them before the loss.
+                outputs = model(
+                    pixel_values=batch["pixel_values"],
+                    class_embeds=class_embeds,
+                    seen_class_mask=seen_class_mask,
+                    labels=vocabulary.labels(batch["labels"]),
+                )
+                loss = outputs.loss
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -298,8 +287,8 @@ def main(argv=None) -> None:
                 accelerator.log(
                     {
                         "loss": loss.item(),
-                        "loss_mask": mask_loss.item(),
-                        "loss_dice": dice_loss.item(),
+                        "loss_mask": outputs.mask_loss.item(),
+                        "loss_dice": outputs.dice_loss.item(),
                         "lr": learning_rate,
                     },
                     step=completed_steps,
@@ -315,7 +304,7 @@ def main(argv=None) -> None:
     results = None
     if not args.skip_eval:
         try:
-            eval_data = load_segmentation_data(args, args.eval_split)
+            eval_data = load_segmentation_data(data_source(args), args.eval_split)
         except (DatasetLayoutError, FileNotFoundError, ValueError) as error:
             logger.warning(f"No evaluation: the {args.eval_split!r} split cannot be loaded ({error}).")
         else:
