@@ -260,7 +260,10 @@ def train_and_evaluate(folder: Path, name: str, clip: Path, data: Path, seed: in
             "0",
         ],
     )
-    return json.loads(results_path.read_text())
+    record = json.loads(results_path.read_text(encoding="utf-8"))
+    # The report ships with the model: it names the build's folders, not this machine's paths.
+    record.update(model=name, dataset=data.name)
+    return record
 
 
 def best_constant_baseline(data: Path) -> dict:
