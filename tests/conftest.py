@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPModel, CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation
 from cascade_clip_hf.fixture_parity import convert_fixture
 
-from .helpers import CLIP_TOKENIZER, HUB_CLASSES, OFFICIAL_TINY, save_tiny_cascade
+from .helpers import CLIP_TOKENIZER, HUB_CLASSES, OFFICIAL_TINY, save_tiny_cascade, tiny_cascade, tiny_clip_config
 from .synthetic import write_hub_dataset, write_voc
 
 
@@ -39,27 +39,8 @@ def clip_tokenizer() -> CLIPTokenizer:
 def tiny_clip_dir(tmp_path_factory, clip_tokenizer) -> Path:
     """A tiny random transformers CLIP checkpoint (224-style 2x2 grid at 32 pixels) with the real tokenizer."""
     torch.manual_seed(0)
-    config = CLIPConfig(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 16,
-            "projection_dim": 16,
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "projection_dim": 16,
-        },
-        projection_dim=16,
-    )
     path = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(config).save_pretrained(path)
+    CLIPModel(tiny_clip_config()).save_pretrained(path)
     clip_tokenizer.save_pretrained(path)
     return path
 
@@ -68,14 +49,10 @@ def tiny_clip_dir(tmp_path_factory, clip_tokenizer) -> Path:
 def tiny_model_dir(tmp_path_factory, tiny_clip_dir) -> Path:
     """A tiny Cascade-CLIP built from the tiny CLIP, with a default vocabulary of four classes."""
     torch.manual_seed(0)
-    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
-        str(tiny_clip_dir),
-        image_size=64,
+    model = tiny_cascade(
+        tiny_clip_dir,
         id2label={0: "cat", 1: "dog", 2: "grass", 3: "sky"},
         seen_class_ids=[0, 2],
-        num_prompt_tokens=3,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
         templates=["a photo of a {}.", "a {} in the scene."],
     )
     path = tmp_path_factory.mktemp("tiny_cascade") / "model"

@@ -1,4 +1,4 @@
-"""Builders and constants the tests share: fixture paths, the tiny Cascade-CLIP, images and example scripts.
+"""Builders and constants the tests share: fixture paths, the tiny models' settings, images and example scripts.
 
 Test modules import these from here, never from `conftest.py` (which holds only fixtures) or from one another.
 """
@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from transformers import CLIPTokenizer
+from transformers import CLIPConfig, CLIPTokenizer
 
 from cascade_clip_hf import (
+    CascadeClipConfig,
     CascadeClipForZeroShotSegmentation,
     CascadeClipImageProcessor,
     CascadeClipProcessor,
@@ -27,18 +28,54 @@ CLIP_TOKENIZER = FIXTURES / "clip_tokenizer"
 EXAMPLES = Path(__file__).parent.parent / "examples"
 HUB_CLASSES = ["red thing", "green thing", "blue thing", "grey thing"]
 
+# The tiny CLIP's towers: a 2x2 grid of 16-pixel patches at 32 pixels, and twelve vision layers like ViT-B/16,
+# so that the default cascade stages (layers 5 to 10, then the last) exist.
+TINY_VISION_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 16,
+    "projection_dim": 16,
+}
+TINY_TEXT_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "projection_dim": 16,
+}
+# The resolution tiny Cascade-CLIPs are built at from the tiny CLIP: a 4x4 grid of patches.
+TINY_IMAGE_SIZE = 64
+# The Cascade-CLIP arguments that keep the prompts and decoders as small as the towers.
+TINY_CASCADE_KWARGS = {"num_prompt_tokens": 3, "decoder_num_attention_heads": 2, "decoder_intermediate_size": 32}
+
+
+def tiny_clip_config() -> CLIPConfig:
+    """The configuration of the tiny transformers CLIP the tiny Cascade-CLIPs start from."""
+    return CLIPConfig(vision_config=dict(TINY_VISION_CONFIG), text_config=dict(TINY_TEXT_CONFIG), projection_dim=16)
+
+
+def tiny_config(**overrides) -> CascadeClipConfig:
+    """A tiny Cascade-CLIP configuration on the tiny CLIP's towers, with no vocabulary unless `overrides` give one."""
+    towers = {"vision_config": dict(TINY_VISION_CONFIG), "text_config": dict(TINY_TEXT_CONFIG)}
+    return CascadeClipConfig(**{**towers, **TINY_CASCADE_KWARGS, **overrides})
+
+
+def tiny_cascade(clip_dir: Path, **overrides) -> CascadeClipForZeroShotSegmentation:
+    """A tiny Cascade-CLIP built from the tiny CLIP checkpoint in `clip_dir` at `TINY_IMAGE_SIZE` pixels."""
+    settings = {"image_size": TINY_IMAGE_SIZE, **TINY_CASCADE_KWARGS, **overrides}
+    return CascadeClipForZeroShotSegmentation.from_clip_pretrained(str(clip_dir), **settings)
+
 
 def save_tiny_cascade(tiny_clip_dir: Path, path: Path, class_names: list[str], **config) -> Path:
     """A tiny Cascade-CLIP without dropout (so that runs are comparable) and a processor at its small scale."""
     torch.manual_seed(0)
-    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
-        str(tiny_clip_dir),
-        image_size=64,
+    model = tiny_cascade(
+        tiny_clip_dir,
         id2label=dict(enumerate(class_names)),
-        num_prompt_tokens=3,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        slide_crop_size=64,
+        slide_crop_size=TINY_IMAGE_SIZE,
         slide_stride=53,
         prompt_dropout=0.0,
         decoder_dropout=0.0,
@@ -47,7 +84,7 @@ def save_tiny_cascade(tiny_clip_dir: Path, path: Path, class_names: list[str], *
     )
     seen = model.config.seen_class_ids
     processor = CascadeClipProcessor(
-        CascadeClipImageProcessor(size={"shortest_edge": 64, "longest_edge": 256}),
+        CascadeClipImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE, "longest_edge": 256}),
         CLIPTokenizer.from_pretrained(tiny_clip_dir),
         templates=model.config.templates,
         seen_classes=[class_names[i] for i in seen] if seen is not None else list(class_names),
