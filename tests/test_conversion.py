@@ -18,7 +18,7 @@ from cascade_clip_hf.convert_original_checkpoint import (
 )
 from cascade_clip_hf.presets import benchmark_facts
 
-from .conftest import CLIP_TOKENIZER, OFFICIAL_TINY
+from .helpers import CLIP_TOKENIZER, OFFICIAL_TINY
 
 
 def full_size_state_dict() -> dict[str, torch.Tensor]:

@@ -2,8 +2,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from .conftest import free_port
-from .test_pipelines import random_image
+from .helpers import free_port, random_image
 
 
 def test_demo_app_answers_a_request_through_gradio_client(tmp_path, tiny_hub_model_dir, monkeypatch):

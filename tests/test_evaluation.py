@@ -8,7 +8,7 @@ import pytest
 from cascade_clip_hf.evaluation import load_metric
 from cascade_clip_hf.presets import benchmark_facts
 
-from .conftest import HUB_CLASSES, run_script, save_tiny_cascade
+from .helpers import HUB_CLASSES, run_script, save_tiny_cascade
 
 
 PREDICTIONS = [np.array([[0, 0, 1, 1], [2, 2, 2, 1]]), np.array([[1, 1], [0, 3]])]

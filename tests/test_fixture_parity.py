@@ -11,7 +11,7 @@ from cascade_clip_hf.fixture_parity import (
     fixture_outputs,
 )
 
-from .conftest import OFFICIAL_TINY
+from .helpers import OFFICIAL_TINY
 
 
 @pytest.fixture(scope="module")

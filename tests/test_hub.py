@@ -15,7 +15,7 @@ from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentatio
 from cascade_clip_hf.hub import push_model_to_hub
 from cascade_clip_hf.model_card import build_model_card
 
-from .test_pipelines import random_image
+from .helpers import random_image
 
 
 REPOSITORY = Path(__file__).parent.parent

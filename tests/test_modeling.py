@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation, CLIPModel
 
-from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.image_processing_cascade_clip import CascadeClipImageProcessor
 from cascade_clip_hf.modeling_cascade_clip import window_starts
 from cascade_clip_hf.processing_cascade_clip import tokenize_class_prompts
+
+from .helpers import TINY_TEXT_CONFIG, tiny_cascade, tiny_config
 
 
 def test_from_clip_pretrained_resizes_positions_and_folds_class_token(tiny_clip_dir, tiny_model_dir):
@@ -293,26 +295,7 @@ def test_bad_inputs_get_clear_errors(tiny_model, kwargs, message):
 
 
 def test_model_without_vocabulary_asks_for_classes():
-    config = CascadeClipConfig(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 16,
-            "projection_dim": 16,
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "projection_dim": 16,
-        },
-        num_prompt_tokens=2,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-    )
+    config = tiny_config(text_config={**TINY_TEXT_CONFIG, "num_hidden_layers": 1}, num_prompt_tokens=2)
     model = CascadeClipForZeroShotSegmentation(config).eval()
     with pytest.raises(ValueError, match="no default vocabulary"):
         model(pixel_values=torch.randn(1, 3, 32, 32))
@@ -334,15 +317,7 @@ def test_set_vocabulary_checks_shapes(tiny_model):
 
 
 def test_no_cascade_stages_leaves_a_single_decoder_on_the_last_layer(tiny_clip_dir):
-    model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
-        str(tiny_clip_dir),
-        image_size=64,
-        id2label={0: "cat", 1: "sky"},
-        cascade_stages=[],
-        num_prompt_tokens=2,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-    )
+    model = tiny_cascade(tiny_clip_dir, id2label={0: "cat", 1: "sky"}, cascade_stages=[], num_prompt_tokens=2)
     assert model.config.num_decoders == 1 and model.config.extract_layers == []
     assert len(model.decoders) == 1 and len(model.vision_encoder.taps) == 0
     outputs = model(torch.randn(2, 3, 64, 64), labels=torch.randint(0, 2, (2, 64, 64)))

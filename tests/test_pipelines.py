@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor, pipeline
@@ -17,27 +16,7 @@ from cascade_clip_hf import (
     CascadeClipZeroShotSegmentationPipeline,
 )
 
-from .conftest import HUB_CLASSES
-
-
-def random_image(height: int, width: int, seed: int = 0) -> PIL.Image.Image:
-    return PIL.Image.fromarray(np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def reference_segmentation(model_dir, image, class_names=None) -> np.ndarray:
-    """The class-index map computed directly with the model and processor (the pipelines' expected answer)."""
-    model = CascadeClipForZeroShotSegmentation.from_pretrained(model_dir).eval()
-    processor = CascadeClipProcessor.from_pretrained(model_dir)
-    inputs = processor(images=image, text=class_names)
-    with torch.no_grad():
-        scores = model.sliding_window_inference(
-            inputs["pixel_values"],
-            output_size=image.size[::-1],
-            input_ids=inputs.get("input_ids"),
-            attention_mask=inputs.get("attention_mask"),
-            seen_class_mask=inputs.get("seen_class_mask"),
-        )
-    return processor.post_process_semantic_segmentation(scores)[0].numpy()
+from .helpers import HUB_CLASSES, random_image, reference_segmentation
 
 
 def index_map(segments, class_names, size) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.visualization import class_palette, overlay_with_legend
 
-from .test_pipelines import random_image, reference_segmentation
+from .helpers import random_image, reference_segmentation
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from cascade_clip_hf.toy_world import (
 )
 from cascade_clip_hf.visualization import segmentation_from_masks
 
-from .conftest import EXAMPLES, run_script
+from .helpers import EXAMPLES, run_script
 
 
 SCENES = Path(__file__).parent.parent / "examples" / "scenes"

@@ -24,7 +24,7 @@ from cascade_clip_hf.training import (
     training_vocabulary,
 )
 
-from .conftest import run_script
+from .helpers import run_script, save_tiny_cascade
 
 
 def test_parameter_groups_follow_the_original(tiny_model):
@@ -286,8 +286,6 @@ def test_a_killed_save_leaves_the_last_checkpoint_loadable(tmp_path):
 
 def test_transductive_training_runs_from_an_inductive_model(tmp_path, voc_root, tiny_clip_dir):
     from cascade_clip_hf.presets import benchmark_facts
-
-    from .conftest import save_tiny_cascade
 
     facts = benchmark_facts("pascal-voc-2012", "inductive")
     inductive = save_tiny_cascade(
