@@ -1,7 +1,11 @@
-"""Loading the zero-shot pipeline for a model, as the command line and the demo app use it."""
+"""Loading a model for inference, as the command line, the demo app and the zero-shot pipeline built here use it."""
 
+import os
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
+from .errors import INPUT_ERRORS, one_line
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 from .processing_cascade_clip import CascadeClipProcessor
@@ -12,15 +16,76 @@ from .processing_cascade_clip import CascadeClipProcessor
 DEMO_MODEL = Path(__file__).parent / "demo_model"
 
 
-def load_segmenter(model_name: str, device: str = "cpu") -> CascadeClipZeroShotSegmentationPipeline:
-    """The zero-shot pipeline for a model folder or Hub id; a one-line `ValueError` when it cannot be loaded."""
+def looks_like_a_path(model_name: str) -> bool:
+    """Whether a model name is meant as a local folder rather than a Hub id (`org/name`)."""
+    return (
+        os.path.isabs(model_name)
+        or model_name.startswith((".", "~"))
+        or model_name.count("/") > 1
+        or "\\" in model_name
+    )
+
+
+def damaged_weights_file(folder: Path) -> Path | None:
+    """The first safetensors file of a model folder whose header cannot be read."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return path
+    return None
+
+
+def load_for_inference(model_name: str) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
+    """
+    A model and its processor for inference, loaded strictly: every weight the model needs must be in the files,
+    and no other, so that a damaged or foreign checkpoint never segments with random layers.
+
+    Args:
+        model_name (`str`): a model folder or a Hub id.
+
+    Returns:
+        The model, in evaluation mode, and its processor.
+
+    Raises:
+        ValueError: one line naming the model (or the damaged file) and what is wrong.
+    """
+    folder = Path(model_name).expanduser()
+    if looks_like_a_path(model_name) and not folder.exists():
+        raise ValueError(f"{model_name}: no such model folder.")
     try:
-        model = CascadeClipForZeroShotSegmentation.from_pretrained(model_name)
-        processor = CascadeClipProcessor.from_pretrained(model_name)
-    except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise ValueError(f"cannot load the model {model_name!r}: {reason}") from error
-    return CascadeClipZeroShotSegmentationPipeline(model=model.eval(), processor=processor, device=device)
+        # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
+        model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
+            str(folder) if folder.is_dir() else model_name, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+        processor = CascadeClipProcessor.from_pretrained(str(folder) if folder.is_dir() else model_name)
+    except SafetensorError as error:
+        damaged = damaged_weights_file(folder) if folder.is_dir() else None
+        raise ValueError(
+            f"{damaged or model_name}: damaged or incomplete weights file ({one_line(error)})."
+        ) from error
+    except INPUT_ERRORS as error:
+        raise ValueError(f"cannot load the model {model_name!r}: {one_line(error)}") from error
+    problems = {
+        "lack": loading_info["missing_keys"],
+        "hold unexpected": loading_info["unexpected_keys"],
+        "hold wrongly shaped": loading_info["mismatched_keys"],
+    }
+    for what, keys in problems.items():
+        if keys:
+            keys = sorted(key if isinstance(key, str) else key[0] for key in keys)
+            raise ValueError(
+                f"{model_name}: the weights {what} {len(keys)} tensors, e.g. {keys[:3]}; the file is incomplete or "
+                "belongs to another model."
+            )
+    return model.eval(), processor
+
+
+def load_segmenter(model_name: str, device: str = "cpu") -> CascadeClipZeroShotSegmentationPipeline:
+    """The zero-shot pipeline for a model folder or Hub id, loaded strictly (see `load_for_inference`)."""
+    model, processor = load_for_inference(model_name)
+    return CascadeClipZeroShotSegmentationPipeline(model=model, processor=processor, device=device)
 
 
 def vocabulary(segmenter: CascadeClipZeroShotSegmentationPipeline, labels: list[str] | None) -> list[str]:
