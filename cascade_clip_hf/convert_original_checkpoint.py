@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import CLIPTokenizer
 from transformers.utils import logging
 
 from .atomic import atomic_directory
@@ -17,7 +16,7 @@ from .image_processing_cascade_clip import CascadeClipImageProcessor
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .presets import BACKGROUND_ZERO_BENCHMARKS, benchmark_facts, stages_from_layers
 from .processing_cascade_clip import CascadeClipProcessor
-from .vocabulary import DEFAULT_TEMPLATES, check_class_names, embed_class_names, load_class_embeddings
+from .vocabulary import DEFAULT_TEMPLATES, check_class_names, embed_class_names, load_class_embeddings, load_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -372,7 +371,7 @@ def convert_checkpoint(
     model.load_state_dict(converted, strict=False)
     model.eval()
 
-    clip_tokenizer = CLIPTokenizer.from_pretrained(tokenizer)
+    clip_tokenizer = load_tokenizer(tokenizer)
     if class_embeddings is not None:
         class_embeds = load_class_embeddings(class_embeddings, len(class_names), config.projection_dim)
         report.notes.append(f"default vocabulary embeddings read from {class_embeddings}")

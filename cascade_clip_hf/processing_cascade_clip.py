@@ -6,7 +6,14 @@ import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .vocabulary import DEFAULT_TEMPLATES, check_class_names, check_templates, seen_class_mask, tokenize_class_prompts
+from .vocabulary import (
+    DEFAULT_TEMPLATES,
+    check_class_names,
+    check_templates,
+    check_tokenizer,
+    seen_class_mask,
+    tokenize_class_prompts,
+)
 
 
 class CascadeClipProcessor(ProcessorMixin):
@@ -24,6 +31,8 @@ class CascadeClipProcessor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, templates=None, seen_classes=None, **kwargs):
         super().__init__(image_processor, tokenizer)
+        if tokenizer is not None:
+            check_tokenizer(tokenizer, type(tokenizer).__name__)
         self.templates = check_templates(templates or DEFAULT_TEMPLATES)
         self.seen_classes = list(seen_classes) if seen_classes is not None else None
 

@@ -5,12 +5,19 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from transformers import CLIPTokenizer
+from transformers.utils import logging
 
+
+logger = logging.get_logger(__name__)
 
 # The original's template for a single prompt per class.
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 # CLIP's text tower has 77 positions.
 CLIP_CONTEXT_LENGTH = 77
+# Class embeddings this close (cosine similarity) are one class to the model. Distinct classes of the real CLIP stay
+# well below (e.g. "table" and "dining table": 0.97); a tokenizer that cannot read the names reaches 1.
+SAME_CLASS_SIMILARITY = 0.999
 
 
 def normalize_class_name(name: str) -> str:
@@ -74,6 +81,41 @@ def seen_class_mask(class_names: Sequence[str], seen_classes: Sequence[str] | No
     return torch.tensor([normalize_class_name(name) in seen for name in class_names], dtype=torch.bool)
 
 
+def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> CLIPTokenizer:
+    """
+    A CLIP tokenizer from a folder or Hub id, checked to have a vocabulary.
+
+    Raises:
+        ValueError: naming `name_or_path`, when it holds no tokenizer files (transformers would otherwise build a
+            tokenizer of only its special tokens, which reads every class name the same).
+    """
+    tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **kwargs)
+    check_tokenizer(tokenizer, str(name_or_path))
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, source: str) -> None:
+    """Raises a clear error for a tokenizer that has nothing but special tokens (its files were missing)."""
+    if tokenizer.vocab_size <= len(set(tokenizer.all_special_ids)):
+        raise ValueError(
+            f"{source}: no tokenizer vocabulary found (vocab.json and merges.txt, or tokenizer.json); pass the "
+            "tokenizer of the CLIP the model was trained from, e.g. --tokenizer openai/clip-vit-base-patch16."
+        )
+
+
+def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
+    """Warns about class names the tokenizer reads partly as unknown tokens: it cannot tell such names apart."""
+    if tokenizer.unk_token_id is None:
+        return
+    unreadable = [
+        name
+        for name in class_names
+        if tokenizer.unk_token_id in tokenizer(name.strip(), add_special_tokens=False)["input_ids"]
+    ]
+    if unreadable:
+        logger.warning(f"The tokenizer does not know some characters of these class names: {unreadable[:10]}.")
+
+
 def tokenize_class_prompts(
     tokenizer, class_names: Sequence[str], templates: Sequence[str], max_length: int = CLIP_CONTEXT_LENGTH
 ) -> dict[str, torch.Tensor]:
@@ -85,6 +127,7 @@ def tokenize_class_prompts(
     """
     class_names = check_class_names(class_names)
     templates = check_templates(templates)
+    warn_unreadable_names(tokenizer, class_names)
     prompts = [template.format(name.strip()) for name in class_names for template in templates]
     tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     shape = (len(class_names), len(templates), -1)
@@ -105,7 +148,33 @@ def embed_class_names(model, tokenizer, class_names: Sequence[str], templates: S
         `torch.FloatTensor` of shape `(num_classes, projection_dim)` on the model's device.
     """
     tokens = tokenize_class_prompts(tokenizer, class_names, templates)
-    return model.get_text_features(**{name: tensor.to(model.device) for name, tensor in tokens.items()})
+    tokens = {name: tensor.to(model.device) for name, tensor in tokens.items()}
+    return model.get_class_embeddings(**tokens, class_names=list(class_names))
+
+
+def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> None:
+    """
+    Refuses a vocabulary in which two classes have the same embedding (cosine similarity of at least
+    `SAME_CLASS_SIMILARITY`): the model could not tell them apart, and one would win every pixel of both.
+
+    Args:
+        class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`): L2-normalised.
+        class_names (`list[str]`, *optional*): to name the classes; their positions otherwise.
+
+    Raises:
+        ValueError: naming up to five such pairs.
+    """
+    similarity = class_embeds.float() @ class_embeds.float().T
+    first, second = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=1).nonzero(as_tuple=True)
+    if first.numel() == 0:
+        return
+    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
+    pairs = [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
+    raise ValueError(
+        f"{len(pairs)} pairs of classes have the same text embedding, e.g. {'; '.join(pairs[:5])}: the tokenizer "
+        "reads their names the same (unknown characters, or a tokenizer without its vocabulary files). Rename them, "
+        "or use the model's own tokenizer."
+    )
 
 
 def load_class_embeddings(path: str | os.PathLike, num_classes: int, projection_dim: int) -> torch.Tensor:
