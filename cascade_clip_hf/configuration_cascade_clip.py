@@ -8,6 +8,9 @@ from .vocabulary import DEFAULT_TEMPLATES, check_class_names, check_templates, s
 
 
 SETTINGS = ("inductive", "transductive")
+# The original taps layers 5-10 of ViT-B/16's 12 layers, in two stages of three.
+ORIGINAL_STAGES = [[5, 6, 7], [8, 9, 10]]
+ORIGINAL_VISION_LAYERS = 12
 
 
 @strict
@@ -30,9 +33,9 @@ class CascadeClipConfig(PreTrainedConfig):
             `projection_dim`; the text tower's must be the same.
         num_prompt_tokens (`int`, *optional*, defaults to 50):
             Number of learned prompt tokens inserted after the CLS token.
-        num_prompt_layers (`int`, *optional*, defaults to 12):
+        num_prompt_layers (`int`, *optional*):
             How many encoder layers, counted from the first, get their own set of prompt tokens. Layers after these
-            run without prompt tokens.
+            run without prompt tokens. Defaults to every layer of the vision tower, as the original prompts them.
         prompt_dropout (`float`, *optional*, defaults to 0.1):
             Dropout on the projected prompt tokens.
         vision_drop_path_rate (`float`, *optional*, defaults to 0.1):
@@ -41,11 +44,12 @@ class CascadeClipConfig(PreTrainedConfig):
             mode). No effect at inference.
         prompt_layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the LayerNorm applied to every tapped layer and to the final layer.
-        cascade_stages (`list[list[int]]`, *optional*, defaults to `[[5, 6, 7], [8, 9, 10]]`):
+        cascade_stages (`list[list[int]]`, *optional*):
             0-based indices of the tapped encoder layers, grouped into stages. Each stage's layers are fused with
             learned Gaussian-initialised weights and decoded by a decoder of its own; the final layer is one more
-            stage.
-            `[]` leaves only the final layer's decoder (the single-decoder baseline the paper compares with).
+            stage. `[]` leaves only the final layer's decoder (the single-decoder baseline the paper compares with).
+            Defaults to the original's `[[5, 6, 7], [8, 9, 10]]` for a 12-layer vision tower; other depths must
+            name their stages.
         decoder_num_layers (`int`, *optional*, defaults to 3):
             Layers per decoder.
         decoder_num_attention_heads (`int`, *optional*, defaults to 8):
@@ -101,7 +105,7 @@ class CascadeClipConfig(PreTrainedConfig):
     text_config: dict | CLIPTextConfig | None = None
     projection_dim: int | None = None
     num_prompt_tokens: int = 50
-    num_prompt_layers: int = 12
+    num_prompt_layers: int | None = None
     prompt_dropout: float | int = 0.1
     vision_drop_path_rate: float | int = 0.1
     prompt_layer_norm_eps: float = 1e-6
@@ -135,9 +139,6 @@ class CascadeClipConfig(PreTrainedConfig):
                 else self.vision_config.projection_dim
             )
             self.projection_dim = vision_projection_dim
-        if self.cascade_stages is None:
-            self.cascade_stages = ((5, 6, 7), (8, 9, 10))
-        self.cascade_stages = [list(stage) for stage in self.cascade_stages]
         self.templates = list(self.templates or DEFAULT_TEMPLATES)
         if self.seen_class_ids is not None:
             self.seen_class_ids = [int(class_id) for class_id in self.seen_class_ids]
@@ -146,6 +147,18 @@ class CascadeClipConfig(PreTrainedConfig):
             self.id2label = {}
         super().__post_init__(**kwargs)
         self.label2id = {name: class_id for class_id, name in self.id2label.items()}
+        num_layers = self.vision_config.num_hidden_layers
+        if self.num_prompt_layers is None:
+            self.num_prompt_layers = num_layers
+        if self.cascade_stages is None:
+            if num_layers != ORIGINAL_VISION_LAYERS:
+                raise ValueError(
+                    f"The vision tower has {num_layers} layers, but the default cascade stages {ORIGINAL_STAGES} "
+                    f"are the original's for 12 layers: set cascade_stages to layers in 0..{num_layers - 2}, e.g. "
+                    f"{[[num_layers - 2]] if num_layers > 1 else []}, or [] for a single decoder on the last layer."
+                )
+            self.cascade_stages = ORIGINAL_STAGES
+        self.cascade_stages = [list(stage) for stage in self.cascade_stages]
 
     @property
     def extract_layers(self) -> list[int]:
@@ -223,10 +236,10 @@ class CascadeClipConfig(PreTrainedConfig):
             if unknown:
                 raise ValueError(f"seen_class_ids {unknown} are not ids of id2label (0..{len(self.id2label) - 1}).")
         check_templates(self.templates)
-        if self.slide_crop_size <= 0 or self.slide_stride <= 0:
+        if not 0 < self.slide_stride <= self.slide_crop_size:
             raise ValueError(
-                f"slide_crop_size and slide_stride must be positive, got {self.slide_crop_size} and "
-                f"{self.slide_stride}."
+                f"slide_stride must lie in [1, slide_crop_size], got {self.slide_stride} with slide_crop_size "
+                f"{self.slide_crop_size}: a larger stride leaves pixels between the windows unsegmented."
             )
 
 

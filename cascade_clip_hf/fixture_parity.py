@@ -87,8 +87,8 @@ def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str 
     return {
         "text_embeds": text_embeds,
         "mask_logits": mask_logits,
-        "scores_inductive": mask_logits.sigmoid() - inductive_shift[:, None, None],
-        "scores_transductive": upsampled(transductive.logits).sigmoid() - transductive.score_shift[:, None, None],
+        "scores_inductive": mask_logits.sigmoid() - inductive_shift[..., None, None],
+        "scores_transductive": upsampled(transductive.logits).sigmoid() - transductive.score_shift[..., None, None],
         "seen_only_mask_logits": upsampled(seen_only.logits),
         "loss_mask": seen_only.mask_loss.reshape(1),
         "loss_dice": seen_only.dice_loss.reshape(1),

@@ -322,7 +322,7 @@ class CascadeClipImageProcessor(BaseImageProcessor):
                     image_maps, size=tuple(target_sizes[index]), mode="bilinear", align_corners=False
                 )
             if score_shift is not None:
-                image_maps = image_maps.sigmoid() - score_shift.float()[None, :, None, None]
+                image_maps = image_maps.sigmoid() - score_shift[index].float()[None, :, None, None]
             segmentations.append(image_maps[0].argmax(dim=0))
         return segmentations
 

@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
-from .vocabulary import embed_class_names, seen_class_mask
+from .vocabulary import check_distinct_class_embeddings, embed_class_names, load_tokenizer, seen_class_mask
 
 
 logger = logging.get_logger(__name__)
@@ -46,16 +46,16 @@ class CascadeClipSegmentationOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_classes, grid_height, grid_width)`):
             Mask logits at the resolution of the patch grid: the sum of the decoders' mask logits. Upsample them
             (bilinearly) and take the sigmoid, minus `score_shift`, to get per-pixel class scores.
-        decoder_logits (`tuple(torch.FloatTensor)`):
-            One `(batch_size, num_classes, grid_height, grid_width)` tensor per decoder: the cascade stages in order,
-            then the final layer.
-        class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`):
-            The class embeddings the masks were decoded for.
+        decoder_logits (`torch.FloatTensor` of shape `(batch_size, num_decoders, num_classes, height, width)`):
+            Each decoder's mask logits on the patch grid: the cascade stages in order, then the final layer.
+        class_embeds (`torch.FloatTensor` of shape `(batch_size, num_classes, projection_dim)`):
+            The class embeddings the masks were decoded for (the same for every image).
         image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
             The L2-normalised global image embedding (the projected CLS token).
-        score_shift (`torch.FloatTensor` of shape `(num_classes,)`):
+        score_shift (`torch.FloatTensor` of shape `(batch_size, num_classes)`):
             What calibration subtracts from each class's sigmoid score: `seen_score_shift` for classes seen in
-            training by an inductive model, 0 otherwise.
+            training by an inductive model, 0 otherwise (the same for every image). Every output is batch-first, so
+            that slicing an output per image (as transformers' pipelines do) keeps each image's own values.
         mask_loss (`torch.FloatTensor` of shape `()`, *optional*):
             The weighted sigmoid focal loss.
         dice_loss (`torch.FloatTensor` of shape `()`, *optional*):
@@ -68,7 +68,7 @@ class CascadeClipSegmentationOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    decoder_logits: tuple[torch.FloatTensor, ...] | None = None
+    decoder_logits: torch.FloatTensor | None = None
     class_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     score_shift: torch.FloatTensor | None = None
@@ -497,6 +497,30 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             text_embeds = F.normalize(text_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
         return text_embeds
 
+    def get_class_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        class_names: list[str] | None = None,
+    ) -> torch.Tensor:
+        """
+        The class embeddings of a vocabulary, from its tokenized class prompts (see `get_text_features`), checked
+        to tell every class apart.
+
+        Args:
+            input_ids, attention_mask: as in `get_text_features`.
+            class_names (`list[str]`, *optional*): the classes' names, for the error message.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_classes, projection_dim)`, L2-normalised.
+
+        Raises:
+            ValueError: when two classes have the same embedding (the tokenizer cannot read their names apart).
+        """
+        class_embeds = self.get_text_features(input_ids, attention_mask)
+        check_distinct_class_embeddings(class_embeds, class_names)
+        return class_embeds
+
     @torch.no_grad()
     def set_vocabulary(
         self,
@@ -521,7 +545,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         self.config.label2id = {name: class_id for class_id, name in enumerate(class_names)}
         self.config.seen_class_ids = list(seen_class_ids) if seen_class_ids is not None else None
         self.config.validate()
-        self.class_embeddings = class_embeds.detach().to(self.class_embeddings)
+        # The model's own copy: a caller's tensor (or a view of another weight) must not change or share it.
+        self.class_embeddings = class_embeds.detach().to(self.class_embeddings).clone()
 
     def freeze_pretrained(self) -> None:
         """
@@ -572,12 +597,18 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         preset_kwargs = CascadeClipConfig.from_preset(preset, setting).to_diff_dict() if preset else {}
         for tower_key in ("vision_config", "text_config", "projection_dim", "transformers_version", "model_type"):
             preset_kwargs.pop(tower_key, None)
-        vision_config = clip.config.vision_config.to_dict()
-        vision_config["image_size"] = image_size
+        # CLIPModel projects both towers to its top-level projection_dim, whatever its sub-configurations say.
+        projection_dim = clip.config.projection_dim
+        vision_config = {
+            **clip.config.vision_config.to_dict(),
+            "image_size": image_size,
+            "projection_dim": projection_dim,
+        }
+        text_config = {**clip.config.text_config.to_dict(), "projection_dim": projection_dim}
         config = CascadeClipConfig(
             vision_config=vision_config,
-            text_config=clip.config.text_config.to_dict(),
-            projection_dim=clip.config.projection_dim,
+            text_config=text_config,
+            projection_dim=projection_dim,
             **{**preset_kwargs, **config_kwargs},
         )
         model = cls(config)
@@ -601,7 +632,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 tap.projection.weight.data.copy_(clip.visual_projection.weight)
 
         if config.num_labels:
-            tokenizer = tokenizer or CLIPTokenizer.from_pretrained(clip_name_or_path, **(clip_kwargs or {}))
+            tokenizer = tokenizer or load_tokenizer(clip_name_or_path, **(clip_kwargs or {}))
             class_embeds = embed_class_names(model, tokenizer, config.class_names, config.templates)
             model.set_vocabulary(config.class_names, class_embeds, config.seen_class_ids)
         model.freeze_pretrained()
@@ -639,7 +670,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                     f"got {tuple(class_embeds.shape)}."
                 )
         elif input_ids is not None:
-            class_embeds = self.get_text_features(input_ids, attention_mask)
+            class_embeds = self.get_class_embeddings(input_ids, attention_mask)
         else:
             if self.config.num_labels == 0:
                 raise ValueError(
@@ -852,10 +883,10 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         output = CascadeClipSegmentationOutput(
             loss=loss,
             logits=logits,
-            decoder_logits=decoder_logits,
-            class_embeds=class_embeds,
+            decoder_logits=torch.stack(decoder_logits, dim=1),
+            class_embeds=class_embeds.expand(batch_size, -1, -1),
             image_embeds=image_embeds,
-            score_shift=score_shift,
+            score_shift=score_shift.expand(batch_size, -1),
             mask_loss=mask_loss,
             dice_loss=dice,
             vision_hidden_states=hidden_states,
@@ -910,8 +941,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
         crop_size = crop_size or self.config.slide_crop_size
         stride = stride or self.config.slide_stride
-        if crop_size <= 0 or stride <= 0:
-            raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
+        check_window(crop_size, stride)
         class_embeds, seen_class_mask = self.resolve_class_embeds(
             input_ids, attention_mask, class_embeds, seen_class_mask
         )
@@ -957,6 +987,17 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 image_scores = image_scores[0]
             results.append(image_scores)
         return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results
+
+
+def check_window(crop_size: int, stride: int) -> None:
+    """Refuses a sliding window that would leave pixels uncovered (the original asserts full coverage)."""
+    if crop_size <= 0 or stride <= 0:
+        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
+    if stride > crop_size:
+        raise ValueError(
+            f"stride ({stride}) is larger than crop_size ({crop_size}): the windows would leave pixels between them "
+            f"unsegmented; use a stride of at most {crop_size}."
+        )
 
 
 def window_starts(length: int, crop_size: int, stride: int) -> list[int]:

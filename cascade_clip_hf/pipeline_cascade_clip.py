@@ -86,11 +86,16 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
         return dict(inputs)
 
     def _forward(self, model_inputs: dict, crop_size=None, stride=None, window_batch_size=None) -> dict:
+        class_embeds = None
+        if "input_ids" in model_inputs:
+            # Embedded here rather than inside the model, so that an error names the classes it cannot tell apart.
+            class_embeds = self.model.get_class_embeddings(
+                model_inputs["input_ids"], model_inputs["attention_mask"], class_names=model_inputs["class_names"]
+            )
         scores = self.model.sliding_window_inference(
             [image.to(self.model.dtype) for image in model_inputs["pixel_values"]],
             output_size=model_inputs["output_sizes"],
-            input_ids=model_inputs.get("input_ids"),
-            attention_mask=model_inputs.get("attention_mask"),
+            class_embeds=class_embeds,
             seen_class_mask=model_inputs.get("seen_class_mask"),
             crop_size=crop_size,
             stride=stride,

@@ -56,7 +56,8 @@ def test_round_trip_keeps_every_field(tmp_path):
         ({"text_config": {"projection_dim": 256}}, "text tower projects"),
         ({"id2label": {0: "cat"}, "seen_class_ids": [0, 3]}, "not ids of id2label"),
         ({"templates": ["a photo"]}, "exactly one"),
-        ({"slide_stride": 0}, "must be positive"),
+        ({"slide_stride": 0}, "slide_stride must lie in"),
+        ({"slide_stride": 600}, "leaves pixels between the windows"),
     ],
 )
 def test_invalid_configurations_are_refused(kwargs, message):

@@ -74,6 +74,6 @@ def test_default_vocabulary_equals_text_tower(official_model, official_meta):
     with torch.no_grad():
         outputs = official_model(pixel_values=inputs["pixel_values"])
     logits = torch.nn.functional.interpolate(outputs.logits, size=(inputs["pixel_values"].shape[-2:]), mode="bilinear")
-    scores = logits.sigmoid() - outputs.score_shift[:, None, None]
+    scores = logits.sigmoid() - outputs.score_shift[..., None, None]
     torch.testing.assert_close(scores, expected["scores_inductive"], atol=ABSOLUTE_TOLERANCE, rtol=0)
     assert official_model.config.seen_class_ids == official_meta["seen_class_ids"]

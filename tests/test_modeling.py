@@ -91,24 +91,25 @@ def test_default_vocabulary_equals_passing_the_text(tiny_model, clip_tokenizer):
         text = tokenize_class_prompts(clip_tokenizer, tiny_model.config.class_names, tiny_model.config.templates)
         explicit = tiny_model(pixel_values=pixel_values, **text)
     torch.testing.assert_close(default.logits, explicit.logits)
-    torch.testing.assert_close(default.score_shift, torch.tensor([0.1, 0.0, 0.1, 0.0]))
-    torch.testing.assert_close(explicit.score_shift, torch.zeros(4))
+    torch.testing.assert_close(default.score_shift, torch.tensor([[0.1, 0.0, 0.1, 0.0]] * 2))
+    torch.testing.assert_close(explicit.score_shift, torch.zeros(2, 4))
 
 
 def test_transductive_models_shift_nothing(tiny_model):
     tiny_model.config.setting = "transductive"
     with torch.no_grad():
         outputs = tiny_model(pixel_values=torch.randn(1, 3, 64, 64))
-    assert torch.equal(outputs.score_shift, torch.zeros(4))
+    assert torch.equal(outputs.score_shift, torch.zeros(1, 4))
 
 
 def test_output_shapes(tiny_model):
     with torch.no_grad():
         outputs = tiny_model(pixel_values=torch.randn(2, 3, 64, 96), output_hidden_states=True)
     assert outputs.logits.shape == (2, 4, 4, 6)
-    assert len(outputs.decoder_logits) == 3
-    torch.testing.assert_close(sum(outputs.decoder_logits), outputs.logits)
-    assert outputs.class_embeds.shape == (4, 16)
+    assert outputs.decoder_logits.shape == (2, 3, 4, 4, 6)
+    torch.testing.assert_close(outputs.decoder_logits.sum(dim=1), outputs.logits)
+    assert outputs.class_embeds.shape == (2, 4, 16)
+    assert outputs.score_shift.shape == (2, 4)
     torch.testing.assert_close(outputs.image_embeds.norm(dim=-1), torch.ones(2))
     assert len(outputs.vision_hidden_states) == 13
     assert outputs.vision_hidden_states[0].shape == (2, 1 + 3 + 24, 32)
@@ -251,11 +252,12 @@ def test_processor_to_post_processing(tiny_model, clip_tokenizer):
     assert inputs["pixel_values"].shape == (1, 3, 64, 107)
     with torch.no_grad():
         outputs = tiny_model(**inputs)
-    torch.testing.assert_close(outputs.score_shift, torch.tensor([0.1, 0.0, 0.1]))
+    torch.testing.assert_close(outputs.score_shift, torch.tensor([[0.1, 0.0, 0.1]]))
     segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(48, 80)])[0]
     assert segmentation.shape == (48, 80)
     scores = (
-        F.interpolate(outputs.logits, size=(48, 80), mode="bilinear").sigmoid()[0] - outputs.score_shift[:, None, None]
+        F.interpolate(outputs.logits, size=(48, 80), mode="bilinear").sigmoid()[0]
+        - outputs.score_shift[0, :, None, None]
     )
     assert torch.equal(segmentation, scores.argmax(dim=0))
 

@@ -175,7 +175,7 @@ def test_post_process_takes_logits_or_scores():
 
     class Outputs:
         logits = torch.tensor([[[[0.0, 3.0]], [[0.1, 2.0]]]])  # (1, 2, 1, 2)
-        score_shift = torch.tensor([0.0, 0.1])
+        score_shift = torch.tensor([[0.0, 0.1]])
 
     # class 1 wins on raw logits in the first pixel, loses once its seen-class shift is applied
     assert Outputs.logits[0].argmax(0).tolist() == [[1, 0]]
