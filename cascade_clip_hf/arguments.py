@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .configuration_cascade_clip import SETTINGS
+from .errors import one_line
 from .presets import BENCHMARKS
 
 
@@ -16,17 +17,32 @@ def comma_separated_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+# Files of class names the command line reads, and suffixes that name a file rather than a class.
+CLASS_NAME_FILE_SUFFIXES = (".txt", ".json")
+FILE_LIKE_SUFFIXES = (".csv", ".tsv", ".lst", ".yaml", ".yml", ".names")
+
+
 def class_names_argument(text: str) -> list[str]:
-    """Class names as `"cat,dog,sky"`, or a `.txt` (one per line) or `.json` (a list) file."""
+    """
+    Class names as `"cat,dog,sky"`, or a `.txt` (one per line) or `.json` (a list) file. A value that names such
+    a file must be one: a missing or unreadable file is an error, never a class named after it.
+    """
     path = Path(text)
-    if path.suffix in (".txt", ".json") and path.is_file():
-        if path.suffix == ".json":
-            names = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(names, list):
-                raise argparse.ArgumentTypeError(f"{path} must hold a JSON list of class names")
-            return names
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [name.strip() for name in text.split(",")]
+    suffix = path.suffix.lower()
+    if "," in text or suffix not in CLASS_NAME_FILE_SUFFIXES + FILE_LIKE_SUFFIXES:
+        return [name.strip() for name in text.split(",")]
+    if suffix in FILE_LIKE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text}: class names are read from a .txt (one per line) or .json file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file of class names")
+    try:
+        content = path.read_text(encoding="utf-8")
+        names = json.loads(content) if suffix == ".json" else content.splitlines()
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{text}: cannot be read as class names ({one_line(error)})") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise argparse.ArgumentTypeError(f"{text}: a .json file of class names must hold a list of strings")
+    return [name.strip() for name in names if name.strip()]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from transformers.utils import logging as transformers_logging
 from .arguments import class_names_argument, comma_separated_ints
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
+from .errors import INPUT_ERRORS, one_line
 from .presets import BENCHMARKS
 
 
@@ -201,8 +202,15 @@ def run_segment(args) -> int:
     return 1 if failures else 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascade-clip", description="Cascade-CLIP zero-shot segmentation tools.")
+    parser = OneLineErrorParser(prog="cascade-clip", description="Cascade-CLIP zero-shot segmentation tools.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(subparsers)
     add_parity_parser(subparsers)
@@ -216,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.set_verbosity_error()
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
-        logger.error(f"error: {error}")
+    except INPUT_ERRORS as error:
+        logger.error(f"error: {one_line(error)}")
         return 2
 
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -22,6 +23,7 @@ from accelerate import Accelerator
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.arguments import add_data_arguments, data_source
 from cascade_clip_hf.data import load_segmentation_data
+from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.presets import BENCHMARKS, benchmark_facts
 from cascade_clip_hf.vocabulary import load_class_embeddings
@@ -103,4 +105,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except INPUT_ERRORS as error:
+        logger.error(f"error: {one_line(error)}")
+        sys.exit(2)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -25,12 +26,12 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
 from cascade_clip_hf.arguments import add_data_arguments, comma_separated_ints, data_source
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, load_segmentation_data
+from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import push_folder
 from cascade_clip_hf.model_card import build_model_card, write_model_card
@@ -44,7 +45,7 @@ from cascade_clip_hf.training import (
     save_checkpoint,
     training_vocabulary,
 )
-from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings
+from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings, load_tokenizer
 
 
 logger = logging.getLogger("train_cascade_clip")
@@ -152,7 +153,7 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
                 size={"shortest_edge": args.image_size, "longest_edge": 4 * args.image_size},
                 do_reduce_labels=args.dataset in BACKGROUND_ZERO_BENCHMARKS,
             ),
-            tokenizer=CLIPTokenizer.from_pretrained(args.clip_model),
+            tokenizer=load_tokenizer(args.clip_model),
             templates=model.config.templates,
         )
     if args.class_embeddings:
@@ -349,4 +350,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except INPUT_ERRORS as error:
+        logger.error(f"error: {one_line(error)}")
+        sys.exit(2)
