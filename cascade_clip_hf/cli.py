@@ -155,10 +155,51 @@ def write_segmentation(image, segments: list[dict], class_names: list[str], outp
     (output / f"{stem}.json").write_text(json.dumps({"class_names": class_names, "fractions": fractions}, indent=2))
 
 
-def run_segment(args) -> int:
-    from tqdm.auto import tqdm
+def segment_each(segmenter, images: list, **options) -> list:
+    """
+    The zero-shot pipeline's segments for each image, or the exception that image raised: a batch that fails is
+    run again one image at a time, so that one bad image does not lose the others' results.
+    """
+    try:
+        return segmenter(images, batch_size=len(images), **options)
+    except Exception as error:  # whatever fails on one image skips that image only
+        if len(images) == 1:
+            return [error]
+    return [segment_each(segmenter, [image], **options)[0] for image in images]
 
-    from .image_processing_cascade_clip import ImageInputError, open_image
+
+def skip_message(path: Path, error: Exception) -> str:
+    """The one line reporting a skipped image: the file, then why (errors of reading name the file already)."""
+    reason = one_line(error)
+    return f"error: {reason}" if reason.startswith(str(path)) else f"error: {path}: {reason}"
+
+
+def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | None, stride: int | None) -> None:
+    """
+    Settings of the whole run (the sliding window, the vocabulary) fail it before any image is read, rather than
+    failing every image one by one.
+    """
+    import torch
+
+    from .modeling_cascade_clip import check_window
+
+    config = segmenter.model.config
+    check_window(crop_size or config.slide_crop_size, stride or config.slide_stride)
+    if labels is not None:
+        text = segmenter.processor(text=labels)
+        with torch.no_grad():
+            segmenter.model.get_class_embeddings(
+                text["input_ids"].to(segmenter.model.device),
+                text["attention_mask"].to(segmenter.model.device),
+                class_names=labels,
+            )
+
+
+def run_segment(args) -> int:
+    import PIL.Image
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .segmenter import DEMO_MODEL, load_segmenter, vocabulary
     from .vocabulary import check_class_names
 
@@ -170,33 +211,39 @@ def run_segment(args) -> int:
     if not paths:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device)
+    check_run_settings(segmenter, args.labels, args.crop_size, args.stride)
     class_names = vocabulary(segmenter, args.labels)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 
+    options = {
+        "candidate_labels": args.labels,
+        "crop_size": args.crop_size,
+        "stride": args.stride,
+        "window_batch_size": args.window_batch_size,
+    }
     failures, used_stems = 0, set()
-    with tqdm(total=len(paths), desc="Segmenting", unit="image") as progress:
+    # Error lines go above the progress bar, each on a line of its own.
+    with logging_redirect_tqdm(), tqdm(total=len(paths), desc="Segmenting", unit="image") as progress:
         for start in range(0, len(paths), args.batch_size):
             batch = []
             for path in paths[start : start + args.batch_size]:
                 try:
-                    batch.append((path, open_image(path)))
-                except ImageInputError as error:
-                    logger.error(f"error: {error}")
+                    batch.append((path, segmenter.image_processor.read_image(path)))
+                except Exception as error:  # whatever fails on one image skips that image only
+                    logger.error(skip_message(path, error))
                     failures += 1
                     progress.update()
             if not batch:
                 continue
-            results = segmenter(
-                [image for _, image in batch],
-                candidate_labels=args.labels,
-                batch_size=len(batch),
-                crop_size=args.crop_size,
-                stride=args.stride,
-                window_batch_size=args.window_batch_size,
-            )
-            for (path, image), segments in zip(batch, results, strict=True):
-                write_segmentation(image, segments, class_names, output, unique_stem(path, used_stems), args.alpha)
+            results = segment_each(segmenter, [pixels for _, pixels in batch], **options)
+            for (path, pixels), segments in zip(batch, results, strict=True):
+                if isinstance(segments, Exception):
+                    logger.error(skip_message(path, segments))
+                    failures += 1
+                else:
+                    image = PIL.Image.fromarray(pixels)
+                    write_segmentation(image, segments, class_names, output, unique_stem(path, used_stems), args.alpha)
                 progress.update()
     logger.info(f"Segmented {len(paths) - failures} of {len(paths)} images into {output}.")
     return 1 if failures else 0

@@ -1,6 +1,7 @@
 """A Gradio app: upload an image, name some classes, see the segmentation with its legend (Space-ready)."""
 
 import gradio as gr
+import PIL.Image
 
 from .segmenter import load_segmenter, vocabulary
 from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
@@ -18,15 +19,17 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "") -
     """The app for one model (folder or Hub id); its `segment` endpoint takes an image and comma-separated names."""
     segmenter = load_segmenter(model_name, device)
 
-    def segment(image, labels_text):
-        if image is None:
+    def segment(image_path, labels_text):
+        if image_path is None:
             raise gr.Error("Upload an image first.")
         try:
             labels = parse_labels(labels_text)
+            image = PIL.Image.fromarray(segmenter.image_processor.read_image(image_path))
+            segments = segmenter(image, candidate_labels=labels)
         except ValueError as error:
             raise gr.Error(str(error)) from error
         class_names = vocabulary(segmenter, labels)
-        segmentation = segmentation_from_masks(segmenter(image, candidate_labels=labels), class_names, image.size)
+        segmentation = segmentation_from_masks(segments, class_names, image.size)
         shares = {name: share for name, share in class_fractions(segmentation, class_names).items() if share > 0}
         return overlay_with_legend(image, segmentation, class_names), shares
 
@@ -37,7 +40,8 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "") -
             "vocabulary. Each pixel goes to the class that scores best there."
         )
         with gr.Row():
-            image_input = gr.Image(type="pil", label="Image")
+            # The uploaded file as it is, read as the pipeline and the command line read it (any mode, EXIF).
+            image_input = gr.Image(type="filepath", image_mode=None, label="Image")
             overlay_output = gr.Image(type="pil", format="png", label="Segmentation")
         labels_input = gr.Textbox(label="Class names", value=example_labels, placeholder="cat, grass, sky")
         run_button = gr.Button("Segment", variant="primary")

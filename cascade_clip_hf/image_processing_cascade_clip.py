@@ -1,8 +1,11 @@
 """Image processor for Cascade-CLIP: any image to normalised RGB at the original's test scale, back to class maps."""
 
+import io
 import os
+import warnings
 from collections.abc import Sequence
 
+import httpx
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -26,15 +29,43 @@ class ImageInputError(ValueError):
     """An image or label map that cannot be used, with what is wrong with it."""
 
 
-def open_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """Opens and fully decodes an image file, so that a truncated or corrupt file fails here, naming the path."""
+def download(url: str, timeout: float | None = None) -> bytes:
+    """The bytes at an `http(s)://` URL; `timeout` in seconds (`None` waits forever)."""
     try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            return image.copy()
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ImageInputError(f"{url}: cannot download ({error}).") from error
+    return response.content
+
+
+def open_image(path: str | os.PathLike, timeout: float | None = None) -> PIL.Image.Image:
+    """
+    Opens and fully decodes an image file or `http(s)://` URL, so that a truncated or corrupt file fails here,
+    naming the path.
+
+    Raises:
+        ImageInputError: the path is missing or a folder, the URL cannot be downloaded, the file is not a readable
+            image, or its header claims more than `PIL.Image.MAX_IMAGE_PIXELS` pixels (a possible decompression
+            bomb, refused before its pixels are allocated).
+    """
+    source = path
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        source = io.BytesIO(download(path, timeout))
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice as many, and would then allocate them all.
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(source) as image:
+                image.load()
+                return image.copy()
     except FileNotFoundError as error:
         raise ImageInputError(f"{path}: no such file.") from error
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+    except IsADirectoryError as error:
+        raise ImageInputError(f"{path}: a folder, not an image.") from error
+    except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError) as error:
+        raise ImageInputError(f"{path}: refused as a possible decompression bomb ({error})") from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(f"{path}: not a readable image ({error}).") from error
 
 
@@ -82,15 +113,22 @@ def to_hwc_array(image) -> np.ndarray:
     return array
 
 
-def to_rgb_uint8(image) -> np.ndarray:
+def to_rgb_uint8(image, timeout: float | None = None) -> np.ndarray:
     """
-    Any supported image as an RGB `uint8` array of shape `(height, width, 3)`.
+    Any supported image as an RGB `uint8` array of shape `(height, width, 3)`; every entry point of the package
+    reads images with it, through [`CascadeClipImageProcessor.read_image`].
 
-    PIL images of any mode (EXIF orientation applied; alpha dropped as the original's OpenCV reader drops it),
-    numpy arrays and torch tensors (grayscale, gray+alpha, RGB or RGBA; uint8, 16-bit, bool or float), and paths.
+    PIL images of any mode (EXIF orientation applied; 16-bit and float pixels scaled to 8 bits before any
+    conversion to RGB; alpha dropped as the original's OpenCV reader drops it), numpy arrays and torch tensors
+    (grayscale, gray+alpha, RGB or RGBA; uint8, 16-bit, bool or float), and paths or `http(s)://` URLs
+    (`timeout` in seconds). Errors about a file name it.
     """
     if isinstance(image, (str, os.PathLike)):
-        image = open_image(image)
+        image, path = open_image(image, timeout), image
+        try:
+            return to_rgb_uint8(image)
+        except ImageInputError as error:
+            raise ImageInputError(f"{path}: {error}") from error
     if isinstance(image, PIL.Image.Image):
         image = PIL.ImageOps.exif_transpose(image)
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -211,6 +249,24 @@ class CascadeClipImageProcessor(BaseImageProcessor):
             return size["height"], size["width"]
         return keep_ratio_size(height, width, size["shortest_edge"], size["longest_edge"])
 
+    def read_image(self, image, timeout: float | None = None) -> np.ndarray:
+        """
+        Reads one image as every entry point of the package does (this processor, the zero-shot pipeline, the
+        command line, the demo); a method so that the pipeline saved beside a model, which cannot import this
+        module, reads the same way.
+
+        Args:
+            image: a path or `http(s)://` URL, a PIL image of any mode, a numpy array or a torch tensor.
+            timeout (`float`, *optional*): seconds to wait for a URL.
+
+        Returns:
+            `np.ndarray` of shape `(height, width, 3)`, `uint8` RGB, upright (EXIF orientation applied).
+
+        Raises:
+            ImageInputError: what makes the image unusable; for a file or URL, naming it.
+        """
+        return to_rgb_uint8(image, timeout=timeout)
+
     def preprocess(
         self,
         images,
@@ -226,7 +282,7 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         """
         Args:
             images: one image or a list: PIL images, numpy arrays or torch tensors (HWC or CHW; uint8, 16-bit,
-                bool or float in [0, 1] or [0, 255]), or file paths.
+                bool or float in [0, 1] or [0, 255]), file paths or URLs; see `read_image`.
             segmentation_maps (*optional*): one label map per image (single-channel class indices).
             return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` for torch tensors, `"np"` for numpy.
 
@@ -256,11 +312,16 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         pixel_values, labels = [], []
         for index, image in enumerate(images):
             try:
-                rgb = to_rgb_uint8(image)
+                rgb = self.read_image(image)
             except ImageInputError as error:
                 raise ImageInputError(f"Image {index} of {len(images)}: {error}") from error
             height, width = rgb.shape[:2]
             new_size = self.target_size(height, width, size) if do_resize else (height, width)
+            if min(new_size) < 1:
+                raise ImageInputError(
+                    f"Image {index} of {len(images)}: {width}x{height} pixels (width x height) would be resized to "
+                    f"{new_size[1]}x{new_size[0]} for size {size}; the image is too thin."
+                )
             pixels = torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32)
             if new_size != (height, width):
                 pixels = F.interpolate(pixels[None], size=new_size, mode="bilinear", align_corners=False)[0]

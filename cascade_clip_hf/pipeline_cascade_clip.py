@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 from transformers import Pipeline
-from transformers.image_utils import load_image
 
 
 PIPELINE_TASK = "zero-shot-image-segmentation"
@@ -46,7 +45,8 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
     def __call__(self, images, candidate_labels: Sequence[str] | None = None, batch_size: int | None = None, **kwargs):
         """
         Args:
-            images (`str`, `PIL.Image.Image`, `np.ndarray`, or a list of them): paths, URLs or images.
+            images (`str`, `PIL.Image.Image`, `np.ndarray`, or a list of them): paths, URLs or images, read by
+                the image processor's `read_image` (any PIL mode, EXIF orientation applied).
             candidate_labels (`list[str]`, *optional*): class names; the model's default vocabulary when not given.
             batch_size (`int`, *optional*): images per forward pass (the pipeline's own `batch_size`, else 1).
             crop_size, stride, window_batch_size (`int`, *optional*): sliding-window options (model defaults).
@@ -68,20 +68,20 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
         return results[0] if single else results
 
     def preprocess(self, images: list, candidate_labels=None, timeout=None) -> dict:
+        # Not transformers' load_image: it converts to RGB first, which turns 16-bit and float pixels white or black.
         loaded = []
         for image in images:
             try:
-                loaded.append(load_image(image, timeout=timeout))
+                loaded.append(self.processor.image_processor.read_image(image, timeout=timeout))
             except (OSError, ValueError) as error:
-                name = image if isinstance(image, str) else type(image).__name__
-                raise ValueError(f"Cannot read image {name}: {error}") from error
+                raise ValueError(f"Cannot read image: {error}") from error
         if candidate_labels is None:
             class_names = self.model.config.class_names
             inputs = self.processor(images=loaded)
         else:
             class_names = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
             inputs = self.processor(images=loaded, text=class_names)
-        inputs["output_sizes"] = [image.size[::-1] for image in loaded]
+        inputs["output_sizes"] = [image.shape[:2] for image in loaded]
         inputs["class_names"] = class_names
         return dict(inputs)
 

@@ -1,0 +1,297 @@
+"""Hostile images: every entry point reads a file the same way, and a folder's bad files are named and skipped."""
+
+import http.server
+import io
+import struct
+import threading
+import zlib
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import pipeline
+
+from cascade_clip_hf import cli
+from cascade_clip_hf.demo import build_demo
+from cascade_clip_hf.segmenter import DEMO_MODEL, load_segmenter
+from cascade_clip_hf.toy_world import CLASS_NAMES
+from cascade_clip_hf.visualization import overlay_with_legend, segmentation_from_masks
+
+from .helpers import EXAMPLES, free_port
+
+
+EXIF_ORIENTATION = 0x0112
+# transformers' load_image converts to RGB before any image processor sees the image, and PIL's conversion clips
+# 16- and 32-bit values above 255 to white and floats in [0, 1] to black.
+CLIPPED_BY_LOAD_IMAGE = {"I;16", "I", "F"}
+
+
+def scene(index: int) -> np.ndarray:
+    """A bundled 64x64 toy-world scene as RGB pixels."""
+    return np.array(PIL.Image.open(EXAMPLES / "scenes" / f"scene-{index}.png").convert("RGB"))
+
+
+def as_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def rotated_by_exif(upright: np.ndarray) -> tuple[PIL.Image.Image, PIL.Image.Exif]:
+    """`upright` stored turned a quarter to the left, with the EXIF orientation (6) that turns it back."""
+    exif = PIL.Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    return PIL.Image.fromarray(upright).transpose(PIL.Image.Transpose.ROTATE_90), exif
+
+
+def reading_cases() -> dict[str, tuple[str, PIL.Image.Image, dict, np.ndarray]]:
+    """Per case: a file name, the image to save there, save options, and the 8-bit upright RGB it must read as."""
+    rgb = scene(0)
+    gray = np.asarray(PIL.Image.fromarray(rgb).convert("L"))
+    alpha = np.random.default_rng(0).integers(0, 256, gray.shape, dtype=np.uint8)
+    palette_image = PIL.Image.fromarray(rgb).quantize(16)
+    palette = np.array(palette_image.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    bilevel = gray > 127
+    tall = np.concatenate([scene(1), scene(2)])  # 64 wide, 128 high
+    stored, exif = rotated_by_exif(tall)
+    return {
+        "RGB": ("rgb.png", PIL.Image.fromarray(rgb), {}, rgb),
+        "L": ("gray.png", PIL.Image.fromarray(gray), {}, as_rgb(gray)),
+        "I;16": ("gray16.png", PIL.Image.fromarray(gray.astype(np.uint16) * 257), {}, as_rgb(gray)),
+        "I": ("gray32.tif", PIL.Image.fromarray(gray.astype(np.int32) * 257), {}, as_rgb(gray)),
+        "F": ("float.tif", PIL.Image.fromarray(gray.astype(np.float32) / 255), {}, as_rgb(gray)),
+        "LA": ("gray_alpha.png", PIL.Image.fromarray(np.dstack([gray, alpha])), {}, as_rgb(gray)),
+        "RGBA": ("rgba.png", PIL.Image.fromarray(np.dstack([rgb, alpha])), {}, rgb),
+        "P with transparency": ("palette.png", palette_image, {"transparency": 0}, palette[np.asarray(palette_image)]),
+        "CMYK": ("cmyk.tif", PIL.Image.fromarray(rgb).convert("CMYK"), {}, rgb),
+        "1": ("bilevel.png", PIL.Image.fromarray(bilevel), {}, as_rgb(bilevel.astype(np.uint8) * 255)),
+        "EXIF-rotated": ("rotated.png", stored, {"exif": exif}, tall),
+    }
+
+
+READING_CASES = reading_cases()
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return load_segmenter(str(DEMO_MODEL))
+
+
+def class_map(segmenter, image) -> np.ndarray:
+    """The zero-shot pipeline's class-index map of one image, in the default vocabulary."""
+    segments = segmenter(image)
+    return segmentation_from_masks(segments, list(CLASS_NAMES), segments[0]["mask"].size)
+
+
+@pytest.fixture(scope="module")
+def reading_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reading")
+    for file_name, image, options, _ in READING_CASES.values():
+        image.save(folder / file_name, **options)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli_output(reading_folder, tmp_path_factory):
+    output = tmp_path_factory.mktemp("segmented")
+    assert cli.main(["segment", str(reading_folder), "--output", str(output), "--batch-size", "4"]) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def demo_client():
+    from gradio_client import Client
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        demo = build_demo(str(DEMO_MODEL))
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+        finally:
+            demo.close()
+
+
+@pytest.mark.parametrize("case", list(READING_CASES))
+def test_every_entry_point_reads_an_image_as_its_upright_8_bit_version(
+    case, segmenter, reading_folder, cli_output, demo_client
+):
+    from gradio_client import handle_file
+
+    file_name, _, _, expected = READING_CASES[case]
+    path = reading_folder / file_name
+    expected_map = class_map(segmenter, expected)
+
+    processor = segmenter.image_processor
+    for given in (str(path), PIL.Image.open(path)):
+        torch.testing.assert_close(processor(given)["pixel_values"], processor(expected)["pixel_values"])
+    np.testing.assert_array_equal(class_map(segmenter, str(path)), expected_map)
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(cli_output / f"{path.stem}_classes.png")), expected_map)
+
+    overlay_path, shares = demo_client.predict(handle_file(path), "", api_name="/segment")
+    expected_overlay = overlay_with_legend(PIL.Image.fromarray(expected), expected_map, list(CLASS_NAMES))
+    np.testing.assert_array_equal(
+        np.asarray(PIL.Image.open(overlay_path).convert("RGB")), np.asarray(expected_overlay)
+    )
+    counts = np.bincount(expected_map.ravel(), minlength=len(CLASS_NAMES)) / expected_map.size
+    fractions = {entry["label"]: entry["confidence"] for entry in shares["confidences"]}
+    assert fractions == pytest.approx({CLASS_NAMES[index]: share for index, share in enumerate(counts) if share})
+
+
+@pytest.fixture(scope="module")
+def image_segmenter():
+    return pipeline("image-segmentation", model=str(DEMO_MODEL))
+
+
+@pytest.mark.parametrize("case", list(READING_CASES))
+def test_transformers_image_segmentation_pipeline_reads_all_but_high_bit_depths_alike(
+    case, reading_folder, image_segmenter, request
+):
+    if case in CLIPPED_BY_LOAD_IMAGE:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="transformers' load_image clips the pixels"))
+    file_name, _, _, expected = READING_CASES[case]
+    size = expected.shape[1::-1]
+    from_file = segmentation_from_masks(image_segmenter(str(reading_folder / file_name)), list(CLASS_NAMES), size)
+    upright = segmentation_from_masks(image_segmenter(PIL.Image.fromarray(expected)), list(CLASS_NAMES), size)
+    np.testing.assert_array_equal(from_file, upright)
+
+
+def test_the_zero_shot_pipeline_reads_a_url_as_the_file(tmp_path, segmenter):
+    file_name, image, options, _ = READING_CASES["I;16"]
+    image.save(tmp_path / file_name, **options)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/"
+            np.testing.assert_array_equal(
+                class_map(segmenter, url + file_name), class_map(segmenter, str(tmp_path / file_name))
+            )
+            with pytest.raises(ValueError, match="missing.png: cannot download"):
+                segmenter(url + "missing.png", timeout=10)
+        finally:
+            server.shutdown()
+
+
+def encoded(pixels: np.ndarray, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(buffer, image_format)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels, around the data of a single pixel."""
+    data = bytearray(encoded(np.zeros((1, 1), np.uint8), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height, then its checksum
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def save(pixels: np.ndarray, path) -> np.ndarray:
+    PIL.Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def save_16_bit(gray: np.ndarray, path) -> np.ndarray:
+    """`gray` saved as a 16-bit PNG (each value times 257); returns the 8-bit RGB it stands for."""
+    PIL.Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+    return as_rgb(gray)
+
+
+def save_rotated_jpeg(upright: np.ndarray, path) -> np.ndarray:
+    """A phone photo: JPEG pixels stored sideways with EXIF orientation 6; returns the decoded pixels upright."""
+    stored, exif = rotated_by_exif(upright)
+    stored.save(path, exif=exif, quality=95)
+    return np.rot90(np.asarray(PIL.Image.open(path).convert("RGB")), k=-1)
+
+
+# Per case: the file written between a.png and c.png (two good scenes), how to write it (returning the upright
+# pixels it must be segmented as, or None), and the reason its error line must give (None: segmented).
+FOLDER_CASES = {
+    "corrupt bytes": (
+        "b.png",
+        lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256))),
+        "not a readable",
+    ),
+    "zero-byte file": ("b.jpg", lambda path: path.touch(), "not a readable image"),
+    "folder named like an image": ("b.png", lambda path: path.mkdir(), "a folder, not an image"),
+    "truncated JPEG": ("b.jpg", lambda path: path.write_bytes(encoded(scene(1), "JPEG")[:900]), "truncated"),
+    "truncated PNG": ("b.png", lambda path: path.write_bytes(encoded(scene(1), "PNG")[:-300]), "not a readable"),
+    "header claims 16384x16384": ("b.png", lambda path: path.write_bytes(png_claiming(16384, 16384)), "bomb"),
+    "header claims 10000x10000 (PIL only warns)": (
+        "b.png",
+        lambda path: path.write_bytes(png_claiming(10000, 10000)),
+        "decompression bomb",
+    ),
+    "too thin to resize": ("b_thin.png", lambda path: PIL.Image.new("RGB", (20000, 20)).save(path), "too thin"),
+    "thinner than a patch after resizing": (
+        "b_narrow.png",
+        lambda path: PIL.Image.new("RGB", (2000, 20)).save(path),
+        "smaller than one 8x8 patch",
+    ),
+    "1x1 image": ("b.png", lambda path: save(np.full((1, 1, 3), (200, 30, 30), np.uint8), path), None),
+    "unicode file name": ("b_ünïcødé_图像.png", lambda path: save(scene(1), path), None),
+    "16-bit PNG": ("b.png", lambda path: save_16_bit(scene(1)[..., 0], path), None),
+    "rotated phone photo": ("b.jpg", lambda path: save_rotated_jpeg(np.concatenate([scene(1), scene(3)]), path), None),
+    "rotated square photo": ("b.jpg", lambda path: save_rotated_jpeg(scene(1), path), None),
+}
+
+
+def assert_segmented_upright(output, stem: str, pixels: np.ndarray, segmenter) -> None:
+    """The class map and overlay of one image are those of its upright pixels, at their size."""
+    expected_map = class_map(segmenter, pixels)
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(output / f"{stem}_classes.png")), expected_map)
+    overlay = overlay_with_legend(PIL.Image.fromarray(pixels), expected_map, list(CLASS_NAMES))
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(output / f"{stem}_overlay.png")), np.asarray(overlay))
+
+
+def run_segment(folder, output, batch_size: int, caplog, capsys) -> tuple[int, list[str]]:
+    """Runs `cascade-clip segment` on a folder; its exit code and error lines, after checking nothing dumped a
+    traceback."""
+    code = cli.main(["segment", str(folder), "--output", str(output), "--batch-size", str(batch_size)])
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
+    return code, [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("case", list(FOLDER_CASES))
+def test_segment_names_and_skips_each_bad_file_and_segments_the_others(
+    case, batch_size, tmp_path, segmenter, caplog, capsys
+):
+    file_name, write, reason = FOLDER_CASES[case]
+    folder, output = tmp_path / "photos", tmp_path / "segmented"
+    folder.mkdir()
+    good = {"a": save(scene(0), folder / "a.png"), "c": save(scene(2), folder / "c.png")}
+    pixels = write(folder / file_name)
+
+    code, errors = run_segment(folder, output, batch_size, caplog, capsys)
+    stem = Path(file_name).stem
+    if reason is None:
+        assert (code, errors) == (0, [])
+        good[stem] = pixels
+    else:
+        assert code == 1 and len(errors) == 1
+        assert errors[0].startswith(f"error: {folder / file_name}: ") and reason in errors[0], errors[0]
+        assert not list(output.glob(f"{stem}*"))
+    for name, upright in good.items():
+        assert_segmented_upright(output, name, upright, segmenter)
+
+
+def test_a_file_deleted_after_listing_is_named_and_skipped(tmp_path, segmenter, caplog, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = save(scene(0), folder / "a.png")
+    save(scene(1), folder / "b.png")
+    listed = cli.image_paths
+
+    def list_then_delete(inputs):
+        paths = listed(inputs)
+        (folder / "b.png").unlink()
+        return paths
+
+    monkeypatch.setattr(cli, "image_paths", list_then_delete)
+    code, errors = run_segment(folder, tmp_path / "segmented", 2, caplog, capsys)
+    assert code == 1 and errors == [f"error: {folder / 'b.png'}: no such file."]
+    assert_segmented_upright(tmp_path / "segmented", "a", good, segmenter)
