@@ -2,8 +2,11 @@
 
 import argparse
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import OutputFolderError, check_output_folder
 from .configuration_cascade_clip import SETTINGS
 from .presets import BENCHMARKS
 
@@ -27,6 +30,20 @@ def class_names_argument(text: str) -> list[str]:
             return names
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [name.strip() for name in text.split(",")]
+
+
+def check_output_argument(
+    parser: argparse.ArgumentParser, folder: str | os.PathLike, names: Iterable[str] | None = None
+) -> None:
+    """
+    Ends a script before any work, with one line and exit code 2 as `cascade-clip` does, when writing `names` (or,
+    without them, the whole folder) into `folder` would lose a file this program did not write (see
+    `cascade_clip_hf.atomic.check_output_folder`).
+    """
+    try:
+        check_output_folder(folder, names)
+    except OutputFolderError as error:
+        parser.exit(2, f"error: {error}\n")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
