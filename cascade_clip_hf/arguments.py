@@ -2,8 +2,11 @@
 
 import argparse
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import OutputFolderError, check_output_folder
 from .configuration_cascade_clip import SETTINGS
 from .errors import one_line
 from .presets import BENCHMARKS
@@ -43,6 +46,20 @@ def class_names_argument(text: str) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise argparse.ArgumentTypeError(f"{text}: a .json file of class names must hold a list of strings")
     return [name.strip() for name in names if name.strip()]
+
+
+def check_output_argument(
+    parser: argparse.ArgumentParser, folder: str | os.PathLike, names: Iterable[str] | None = None
+) -> None:
+    """
+    Ends a script before any work, with one line and exit code 2 as `cascade-clip` does, when writing `names` (or,
+    without them, the whole folder) into `folder` would lose a file this program did not write (see
+    `cascade_clip_hf.atomic.check_output_folder`).
+    """
+    try:
+        check_output_folder(folder, names)
+    except OutputFolderError as error:
+        parser.exit(2, f"error: {error}\n")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers.utils import logging as transformers_logging
 
 from .arguments import class_names_argument, comma_separated_ints
+from .atomic import check_output_folder, output_files
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .errors import INPUT_ERRORS, one_line
@@ -142,6 +143,11 @@ def unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def segmentation_files(stem: str) -> list[str]:
+    """The files written for the image `stem`: class-id map, overlay and class shares."""
+    return [f"{stem}_classes.png", f"{stem}_overlay.png", f"{stem}.json"]
+
+
 def write_segmentation(image, segments: list[dict], class_names: list[str], output: Path, stem: str, alpha: float):
     import PIL.Image
 
@@ -149,10 +155,12 @@ def write_segmentation(image, segments: list[dict], class_names: list[str], outp
 
     segmentation = segmentation_from_masks(segments, class_names, image.size)
     dtype = "uint8" if len(class_names) <= 256 else "uint16"
-    PIL.Image.fromarray(segmentation.astype(dtype)).save(output / f"{stem}_classes.png")
-    overlay_with_legend(image, segmentation, class_names, alpha=alpha).save(output / f"{stem}_overlay.png")
-    fractions = class_fractions(segmentation, class_names)
-    (output / f"{stem}.json").write_text(json.dumps({"class_names": class_names, "fractions": fractions}, indent=2))
+    classes_file, overlay_file, fractions_file = segmentation_files(stem)
+    with output_files(output) as staging:
+        PIL.Image.fromarray(segmentation.astype(dtype)).save(staging / classes_file)
+        overlay_with_legend(image, segmentation, class_names, alpha=alpha).save(staging / overlay_file)
+        shares = {"class_names": class_names, "fractions": class_fractions(segmentation, class_names)}
+        (staging / fractions_file).write_text(json.dumps(shares, indent=2))
 
 
 def segment_each(segmenter, images: list, **options) -> list:
@@ -210,11 +218,12 @@ def run_segment(args) -> int:
     paths = image_paths(args.inputs)
     if not paths:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
+    output, stems = Path(args.output), set()
+    # Before any work; the names are exact when every image is readable, and each write checks its own again.
+    check_output_folder(output, [name for path in paths for name in segmentation_files(unique_stem(path, stems))])
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device)
     check_run_settings(segmenter, args.labels, args.crop_size, args.stride)
     class_names = vocabulary(segmenter, args.labels)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
 
     options = {
         "candidate_labels": args.labels,

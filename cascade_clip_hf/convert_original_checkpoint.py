@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from .atomic import atomic_directory
+from .atomic import atomic_directory, check_output_folder
 from .configuration_cascade_clip import CascadeClipConfig
 from .image_processing_cascade_clip import CascadeClipImageProcessor
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
@@ -330,8 +330,12 @@ def convert_checkpoint(
     Settings come from `preset` (a benchmark of the original release), then from the explicit arguments, then
     from the checkpoint's `meta` (its class names). The default vocabulary's embeddings are read from
     `class_embeddings` when given (as the original release does), else computed with the checkpoint's text tower.
-    The folder is written atomically: an existing `output_dir` is replaced only once the new one is complete.
+    The folder is written atomically: an existing `output_dir` is replaced only once the new one is complete, and
+    only if it holds nothing but an earlier output of this program and none of the inputs (else `OutputFolderError`
+    before any work, see `cascade_clip_hf.atomic`).
     """
+    inputs = [path for path in (checkpoint_path, class_embeddings) if path is not None]
+    check_output_folder(output_dir, inputs=inputs)
     state_dict, meta = load_original_checkpoint(checkpoint_path)
     setting = setting or "inductive"
     facts = benchmark_facts(preset, setting) if preset else {}
@@ -389,7 +393,7 @@ def convert_checkpoint(
         templates=templates,
         seen_classes=seen_classes,
     )
-    with atomic_directory(output_dir) as staging:
+    with atomic_directory(output_dir, inputs) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 

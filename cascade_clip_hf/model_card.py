@@ -6,6 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic import output_files
 from .configuration_cascade_clip import CascadeClipConfig
 from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
 
@@ -166,6 +167,7 @@ def build_model_card(
 
 
 def write_model_card(output_dir: str | os.PathLike, card: ModelCard) -> Path:
-    path = Path(output_dir) / "README.md"
-    card.save(path)
-    return path
+    """`output_dir`/README.md; one this program did not write is refused (`OutputFolderError`)."""
+    with output_files(output_dir) as staging:
+        card.save(staging / "README.md")
+    return Path(output_dir) / "README.md"

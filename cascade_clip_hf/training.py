@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .atomic import publish_directory
+from .atomic import output_files, publish_directory
 from .configuration_cascade_clip import SETTINGS
 from .data import SegmentationData
 from .image_processing_cascade_clip import ImageInputError
@@ -162,6 +162,18 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
         publish_directory(staging, target)
     accelerator.wait_for_everyone()
     return target
+
+
+def save_final(accelerator, model, processor, output_dir: str | os.PathLike) -> None:
+    """
+    The trained model and its processor (`save_pretrained`, safetensors) into `output_dir`, beside the checkpoints:
+    written into a hidden staging folder, then each file renamed into place (see `cascade_clip_hf.atomic`).
+    """
+    if accelerator.is_main_process:
+        with output_files(output_dir) as staging:
+            accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+            processor.save_pretrained(staging)
+    accelerator.wait_for_everyone()
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from cascade_clip_hf.atomic import output_files
+
 
 def synchronize(device: str) -> None:
     """Waits for queued GPU work, so that a timer measures it."""
@@ -68,7 +70,7 @@ def machine_description(device: str) -> dict:
 
 
 def write_report(path: str | None, report: dict) -> None:
-    """Writes the report as JSON to `path`, when one is given."""
+    """Writes the report as JSON to `path`, when one is given (never over a file this program did not write)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        with output_files(Path(path).parent) as staging:
+            (staging / Path(path).name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
-from cascade_clip_hf.atomic import atomic_directory
+from cascade_clip_hf.arguments import check_output_argument
+from cascade_clip_hf.atomic import atomic_directory, output_files
 from cascade_clip_hf.evaluation import markdown_summary
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.toy_world import (
@@ -69,6 +70,7 @@ DEMO_LIMITATIONS = """\
   held-out object share a colour, their pixels are often confused."""
 FULL = {"clip_steps": 800, "clip_batch": 64, "train_scenes": 1500, "test_scenes": 150, "cascade_steps": 3500}
 QUICK = {"clip_steps": 30, "clip_batch": 32, "train_scenes": 64, "test_scenes": 16, "cascade_steps": 20}
+SCENE_FILE = "scene-{}.png"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +80,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scenes_dir", help="write the bundled example scenes here (e.g. examples/scenes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny step counts, for tests")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Before the build: the working folder holds trainings and the shipped folder is replaced whole, so both may
+    # hold only this program's outputs; the scenes are written beside anything else.
+    check_output_argument(parser, args.output_dir)
+    if args.ship_to:
+        check_output_argument(parser, args.ship_to)
+    if args.scenes_dir:
+        check_output_argument(parser, args.scenes_dir, [SCENE_FILE.format(i) for i in range(len(EXAMPLE_SCENES))])
+    return args
 
 
 def write_scene_datasets(folder: Path, seed: int, train_scenes: int, test_scenes: int) -> Path:
@@ -90,8 +100,10 @@ def write_scene_datasets(folder: Path, seed: int, train_scenes: int, test_scenes
         return datasets.Dataset.from_list(rows, features=features)
 
     data = datasets.DatasetDict({"train": split(seed + 1, train_scenes), "test": split(seed + 2, test_scenes)})
-    data.save_to_disk(str(folder / "scenes"))
-    (folder / "id2label.json").write_text(json.dumps(dict(enumerate(CLASS_NAMES)), indent=2))
+    with atomic_directory(folder / "scenes") as staging:
+        data.save_to_disk(str(staging))
+    with output_files(folder) as staging:
+        (staging / "id2label.json").write_text(json.dumps(dict(enumerate(CLASS_NAMES)), indent=2))
     return folder / "scenes"
 
 
@@ -182,8 +194,9 @@ def train_clip(folder: Path, seed: int, steps: int, batch_size: int) -> Path:
         schedule.step()
         progress.set_postfix(loss=f"{outputs.loss.item():.3f}")
     path = folder / "tiny_clip"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    with atomic_directory(path) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return path
 
 
@@ -314,14 +327,15 @@ def main(argv=None) -> None:
         "single_decoder": single,
         "best_constant_baseline": baseline,
     }
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with output_files(folder) as staging:
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_card_and_report(folder / "cascade", report)
     if args.scenes_dir:
-        Path(args.scenes_dir).mkdir(parents=True, exist_ok=True)
-        for index in range(len(EXAMPLE_SCENES)):
-            image, _, caption = example_scene(index)
-            PIL.Image.fromarray(image).save(Path(args.scenes_dir) / f"scene-{index}.png")
-            logger.info(f"scene-{index}.png: {caption}")
+        with output_files(args.scenes_dir) as staging:
+            for index in range(len(EXAMPLE_SCENES)):
+                image, _, caption = example_scene(index)
+                PIL.Image.fromarray(image).save(staging / SCENE_FILE.format(index))
+                logger.info(f"{SCENE_FILE.format(index)}: {caption}")
     if args.ship_to:
         # Without the code files save_pretrained copies beside the weights: inside the package they would be stale
         # duplicates of its own modules (cascade_clip_hf.hub.push_model_to_hub adds them again for the Hub).
@@ -352,7 +366,8 @@ def write_card_and_report(model_dir: Path, report: dict) -> None:
         recipe=demo_recipe(report),
     )
     write_model_card(model_dir, card)
-    (model_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with output_files(model_dir) as staging:
+        (staging / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def demo_recipe(report: dict) -> str:

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
-from cascade_clip_hf.arguments import add_data_arguments, comma_separated_ints, data_source
+from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, comma_separated_ints, data_source
+from cascade_clip_hf.atomic import output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, load_segmentation_data
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
@@ -43,6 +43,7 @@ from cascade_clip_hf.training import (
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
+    save_final,
     training_vocabulary,
 )
 from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings, load_tokenizer
@@ -124,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.max_train_steps = default_train_steps(args.dataset, args.setting)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    # The model's file names depend on it and on transformers: the folder may hold only this program's outputs.
+    check_output_argument(parser, args.output_dir)
     return args
 
 
@@ -165,19 +168,6 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
     processor.seen_classes = model.config.seen_class_names
     model.freeze_pretrained()
     return model, processor
-
-
-def save_final(accelerator, model, processor, output_dir: Path) -> None:
-    """`save_pretrained` into a staging folder, then each file moved into `output_dir` (checkpoints stay)."""
-    staging = output_dir / ".final.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
-        processor.save_pretrained(staging)
-        for path in staging.iterdir():
-            os.replace(path, output_dir / path.name)
-        staging.rmdir()
-    accelerator.wait_for_everyone()
 
 
 def main(argv=None) -> None:
@@ -244,7 +234,10 @@ def main(argv=None) -> None:
     epoch, resume_batches = divmod(resume_batches, len(train_dataloader))
 
     if accelerator.is_main_process:
+        existing = set(os.listdir(output_dir))
         accelerator.init_trackers("cascade_clip", config={k: v for k, v in vars(args).items() if v is not None})
+        # What the trackers create here (TensorBoard's logs) is the run's own: a resumed run may write there again.
+        record_outputs(output_dir, set(os.listdir(output_dir)) - existing)
     logger.info(
         f"Training {args.setting} on {len(data)} images, {len(vocabulary.class_ids)} classes, "
         f"{args.max_train_steps} steps of {args.train_batch_size} x {accelerator.num_processes} x "
@@ -322,7 +315,8 @@ def main(argv=None) -> None:
                 results = results_record(
                     metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=args.eval_split
                 )
-                (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+                with output_files(output_dir) as staging:
+                    (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
                 logger.info("Evaluation:\n" + markdown_summary(results))
     if accelerator.is_main_process:
         card = build_model_card(

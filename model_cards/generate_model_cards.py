@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from cascade_clip_hf import CascadeClipConfig
+from cascade_clip_hf.arguments import check_output_argument
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.presets import BENCHMARKS
 
@@ -32,12 +33,21 @@ def results_argument(text: str) -> tuple[tuple[str, str], Path]:
     return (benchmark, setting), Path(path)
 
 
+def card_name(benchmark: str, setting: str) -> str:
+    """The card's folder, and its Hub repository's name."""
+    return f"cascade-clip-{benchmark}-{setting}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--org", default="cascade-clip-hf", help="the Hub namespace of the repositories")
     parser.add_argument("--output_dir", default=str(Path(__file__).parent))
     parser.add_argument("--results", type=results_argument, action="append", default=[], help="measured results")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for benchmark in BENCHMARKS:
+        for setting in SETTINGS:
+            check_output_argument(parser, Path(args.output_dir) / card_name(benchmark, setting), ["README.md"])
+    return args
 
 
 def main(argv=None) -> None:
@@ -45,7 +55,7 @@ def main(argv=None) -> None:
     measured = {key: json.loads(path.read_text()) for key, path in args.results}
     for benchmark in BENCHMARKS:
         for setting in SETTINGS:
-            name = f"cascade-clip-{benchmark}-{setting}"
+            name = card_name(benchmark, setting)
             results = measured.get((benchmark, setting))
             card = build_model_card(
                 CascadeClipConfig.from_preset(benchmark, setting),
@@ -54,9 +64,7 @@ def main(argv=None) -> None:
                 results=results,
                 split=results.get("split", "val") if results else "val",
             )
-            folder = Path(args.output_dir) / name
-            folder.mkdir(parents=True, exist_ok=True)
-            logger.info(f"Wrote {write_model_card(folder, card)}")
+            logger.info(f"Wrote {write_model_card(Path(args.output_dir) / name, card)}")
 
 
 if __name__ == "__main__":

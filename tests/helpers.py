@@ -122,8 +122,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_script(script: str, args: list[str], num_processes: int = 1, timeout: int = 300):
-    """Runs an example script as a user would: plainly, or with `accelerate launch` on several CPU processes."""
+def run_script(script: str, args: list[str], num_processes: int = 1, timeout: int = 300, returncode: int = 0):
+    """
+    Runs an example script as a user would: plainly, or with `accelerate launch` on several CPU processes; fails
+    unless it exits with `returncode`.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if num_processes == 1:
         command = [sys.executable, str(EXAMPLES / script)]
@@ -151,5 +154,7 @@ def run_script(script: str, args: list[str], num_processes: int = 1, timeout: in
     except subprocess.TimeoutExpired as error:
         output = (error.stdout or b"").decode(errors="replace") + (error.stderr or b"").decode(errors="replace")
         raise AssertionError(f"{script} did not finish in {timeout} s:\n{output[-6000:]}") from None
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == returncode, (
+        f"{script} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
     return result

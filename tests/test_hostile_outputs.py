@@ -1,0 +1,375 @@
+"""Nothing a user owns is lost: every writer refuses to write over what it did not write, never leaves a half-written
+output, and writes with the permissions the umask gives (see `cascade_clip_hf.atomic`)."""
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from accelerate import Accelerator
+
+from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf.atomic import check_output_folder
+from cascade_clip_hf.cli import main
+from cascade_clip_hf.segmenter import DEMO_MODEL
+from cascade_clip_hf.training import save_checkpoint, save_final
+
+from .helpers import CLIP_TOKENIZER, EXAMPLES, OFFICIAL_TINY, run_script
+
+
+REPOSITORY = Path(__file__).parent.parent
+CHECKPOINT = OFFICIAL_TINY / "checkpoint.pth"
+SCENE = EXAMPLES / "scenes" / "scene-0.png"
+SCENE_OUTPUTS = ["scene-0_classes.png", "scene-0_overlay.png", "scene-0.json"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, hidden ones included, by relative path: its bytes."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def place(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Writes the user's `files` (relative path: bytes) under `root`; returns them."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def conversion_flags(meta: dict) -> list[str]:
+    """The `cascade-clip convert` flags for the official tiny checkpoint, with the settings of its meta.json."""
+    architecture = meta["architecture"]
+    return [
+        "--class-names",
+        ",".join(meta["class_names"]),
+        "--seen-class-ids",
+        ",".join(map(str, meta["seen_class_ids"])),
+        "--extract-layers",
+        ",".join(map(str, architecture["extract_layers"])),
+        "--templates",
+        meta["prompt_template"],
+        "--tokenizer",
+        str(CLIP_TOKENIZER),
+        "--vision-heads",
+        str(architecture["vision_heads"]),
+        "--text-heads",
+        str(architecture["text_heads"]),
+        "--decoder-heads",
+        str(architecture["decoder_heads"]),
+    ]
+
+
+def cascade_clip(fixture: Callable, *argv) -> tuple[int, list[str]]:
+    """Runs `cascade-clip` in this process; returns its exit code and the error lines it logged."""
+    caplog = fixture("caplog")
+    caplog.clear()
+    code = main([str(arg) for arg in argv])
+    return code, [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def convert(fixture: Callable, checkpoint: Path, output_dir: Path) -> tuple[int, list[str]]:
+    return cascade_clip(
+        fixture, "convert", checkpoint, "--output-dir", output_dir, *conversion_flags(fixture("official_meta"))
+    )
+
+
+def segment(fixture: Callable, output: Path) -> tuple[int, list[str]]:
+    """Segments one bundled scene with the shipped demo model (the default)."""
+    return cascade_clip(fixture, "segment", SCENE, "--output", output)
+
+
+def training_arguments(fixture: Callable, output_dir: Path) -> list[str]:
+    """Two training steps of the tiny model on the small Hub-style dataset."""
+    dataset, id2label = fixture("hub_dataset")
+    arguments = ["--dataset_name", dataset, "--id2label", id2label, "--init_from", fixture("tiny_hub_model_dir")]
+    arguments += ["--output_dir", output_dir, "--max_train_steps", "2", "--num_workers", "0", "--skip_eval"]
+    return [str(argument) for argument in arguments]
+
+
+def refused_training(fixture: Callable, output_dir: Path) -> tuple[int, list[str]]:
+    """The training script as a user runs it, refusing `output_dir`: its exit code and error (or traceback) lines."""
+    result = run_script("train_cascade_clip.py", training_arguments(fixture, output_dir), returncode=2)
+    errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
+    return result.returncode, errors
+
+
+@functools.cache
+def load_script(path: Path):
+    """An example script as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def script(fixture: Callable, path: Path, *argv) -> tuple[int, list[str]]:
+    """
+    A script's `main` in this process, for the refusals it makes before any work (a subprocess per case would take
+    seconds of imports); its exit code and the error lines it printed.
+    """
+    capsys = fixture("capsys")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(path).main([str(arg) for arg in argv])
+    return exit_info.value.code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def converted(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    """A conversion into tmp_path/out; the user owns none of it."""
+    assert convert(fixture, CHECKPOINT, tmp_path / "out") == (0, [])
+    return {}
+
+
+def converted_and_edited(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    converted(tmp_path, fixture)
+    (tmp_path / "out" / "config.json").write_text("{}")  # still the program's file: replaced with the rest
+    return {}
+
+
+def segmented_once(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    """The bundled scene segmented into tmp_path/out; the user owns none of it."""
+    assert segment(fixture, tmp_path / "out") == (0, [])
+    return {}
+
+
+def segmented(tmp_path: Path) -> bool:
+    return all((tmp_path / "out" / name).is_file() for name in SCENE_OUTPUTS)
+
+
+@dataclass
+class Situation:
+    """
+    An output folder as a user may hand it over (`arrange` lays it out and returns the user's own files), a writer
+    run on it (`act`: exit code and error lines), and what must come of it. A refusal prints one error line
+    matching `message` and changes nothing at all; a success leaves the user's files as they were and passes
+    `written`.
+    """
+
+    arrange: Callable[[Path, Callable], dict[str, bytes]]
+    act: Callable[[Path, Callable], tuple[int, list[str]]]
+    exit_code: int
+    message: str | None = None
+    written: Callable[[Path], bool] = lambda tmp_path: True
+
+
+SITUATIONS = {
+    "convert into a folder holding notes.txt": Situation(
+        lambda tmp, fixture: place(tmp, {"out/notes.txt": b"my notes"}),
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"/out: it holds notes\.txt, which cascade-clip did not write",
+    ),
+    "convert into the checkpoint's own folder": Situation(
+        lambda tmp, fixture: place(tmp, {"folder/coco.pth": CHECKPOINT.read_bytes(), "folder/notes.txt": b"notes"}),
+        lambda tmp, fixture: convert(fixture, tmp / "folder/coco.pth", tmp / "folder"),
+        2,
+        r"/folder: that would replace the input .*/folder/coco\.pth",
+    ),
+    "convert onto the checkpoint file itself": Situation(
+        lambda tmp, fixture: place(tmp, {"folder/coco.pth": CHECKPOINT.read_bytes()}),
+        lambda tmp, fixture: convert(fixture, tmp / "folder/coco.pth", tmp / "folder/coco.pth"),
+        2,
+        r"/folder/coco\.pth: that would replace the input .*/folder/coco\.pth",
+    ),
+    "convert over its own previous output": Situation(
+        converted_and_edited,
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        0,
+        written=lambda tmp: "id2label" in json.loads((tmp / "out/config.json").read_text()),
+    ),
+    "segment where the user made scene-0_overlay.png": Situation(
+        lambda tmp, fixture: place(tmp, {"out/scene-0_overlay.png": b"my own drawing"}),
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        2,
+        r"/out: it holds scene-0_overlay\.png, which cascade-clip did not write",
+    ),
+    "segment beside unrelated user files": Situation(
+        lambda tmp, fixture: place(tmp, {"out/notes.txt": b"notes", "out/holiday.jpg": b"\xff\xd8 a photo"}),
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        0,
+        written=segmented,
+    ),
+    "segment twice into the same folder": Situation(
+        segmented_once,
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        0,
+        written=segmented,
+    ),
+    "train into a folder holding the user's README.md": Situation(
+        lambda tmp, fixture: place(tmp, {"run/README.md": b"# My experiments\n"}),
+        lambda tmp, fixture: refused_training(fixture, tmp / "run"),
+        2,
+        r"/run: it holds README\.md, which cascade-clip did not write",
+    ),
+    "train into a folder holding unrelated files": Situation(
+        lambda tmp, fixture: place(tmp, {"run/data/notes.txt": b"notes"}),
+        lambda tmp, fixture: script(
+            fixture, EXAMPLES / "train_cascade_clip.py", *training_arguments(fixture, tmp / "run")
+        ),
+        2,
+        r"/run: it holds data/notes\.txt, which cascade-clip did not write",
+    ),
+    "evaluate onto the user's results.json": Situation(
+        lambda tmp, fixture: place(tmp, {"results.json": b'{"mine": true}'}),
+        lambda tmp, fixture: script(
+            fixture,
+            EXAMPLES / "evaluate_cascade_clip.py",
+            "--model",
+            "m",
+            "--dataset_name",
+            "d",
+            "--output",
+            tmp / "results.json",
+        ),
+        2,
+        r": it holds results\.json, which cascade-clip did not write",
+    ),
+    "ship the demo model into a folder holding notes.txt": Situation(
+        lambda tmp, fixture: place(tmp, {"ship/notes.txt": b"notes"}),
+        lambda tmp, fixture: script(
+            fixture, EXAMPLES / "build_demo_model.py", "--output_dir", tmp / "build", "--ship_to", tmp / "ship"
+        ),
+        2,
+        r"/ship: it holds notes\.txt",
+    ),
+    "write the demo scenes over the user's scene-0.png": Situation(
+        lambda tmp, fixture: place(tmp, {"scenes/scene-0.png": b"my scene"}),
+        lambda tmp, fixture: script(
+            fixture, EXAMPLES / "build_demo_model.py", "--output_dir", tmp / "build", "--scenes_dir", tmp / "scenes"
+        ),
+        2,
+        r"/scenes: it holds scene-0\.png",
+    ),
+    "generate model cards over the user's README.md": Situation(
+        lambda tmp, fixture: place(tmp, {"cards/cascade-clip-pascal-voc-2012-inductive/README.md": b"# Mine\n"}),
+        lambda tmp, fixture: script(
+            fixture, REPOSITORY / "model_cards" / "generate_model_cards.py", "--output_dir", tmp / "cards"
+        ),
+        2,
+        r"/cascade-clip-pascal-voc-2012-inductive: it holds README\.md",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SITUATIONS)
+def test_hostile_output_folder(name, tmp_path, request):
+    situation = SITUATIONS[name]
+    user_files = situation.arrange(tmp_path, request.getfixturevalue)
+    before = snapshot(tmp_path)
+    exit_code, errors = situation.act(tmp_path, request.getfixturevalue)
+    assert exit_code == situation.exit_code, errors
+    if situation.message is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and "\n" not in errors[0], errors
+        assert re.search(situation.message, errors[0]), errors[0]
+        assert snapshot(tmp_path) == before  # nothing written: no output, no record, no debris
+    after = snapshot(tmp_path)
+    assert {path: after.get(path) for path in user_files} == user_files
+    assert situation.written(tmp_path)
+
+
+def test_the_repositorys_own_outputs_may_be_rebuilt():
+    """The shipped demo model, scenes, model cards and benchmark reports carry the record their writers check."""
+    check_output_folder(DEMO_MODEL)
+    check_output_folder(EXAMPLES / "scenes", [path.name for path in (EXAMPLES / "scenes").glob("*.png")])
+    check_output_folder(REPOSITORY / "benchmarks", [path.name for path in (REPOSITORY / "benchmarks").glob("*.json")])
+    for card in (REPOSITORY / "model_cards").glob("*/README.md"):
+        check_output_folder(card.parent, [card.name])
+
+
+class DiskFull(OSError):
+    def __init__(self):
+        super().__init__(28, "No space left on device")
+
+
+def fail_after_writing(path: Path):
+    """A save that writes part of `path`, then fails as on a full disk."""
+    path.write_text("{", encoding="utf-8")
+    raise DiskFull()
+
+
+def trained_model(fixture) -> tuple[Accelerator, CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
+    model_dir = fixture("tiny_hub_model_dir")
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(CascadeClipForZeroShotSegmentation.from_pretrained(model_dir))
+    return accelerator, model, CascadeClipProcessor.from_pretrained(model_dir)
+
+
+def save_trained_model(tmp_path: Path, fixture: Callable) -> None:
+    accelerator, model, processor = trained_model(fixture)
+    save_final(accelerator, model, processor, tmp_path / "out")
+    save_checkpoint(accelerator, tmp_path / "out", 2, {"epoch": 0})
+
+
+def interrupted_conversion(tmp_path: Path, fixture: Callable, monkeypatch) -> str:
+    def save_pretrained(self, save_directory, **kwargs):
+        fail_after_writing(Path(save_directory) / "processor_config.json")
+
+    monkeypatch.setattr(CascadeClipProcessor, "save_pretrained", save_pretrained)
+    exit_code, errors = convert(fixture, CHECKPOINT, tmp_path / "out")
+    assert exit_code == 2 and len(errors) == 1, errors
+    return errors[0]
+
+
+def interrupted_segmentation(tmp_path: Path, fixture: Callable, monkeypatch) -> str:
+    def class_fractions(*args):  # by then both images of the scene are written
+        raise DiskFull()
+
+    monkeypatch.setattr("cascade_clip_hf.visualization.class_fractions", class_fractions)
+    exit_code, errors = segment(fixture, tmp_path / "out")
+    assert exit_code == 2 and len(errors) == 1, errors
+    return errors[0]
+
+
+def interrupted_final_save(tmp_path: Path, fixture: Callable, monkeypatch) -> str:
+    accelerator, model, processor = trained_model(fixture)
+    monkeypatch.setattr(
+        processor, "save_pretrained", lambda folder, **kwargs: fail_after_writing(Path(folder) / "tokenizer.json")
+    )
+    with pytest.raises(DiskFull) as error:
+        save_final(accelerator, model, processor, tmp_path / "out")
+    return str(error.value)
+
+
+# Each writer: a successful write into tmp_path/out, and the same write failing part-way (its error message).
+WRITERS = {
+    "convert": (converted, interrupted_conversion),
+    "segment": (segmented_once, interrupted_segmentation),
+    "trained model": (save_trained_model, interrupted_final_save),
+}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_an_interrupted_write_leaves_the_previous_output_whole(writer, tmp_path, request, monkeypatch):
+    write, interrupted = WRITERS[writer]
+    write(tmp_path, request.getfixturevalue)
+    before = snapshot(tmp_path)
+    assert "No space left on device" in interrupted(tmp_path, request.getfixturevalue, monkeypatch)
+    assert snapshot(tmp_path) == before  # the previous output whole, and no staging file or folder left
+
+
+@pytest.fixture(params=[0o022, 0o027], ids=["umask-022", "umask-027"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_outputs_get_the_permissions_of_an_ordinary_write(writer, umask, tmp_path, request):
+    write, _ = WRITERS[writer]
+    write(tmp_path, request.getfixturevalue)
+    output = tmp_path / "out"
+    modes = {
+        path.relative_to(tmp_path).as_posix(): path.stat().st_mode & 0o777 for path in [output, *output.rglob("*")]
+    }
+    expected = {name: (0o777 if (tmp_path / name).is_dir() else 0o666) & ~umask for name in modes}
+    assert modes == expected
+    assert len(modes) > 3 and (writer != "trained model" or "out/checkpoint-2" in modes)
