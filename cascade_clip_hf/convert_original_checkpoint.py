@@ -12,6 +12,7 @@ from transformers.utils import logging
 
 from .atomic import atomic_directory, check_output_folder
 from .configuration_cascade_clip import CascadeClipConfig
+from .convert_clip_checkpoint import fold_class_embedding
 from .image_processing_cascade_clip import CascadeClipImageProcessor
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .presets import BACKGROUND_ZERO_BENCHMARKS, benchmark_facts, stages_from_layers
@@ -56,6 +57,7 @@ DECODER_LAYER_KEYS = {
 }
 VISION = "vision_encoder.clip.vision_model."
 TEXT = "text_encoder.text_model."
+HEAD = "decode_head."
 
 
 class CheckpointError(ValueError):
@@ -267,10 +269,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
         if key in direct:
             out[direct[key]] = tensor
         elif key == "backbone.positional_embedding":
-            # The original adds the class embedding to the CLS token twice: once as the token, once with its
-            # position. transformers' CLIP adds it once, so the second copy goes into the first position.
-            positions = tensor.clone()
-            positions[0] += state_dict["backbone.class_embedding"]
+            positions = fold_class_embedding(tensor, state_dict["backbone.class_embedding"])
             out[VISION + "embeddings.position_embedding.weight"] = positions
         elif key in ("backbone.prompt_embeddings", "backbone.deep_prompt_embeddings"):
             out["vision_encoder.prompts.embeddings"] = torch.stack(prompt_sets)
@@ -284,15 +283,15 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
         elif match := re.fullmatch(r"backbone\.ln_layers\.(\d+)\.(weight|bias)", key):
             out[f"vision_encoder.taps.{match[1]}.layernorm.{match[2]}"] = tensor
         elif match := re.fullmatch(r"decode_head\.weights_s(\d+)", key):
-            out[f"stage_weights.{int(match[1]) - 1}"] = tensor
+            out[f"{HEAD}aggregation.stage_weights.{int(match[1]) - 1}"] = tensor
         elif match := re.fullmatch(r"decode_head\.q_projs\.(\d+)\.(weight|bias)", key):
-            out[f"decoders.{match[1]}.query_projection.{match[2]}"] = tensor
+            out[f"{HEAD}decoders.{match[1]}.query_projection.{match[2]}"] = tensor
         elif match := re.fullmatch(r"decode_head\.cascade_decoders\.(\d+)\.layers\.(\d+)\.(.+)\.(weight|bias)", key):
             decoder, layer, name, kind = match.groups()
             if name not in DECODER_LAYER_KEYS:
                 unknown.append(key)
                 continue
-            out[f"decoders.{decoder}.layers.{layer}.{DECODER_LAYER_KEYS[name]}.{kind}"] = tensor
+            out[f"{HEAD}decoders.{decoder}.layers.{layer}.{DECODER_LAYER_KEYS[name]}.{kind}"] = tensor
         elif not (
             convert_block("backbone.", VISION, key, tensor, out)
             or convert_block("text_encoder.", TEXT, key, tensor, out)

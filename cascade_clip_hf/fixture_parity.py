@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .calibration import calibrated_scores, upsample_mask_logits
 from .convert_original_checkpoint import convert_checkpoint
 from .labels import index_lookup
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
@@ -57,11 +58,10 @@ def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str 
     class_names, seen_class_ids = meta["class_names"], meta["seen_class_ids"]
     seen_mask = seen_class_mask(class_names, seen_class_names(class_names, seen_class_ids))
 
-    upsampled = model.upsample_to_image_size
-    text_embeds = model.get_text_features(inputs["input_ids"])
+    image_size = model.config.vision_config.image_size
+    mask_size = (image_size, image_size)
+    text_embeds = model.get_class_embeddings(inputs["input_ids"])
     outputs = model(pixel_values=pixel_values, class_embeds=text_embeds, seen_class_mask=seen_mask)
-    mask_logits = upsampled(outputs.logits)
-    inductive_shift = outputs.score_shift
     setting = model.config.setting
     model.config.setting = "transductive"
     try:
@@ -86,10 +86,10 @@ def fixture_outputs(model: CascadeClipForZeroShotSegmentation, fixture_dir: str 
     )
     return {
         "text_embeds": text_embeds,
-        "mask_logits": mask_logits,
-        "scores_inductive": mask_logits.sigmoid() - inductive_shift[..., None, None],
-        "scores_transductive": upsampled(transductive.logits).sigmoid() - transductive.score_shift[..., None, None],
-        "seen_only_mask_logits": upsampled(seen_only.logits),
+        "mask_logits": upsample_mask_logits(outputs.logits, mask_size),
+        "scores_inductive": calibrated_scores(outputs.logits, outputs.score_shift, mask_size),
+        "scores_transductive": calibrated_scores(transductive.logits, transductive.score_shift, mask_size),
+        "seen_only_mask_logits": upsample_mask_logits(seen_only.logits, mask_size),
         "loss_mask": seen_only.mask_loss.reshape(1),
         "loss_dice": seen_only.dice_loss.reshape(1),
         "slide_scores": slide_scores,

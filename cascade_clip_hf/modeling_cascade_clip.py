@@ -1,9 +1,18 @@
-"""PyTorch Cascade-CLIP: zero-shot semantic segmentation with cascaded vision-language embedding alignment."""
+"""PyTorch Cascade-CLIP: zero-shot semantic segmentation with cascaded vision-language embedding alignment.
+
+The paper's parts, top to bottom: the CLIP vision tower with deep visual prompts (`CascadeClipDeepPrompts`,
+`CascadeClipVisionEncoder`), the decode head with the neighbourhood Gaussian aggregation of each cascade stage's
+layers (`CascadeClipNeighborhoodGaussianAggregation`) and one text-queried decoder per stage
+(`CascadeClipCascadedDecoders`), the training loss (`segmentation_loss`: sigmoid focal + dice, transductive
+pseudo-labels), the seen-class calibration (`calibration.py`) and the test-time sliding window
+(`CascadeClipForZeroShotSegmentation.sliding_window_inference`).
+"""
 
 import itertools
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,21 +21,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import (
-    CLIPModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    CLIPVisionModelWithProjection,
-    PreTrainedModel,
-)
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, PreTrainedModel
 from transformers import initialization as init
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, eager_attention_forward
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
+from .calibration import calibrated_scores, seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
-from .vocabulary import check_distinct_class_embeddings, embed_class_names, load_tokenizer, seen_class_mask
+from .vocabulary import check_distinct_class_embeddings, seen_class_mask
 
 
 logger = logging.get_logger(__name__)
@@ -38,7 +49,8 @@ LOSS_CHUNK_ELEMENTS = 2**24
 @dataclass
 class CascadeClipSegmentationOutput(ModelOutput):
     r"""
-    Output of [`CascadeClipForZeroShotSegmentation`].
+    Output of [`CascadeClipForZeroShotSegmentation`]. Every tensor is batch-first, so that slicing the output per
+    image (as transformers' pipelines do) keeps each image's own values.
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
@@ -54,16 +66,18 @@ class CascadeClipSegmentationOutput(ModelOutput):
             The L2-normalised global image embedding (the projected CLS token).
         score_shift (`torch.FloatTensor` of shape `(batch_size, num_classes)`):
             What calibration subtracts from each class's sigmoid score: `seen_score_shift` for classes seen in
-            training by an inductive model, 0 otherwise (the same for every image). Every output is batch-first, so
-            that slicing an output per image (as transformers' pipelines do) keeps each image's own values.
+            training by an inductive model, 0 otherwise (the same for every image).
         mask_loss (`torch.FloatTensor` of shape `()`, *optional*):
             The weighted sigmoid focal loss.
         dice_loss (`torch.FloatTensor` of shape `()`, *optional*):
             The weighted dice loss.
-        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-            The vision tower's input to its first layer and the output of every layer, each of shape
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The vision tower's embedding output and the output of every layer, each of shape
             `(batch_size, sequence_length, hidden_size)`; the sequence holds the CLS token, the prompt tokens where
             the layer has them, and the patch tokens.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The vision tower's attention weights of every layer, each of shape
+            `(batch_size, num_heads, sequence_length, sequence_length)` (with `attn_implementation="eager"`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -74,7 +88,13 @@ class CascadeClipSegmentationOutput(ModelOutput):
     score_shift: torch.FloatTensor | None = None
     mask_loss: torch.FloatTensor | None = None
     dice_loss: torch.FloatTensor | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def vision_hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
+        warnings.warn("`vision_hidden_states` is now `hidden_states`.", FutureWarning, stacklevel=2)
+        return self.hidden_states
 
 
 def resize_position_grid(grid_embeddings: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -107,15 +127,23 @@ def drop_token_positions(branch: torch.Tensor, rate: float) -> torch.Tensor:
     return branch * branch.new_empty(1, branch.shape[1], 1).bernoulli_(keep).div_(keep)
 
 
-def layer_with_drop_path(layer: CLIPEncoderLayer, hidden_states: torch.Tensor, rate: float) -> torch.Tensor:
-    """A transformers CLIP encoder layer with stochastic depth on both of its residual branches."""
-    attention_output, _ = layer.self_attn(layer.layer_norm1(hidden_states), None)
-    hidden_states = hidden_states + drop_token_positions(attention_output, rate)
-    return hidden_states + drop_token_positions(layer.mlp(layer.layer_norm2(hidden_states)), rate)
+class CascadeClipEncoderLayer(CLIPEncoderLayer):
+    """transformers' CLIP encoder layer with the original's stochastic depth on both residual branches in training."""
+
+    def __init__(self, config, drop_path_rate: float = 0.0):
+        super().__init__(config)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        if not (self.training and self.drop_path_rate > 0):
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        attention_output, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask, **kwargs)
+        hidden_states = hidden_states + drop_token_positions(attention_output, self.drop_path_rate)
+        return hidden_states + drop_token_positions(self.mlp(self.layer_norm2(hidden_states)), self.drop_path_rate)
 
 
-class CascadeClipPrompts(nn.Module):
-    """Learned prompt tokens: one set per prompted encoder layer, all through one shared projection."""
+class CascadeClipDeepPrompts(nn.Module):
+    """Deep visual prompts: learned tokens for each prompted encoder layer, all through one shared projection."""
 
     def __init__(self, config: CascadeClipConfig):
         super().__init__()
@@ -152,12 +180,16 @@ class CascadeClipVisionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.clip = CLIPVisionModelWithProjection._from_config(config.vision_config)
-        self.prompts = CascadeClipPrompts(config)
+        num_layers = config.vision_config.num_hidden_layers
+        # On the CPU, so that the rates are plain floats also when the model is built on the meta device.
+        drop_path_rates = torch.linspace(0, config.vision_drop_path_rate, num_layers, device="cpu").tolist()
+        self.clip.vision_model.encoder.layers = nn.ModuleList(
+            [CascadeClipEncoderLayer(config.vision_config, rate) for rate in drop_path_rates]
+        )
+        self.prompts = CascadeClipDeepPrompts(config)
         self.prompt_layernorm = nn.LayerNorm(config.vision_config.hidden_size, eps=config.prompt_layer_norm_eps)
         self.taps = nn.ModuleList([CascadeClipLayerTap(config) for _ in config.extract_layers])
         self.grid_size = config.vision_config.image_size // config.vision_config.patch_size
-        num_layers = config.vision_config.num_hidden_layers
-        self.drop_path_rates = torch.linspace(0, config.vision_drop_path_rate, num_layers).tolist()
 
     def embed(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """
@@ -179,9 +211,7 @@ class CascadeClipVisionEncoder(nn.Module):
         class_embeds = (embeddings.class_embedding + positions[0]).expand(batch_size, 1, hidden_size)
         return torch.cat([class_embeds, patch_embeds + grid_positions], dim=1), (height, width)
 
-    def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
-    ) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int], tuple[torch.Tensor, ...] | None]:
+    def forward(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
         """
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`).
@@ -190,8 +220,7 @@ class CascadeClipVisionEncoder(nn.Module):
             - one `(batch_size, grid_height * grid_width, projection_dim)` feature map per tapped layer, then one
               for the final layer, all L2-normalised;
             - the L2-normalised global image embedding, `(batch_size, projection_dim)`;
-            - the grid `(grid_height, grid_width)`;
-            - the hidden states, when asked for.
+            - the grid `(grid_height, grid_width)`.
         """
         vision_model = self.clip.vision_model
         hidden_states, grid = self.embed(pixel_values)
@@ -199,7 +228,6 @@ class CascadeClipVisionEncoder(nn.Module):
         batch_size, num_patches = hidden_states.shape[0], grid[0] * grid[1]
         tap_index = {layer: index for index, layer in enumerate(self.config.extract_layers)}
 
-        all_hidden_states = []
         features = []
         for layer_index, encoder_layer in enumerate(vision_model.encoder.layers):
             class_token, patch_tokens = hidden_states[:, :1], hidden_states[:, -num_patches:]
@@ -209,31 +237,51 @@ class CascadeClipVisionEncoder(nn.Module):
                 hidden_states = torch.cat([class_token, prompts, patch_tokens], dim=1)
             else:
                 hidden_states = torch.cat([class_token, patch_tokens], dim=1)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states = self.run_layer(layer_index, encoder_layer, hidden_states)
+            # Called as a module: output capturing (hidden states, attentions) and checkpointing hook in there.
+            hidden_states = encoder_layer(hidden_states, None)
             if layer_index in tap_index:
                 patch_tokens = self.prompt_layernorm(hidden_states[:, -num_patches:])
                 features.append(F.normalize(self.taps[tap_index[layer_index]](patch_tokens), dim=-1))
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
 
         final_tokens = torch.cat([hidden_states[:, :1], hidden_states[:, -num_patches:]], dim=1)
         final_tokens = self.clip.visual_projection(vision_model.post_layernorm(self.prompt_layernorm(final_tokens)))
         features.append(F.normalize(final_tokens[:, 1:], dim=-1))
         image_embeds = F.normalize(final_tokens[:, 0], dim=-1)
-        return features, image_embeds, grid, tuple(all_hidden_states) if output_hidden_states else None
+        return features, image_embeds, grid
 
-    def run_layer(
-        self, layer_index: int, encoder_layer: CLIPEncoderLayer, hidden_states: torch.Tensor
-    ) -> torch.Tensor:
-        """One encoder layer, with stochastic depth while training."""
-        rate = self.drop_path_rates[layer_index]
-        if not (self.training and rate > 0):
-            return encoder_layer(hidden_states, None)
-        if encoder_layer.gradient_checkpointing:
-            return checkpoint(layer_with_drop_path, encoder_layer, hidden_states, rate, use_reentrant=False)
-        return layer_with_drop_path(encoder_layer, hidden_states, rate)
+
+class CascadeClipNeighborhoodGaussianAggregation(nn.Module):
+    r"""
+    Neighbourhood Gaussian aggregation (NGA): each cascade stage fuses the features of its neighbouring tapped layers
+    with learned weights that start as a Gaussian of the distance to the stage's deepest layer,
+
+    $$F_s = \sum_{l \in s} w_l F_l, \qquad w_l \leftarrow \exp\left(-\frac{(l_s - l)^2}{2}\right)\ \text{at
+    initialisation},$$
+
+    where $l_s$ is the last layer of stage $s$ (for layers 5, 6, 7: weights $e^{-2}, e^{-1/2}, 1$).
+    """
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        self.stage_weights = nn.ParameterList(
+            [nn.Parameter(torch.ones(len(stage))) for stage in config.cascade_stages]
+        )
+
+    def forward(self, layer_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """
+        Args:
+            layer_features (`list[torch.Tensor]`): the tapped layers' features, stage after stage, each of shape
+                `(batch_size, num_patches, projection_dim)`.
+
+        Returns:
+            One fused `(batch_size, num_patches, projection_dim)` feature map per stage.
+        """
+        fused, start = [], 0
+        for weights in self.stage_weights:
+            stage_features = layer_features[start : start + len(weights)]
+            fused.append(sum(weight * feature for weight, feature in zip(weights, stage_features, strict=True)))
+            start += len(weights)
+        return fused
 
 
 class CascadeClipCrossAttention(nn.Module):
@@ -242,6 +290,8 @@ class CascadeClipCrossAttention(nn.Module):
     def __init__(self, config: CascadeClipConfig):
         super().__init__()
         hidden_size = config.projection_dim
+        self.config = config
+        self.is_causal = False
         self.num_heads = config.decoder_num_attention_heads
         self.head_dim = hidden_size // self.num_heads
         self.scale = self.head_dim**-0.5
@@ -250,6 +300,11 @@ class CascadeClipCrossAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.attention_dropout = nn.Dropout(config.decoder_attention_dropout)
+
+    def project(self, projection: nn.Linear, tokens: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, length, hidden_size)` -> `(batch_size, num_heads, length, head_dim)`."""
+        batch_size, length, _ = tokens.shape
+        return projection(tokens).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def attention_logits(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
         """
@@ -260,18 +315,26 @@ class CascadeClipCrossAttention(nn.Module):
         Returns:
             The scaled pre-softmax attention logits, `(batch_size, num_heads, num_classes, num_patches)`.
         """
-        batch_size, num_classes, _ = queries.shape
-        query_states = self.q_proj(queries).view(batch_size, num_classes, self.num_heads, self.head_dim)
-        key_states = self.k_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim)
-        return (query_states.transpose(1, 2) @ key_states.permute(0, 2, 3, 1)) * self.scale
+        query_states = self.project(self.q_proj, queries)
+        key_states = self.project(self.k_proj, visual_tokens)
+        return (query_states @ key_states.transpose(-1, -2)) * self.scale
 
     def forward(self, queries: torch.Tensor, visual_tokens: torch.Tensor) -> torch.Tensor:
         """Returns the attention output, `(batch_size, num_classes, hidden_size)`."""
         batch_size, num_classes, _ = queries.shape
-        attention_probs = self.attention_dropout(self.attention_logits(queries, visual_tokens).softmax(dim=-1))
-        value_states = self.v_proj(visual_tokens).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        attention_output = (attention_probs @ value_states).transpose(1, 2).reshape(batch_size, num_classes, -1)
-        return self.out_proj(attention_output)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attention_output, _ = attention_interface(
+            self,
+            self.project(self.q_proj, queries),
+            self.project(self.k_proj, visual_tokens),
+            self.project(self.v_proj, visual_tokens),
+            None,
+            scaling=self.scale,
+            dropout=self.attention_dropout.p if self.training else 0.0,
+        )
+        return self.out_proj(attention_output.reshape(batch_size, num_classes, -1))
 
 
 class CascadeClipDecoderLayer(GradientCheckpointingLayer):
@@ -302,13 +365,16 @@ class CascadeClipDecoder(nn.Module):
     """
     Decodes one stage's visual tokens into class mask logits. The class queries combine each class embedding
     with the image embedding; the masks are the last layer's attention logits, averaged over heads, so that layer's
-    attention output and feed-forward part are never computed (the original computes and discards them).
+    attention output and feed-forward part are never computed (the original computes and discards them) and never
+    trained.
     """
 
     def __init__(self, config: CascadeClipConfig):
         super().__init__()
         self.query_projection = nn.Linear(2 * config.projection_dim, config.projection_dim)
         self.layers = nn.ModuleList([CascadeClipDecoderLayer(config) for _ in range(config.decoder_num_layers)])
+        for module in self.layers[-1].unused_by_masks():
+            module.requires_grad_(False)
 
     def forward(
         self, class_embeds: torch.Tensor, image_embeds: torch.Tensor, visual_tokens: torch.Tensor
@@ -328,6 +394,43 @@ class CascadeClipDecoder(nn.Module):
         for layer in self.layers[:-1]:
             queries = layer(queries, visual_tokens)
         return self.layers[-1].cross_attention.attention_logits(queries, visual_tokens).mean(dim=1)
+
+
+class CascadeClipCascadedDecoders(nn.Module):
+    """
+    The decode head: each cascade stage's features, fused by neighbourhood Gaussian aggregation, and the final
+    layer's features are decoded by a decoder of their own; the decoders' mask logits are summed.
+    """
+
+    def __init__(self, config: CascadeClipConfig):
+        super().__init__()
+        self.aggregation = CascadeClipNeighborhoodGaussianAggregation(config)
+        self.decoders = nn.ModuleList([CascadeClipDecoder(config) for _ in range(config.num_decoders)])
+
+    def forward(
+        self,
+        layer_features: list[torch.Tensor],
+        class_embeds: torch.Tensor,
+        image_embeds: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> tuple[torch.Tensor, ...]:
+        """
+        Args:
+            layer_features (`list[torch.Tensor]`): the tapped layers' features, stage after stage, then the final
+                layer's, each of shape `(batch_size, grid_height * grid_width, projection_dim)`.
+            class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`).
+            image_embeds (`torch.Tensor` of shape `(batch_size, projection_dim)`).
+            grid (`tuple[int, int]`): `(grid_height, grid_width)`.
+
+        Returns:
+            One `(batch_size, num_classes, grid_height, grid_width)` tensor of mask logits per decoder.
+        """
+        stage_inputs = self.aggregation(layer_features[:-1]) + [layer_features[-1]]
+        batch_size = image_embeds.shape[0]
+        return tuple(
+            decoder(class_embeds, image_embeds, visual_tokens).view(batch_size, -1, *grid)
+            for decoder, visual_tokens in zip(self.decoders, stage_inputs, strict=True)
+        )
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -399,6 +502,75 @@ def count_present_masks(present: torch.Tensor) -> float:
     return max(num_masks.item(), 1.0)
 
 
+def chunk_loss_sums(
+    logits: torch.Tensor, labels: torch.Tensor, first_class: int, present: torch.Tensor, config: CascadeClipConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Focal loss summed over the masks of some consecutive classes, and dice loss summed over those present.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, chunk_classes, grid_height, grid_width)`).
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`): -1 where ignored.
+        first_class (`int`): the class index of the chunk's first class.
+        present (`torch.BoolTensor` of shape `(batch_size, chunk_classes)`).
+    """
+    logits = upsample_mask_logits(logits, labels.shape[-2:], config.vision_config.image_size).flatten(2)
+    classes = torch.arange(first_class, first_class + logits.shape[1], device=labels.device)
+    targets = labels.flatten(1)[:, None, :] == classes[None, :, None]
+    focal = sigmoid_focal_loss(logits, targets, config.focal_alpha, config.focal_gamma).sum()
+    return focal, dice_loss(logits, targets)[present].sum()
+
+
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, config: CascadeClipConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The original's training loss: sigmoid focal loss over every (image, class) mask, where ignored pixels are
+    negatives for every class, and dice loss over the masks present; both divided by the number of masks present in
+    the batch. As in the original, the logits are upsampled to `image_size` and from there to the labels' size.
+
+    The upsampled masks (batch x classes x height x width floats) are never held at once: the loss runs over chunks
+    of classes, and when gradients are needed each chunk is recomputed during the backward pass.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, num_classes, grid_height, grid_width)`).
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`): class indices, or `config.ignore_index`.
+
+    Returns:
+        The weighted focal loss and the weighted dice loss.
+    """
+    batch_size, num_classes = logits.shape[:2]
+    if labels.dim() != 3 or labels.shape[0] != batch_size:
+        raise ValueError(
+            f"labels must have shape (batch_size={batch_size}, height, width), got {tuple(labels.shape)}."
+        )
+    ignore_index = config.ignore_index
+    valid = labels != ignore_index
+    if ((labels < 0) | (labels >= num_classes))[valid].any():
+        found = sorted(set(labels[valid].unique().tolist()) - set(range(num_classes)))
+        raise ValueError(
+            f"labels hold values {found[:10]} that are neither class indices (0..{num_classes - 1}) nor "
+            f"ignore_index ({ignore_index})."
+        )
+    labels = labels.masked_fill(~valid, -1)
+    pixel_counts = torch.zeros(batch_size, num_classes + 1, dtype=torch.long, device=labels.device)
+    pixel_counts.scatter_add_(1, (labels + 1).flatten(1), torch.ones_like(labels).flatten(1))
+    present = pixel_counts[:, 1:] > 0
+    num_masks = count_present_masks(present)
+
+    classes_per_chunk = max(LOSS_CHUNK_ELEMENTS // (batch_size * labels[0].numel()), 1)
+    focal = dice = logits.new_zeros(())
+    for start in range(0, num_classes, classes_per_chunk):
+        end = start + classes_per_chunk
+        chunk = (logits[:, start:end], labels, start, present[:, start:end], config)
+        if torch.is_grad_enabled() and logits.requires_grad:
+            chunk_focal, chunk_dice = checkpoint(chunk_loss_sums, *chunk, use_reentrant=False)
+        else:
+            chunk_focal, chunk_dice = chunk_loss_sums(*chunk)
+        focal, dice = focal + chunk_focal, dice + chunk_dice
+    return config.focal_loss_weight * focal / num_masks, config.dice_loss_weight * dice / num_masks
+
+
 class CascadeClipPreTrainedModel(PreTrainedModel):
     config: CascadeClipConfig
     config_class = CascadeClipConfig
@@ -407,7 +579,18 @@ class CascadeClipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _no_split_modules = ["CLIPEncoderLayer", "CascadeClipDecoderLayer"]
+    # The vision tower's; the text tower records its own while it runs.
+    _can_record_outputs = {"hidden_states": CLIPEncoderLayer, "attentions": CLIPAttention}
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers skips parameter-less containers (CLIPAttention, CLIPMLP, ...) of custom-code models when it
+        # initialises missing weights; `_init_weights` below only uses `transformers.initialization`, which is safe.
+        return False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -419,7 +602,7 @@ class CascadeClipPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, CascadeClipPrompts):
+        elif isinstance(module, CascadeClipDeepPrompts):
             patch_size = self.config.vision_config.patch_size
             bound = math.sqrt(6.0 / (3 * patch_size * patch_size + module.embeddings.shape[-1]))
             init.uniform_(module.embeddings, -bound, bound)
@@ -428,10 +611,11 @@ class CascadeClipPreTrainedModel(PreTrainedModel):
             init.uniform_(module.projection.bias, -fan_in_bound, fan_in_bound)
         elif isinstance(module, CascadeClipLayerTap):
             init.normal_(module.projection.weight, std=module.projection.in_features**-0.5)
-        elif isinstance(module, CascadeClipForZeroShotSegmentation):
+        elif isinstance(module, CascadeClipNeighborhoodGaussianAggregation):
             for stage_weights in module.stage_weights:
                 distances = torch.arange(len(stage_weights) - 1, -1, -1, dtype=torch.float32)
                 init.copy_(stage_weights, torch.exp(-0.5 * distances**2))
+        elif isinstance(module, CascadeClipForZeroShotSegmentation):
             init.zeros_(module.class_embeddings)
 
 
@@ -439,20 +623,18 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
     """
     Cascade-CLIP for zero-shot semantic segmentation: segments an image into any classes named in text.
 
-    The vision tower's tapped layers are grouped into cascade stages; each stage's features (fused with learned
-    weights) and the final layer's are decoded by a decoder of their own into class mask logits, which are summed.
-    Classes come from `input_ids` (class prompts run through the CLIP text tower), precomputed `class_embeds`, or
-    the model's default vocabulary (`config.id2label`), whose embeddings are stored in the weights.
+    The vision tower's tapped layers are grouped into cascade stages; each stage's features (fused by neighbourhood
+    Gaussian aggregation) and the final layer's are decoded by a decoder of their own into class mask logits, which
+    are summed. Classes come from `input_ids` (class prompts run through the CLIP text tower), precomputed
+    `class_embeds`, or the model's default vocabulary (`config.id2label`), whose embeddings are stored in the
+    weights.
     """
 
     def __init__(self, config: CascadeClipConfig):
         super().__init__(config)
         self.vision_encoder = CascadeClipVisionEncoder(config)
         self.text_encoder = CLIPTextModelWithProjection._from_config(config.text_config)
-        self.stage_weights = nn.ParameterList(
-            [nn.Parameter(torch.ones(len(stage))) for stage in config.cascade_stages]
-        )
-        self.decoders = nn.ModuleList([CascadeClipDecoder(config) for _ in range(config.num_decoders)])
+        self.decode_head = CascadeClipCascadedDecoders(config)
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         self.post_init()
 
@@ -471,31 +653,106 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         self.config.custom_pipelines = zero_shot_pipeline_entry()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    @classmethod
+    def from_clip_pretrained(
+        cls,
+        clip_name_or_path: str,
+        *,
+        preset: str | None = None,
+        setting: str = "inductive",
+        image_size: int = 512,
+        tokenizer: CLIPTokenizer | None = None,
+        init_taps_from_clip: bool = False,
+        clip_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "CascadeClipForZeroShotSegmentation":
         """
-        Class embeddings from tokenized class prompts.
+        Builds a Cascade-CLIP to train from a transformers CLIP checkpoint, as the original does: CLIP's
+        position embeddings resized bilinearly to the `image_size` grid, CLIP frozen except the prompts, and the
+        tapped layers' projections random and frozen (see `convert_clip_checkpoint.py`).
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
-                `(num_classes, num_templates, sequence_length)`): one prompt per class, or one per class and
-                template; the embeddings of a class's templates are L2-normalised, averaged and normalised again.
+            clip_name_or_path (`str`): a `CLIPModel` checkpoint, e.g. `"openai/clip-vit-base-patch16"`.
+            preset (`str`, *optional*): a benchmark whose original settings to take (classes, seen classes,
+                prompt tokens, tapped layers, templates), see [`CascadeClipConfig.from_preset`].
+            setting (`str`): `"inductive"` or `"transductive"`, with `preset`.
+            image_size (`int`): the training resolution; sets the position-embedding grid.
+            tokenizer (`CLIPTokenizer`, *optional*): to embed the default vocabulary; loaded from
+                `clip_name_or_path` when not given.
+            init_taps_from_clip (`bool`): initialise the tapped layers' projections from CLIP's visual
+                projection instead of randomly.
+            clip_kwargs (`dict`, *optional*): passed to `CLIPModel.from_pretrained` (e.g. `cache_dir`, `revision`).
+            config_kwargs: any [`CascadeClipConfig`] argument (e.g. `id2label`, `seen_class_ids`,
+                `num_prompt_tokens`), applied after the preset.
+
+        Raises:
+            ValueError: for a tokenizer without vocabulary files, or classes it cannot tell apart.
+        """
+        from .convert_clip_checkpoint import cascade_clip_from_clip
+
+        return cascade_clip_from_clip(
+            clip_name_or_path,
+            preset=preset,
+            setting=setting,
+            image_size=image_size,
+            tokenizer=tokenizer,
+            init_taps_from_clip=init_taps_from_clip,
+            clip_kwargs=clip_kwargs,
+            **config_kwargs,
+        )
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_encoder.set_input_embeddings(value)
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """
+        The text tower's outputs for tokenized prompts, one per prompt.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(num_prompts, sequence_length)`).
             attention_mask (`torch.LongTensor` of the same shape, *optional*).
 
         Returns:
-            `torch.FloatTensor` of shape `(num_classes, projection_dim)`, L2-normalised.
+            [`BaseModelOutputWithPooling`] whose `pooler_output`, of shape `(num_prompts, projection_dim)`, holds
+            the projected (not normalised) prompt embeddings; see `get_class_embeddings` for class embeddings.
         """
-        if input_ids.dim() not in (2, 3):
-            raise ValueError(
-                "input_ids must have shape (num_classes, sequence_length) or (num_classes, num_templates, "
-                f"sequence_length), got {tuple(input_ids.shape)}."
-            )
-        sequence_length = input_ids.shape[-1]
-        flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
-        text_embeds = self.text_encoder(input_ids=input_ids.reshape(-1, sequence_length), attention_mask=flat_mask)
-        text_embeds = F.normalize(text_embeds.text_embeds, dim=-1)
-        if input_ids.dim() == 3:
-            text_embeds = F.normalize(text_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
-        return text_embeds
+        text_outputs = self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=text_outputs.last_hidden_state,
+            pooler_output=text_outputs.text_embeds,
+            hidden_states=text_outputs.hidden_states,
+            attentions=text_outputs.attentions,
+        )
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """
+        The prompted vision tower's outputs.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`).
+
+        Returns:
+            [`BaseModelOutputWithPooling`] whose `last_hidden_state`, of shape `(batch_size, num_patches,
+            projection_dim)`, holds the final layer's L2-normalised patch features and whose `pooler_output`, of
+            shape `(batch_size, projection_dim)`, the L2-normalised global image embedding.
+        """
+        self.check_pixel_values(pixel_values)
+        features, image_embeds, _ = self.vision_encoder(pixel_values)
+        return BaseModelOutputWithPooling(last_hidden_state=features[-1], pooler_output=image_embeds)
 
     def get_class_embeddings(
         self,
@@ -504,11 +761,13 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         class_names: list[str] | None = None,
     ) -> torch.Tensor:
         """
-        The class embeddings of a vocabulary, from its tokenized class prompts (see `get_text_features`), checked
-        to tell every class apart.
+        The class embeddings of a vocabulary from its tokenized class prompts: each prompt's text embedding is
+        L2-normalised, a class's templates are averaged and normalised again. Checked to tell every class apart.
 
         Args:
-            input_ids, attention_mask: as in `get_text_features`.
+            input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
+                `(num_classes, num_templates, sequence_length)`): one prompt per class, or one per class and template.
+            attention_mask (`torch.LongTensor` of the same shape, *optional*).
             class_names (`list[str]`, *optional*): the classes' names, for the error message.
 
         Returns:
@@ -517,7 +776,17 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         Raises:
             ValueError: when two classes have the same embedding (the tokenizer cannot read their names apart).
         """
-        class_embeds = self.get_text_features(input_ids, attention_mask)
+        if input_ids.dim() not in (2, 3):
+            raise ValueError(
+                "input_ids must have shape (num_classes, sequence_length) or (num_classes, num_templates, "
+                f"sequence_length), got {tuple(input_ids.shape)}."
+            )
+        sequence_length = input_ids.shape[-1]
+        flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
+        text_embeds = self.get_text_features(input_ids.reshape(-1, sequence_length), flat_mask).pooler_output
+        class_embeds = F.normalize(text_embeds, dim=-1)
+        if input_ids.dim() == 3:
+            class_embeds = F.normalize(class_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
         check_distinct_class_embeddings(class_embeds, class_names)
         return class_embeds
 
@@ -557,86 +826,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         self.requires_grad_(True)
         for frozen in (self.vision_encoder.clip, self.vision_encoder.taps, self.text_encoder):
             frozen.requires_grad_(False)
-        for decoder in self.decoders:
+        for decoder in self.decode_head.decoders:
             for module in decoder.layers[-1].unused_by_masks():
                 module.requires_grad_(False)
-
-    @classmethod
-    def from_clip_pretrained(
-        cls,
-        clip_name_or_path: str,
-        *,
-        preset: str | None = None,
-        setting: str = "inductive",
-        image_size: int = 512,
-        tokenizer: CLIPTokenizer | None = None,
-        init_taps_from_clip: bool = False,
-        clip_kwargs: dict | None = None,
-        **config_kwargs,
-    ) -> "CascadeClipForZeroShotSegmentation":
-        """
-        Builds a Cascade-CLIP to train from a transformers CLIP checkpoint, as the original does: CLIP's
-        position embeddings resized bilinearly to the `image_size` grid, CLIP frozen except the prompts, and the
-        tapped layers' projections random and frozen.
-
-        Args:
-            clip_name_or_path (`str`): a `CLIPModel` checkpoint, e.g. `"openai/clip-vit-base-patch16"`.
-            preset (`str`, *optional*): a benchmark whose original settings to take (classes, seen classes,
-                prompt tokens, tapped layers, templates), see [`CascadeClipConfig.from_preset`].
-            setting (`str`): `"inductive"` or `"transductive"`, with `preset`.
-            image_size (`int`): the training resolution; sets the position-embedding grid.
-            tokenizer (`CLIPTokenizer`, *optional*): to embed the default vocabulary; loaded from
-                `clip_name_or_path` when not given.
-            init_taps_from_clip (`bool`): initialise the tapped layers' projections from CLIP's visual
-                projection instead of randomly.
-            clip_kwargs (`dict`, *optional*): passed to `CLIPModel.from_pretrained` (e.g. `cache_dir`, `revision`).
-            config_kwargs: any [`CascadeClipConfig`] argument (e.g. `id2label`, `seen_class_ids`,
-                `num_prompt_tokens`), applied after the preset.
-        """
-        clip = CLIPModel.from_pretrained(clip_name_or_path, **(clip_kwargs or {}))
-        preset_kwargs = CascadeClipConfig.from_preset(preset, setting).to_diff_dict() if preset else {}
-        for tower_key in ("vision_config", "text_config", "projection_dim", "transformers_version", "model_type"):
-            preset_kwargs.pop(tower_key, None)
-        # CLIPModel projects both towers to its top-level projection_dim, whatever its sub-configurations say.
-        projection_dim = clip.config.projection_dim
-        vision_config = {
-            **clip.config.vision_config.to_dict(),
-            "image_size": image_size,
-            "projection_dim": projection_dim,
-        }
-        text_config = {**clip.config.text_config.to_dict(), "projection_dim": projection_dim}
-        config = CascadeClipConfig(
-            vision_config=vision_config,
-            text_config=text_config,
-            projection_dim=projection_dim,
-            **{**preset_kwargs, **config_kwargs},
-        )
-        model = cls(config)
-
-        vision_state = clip.vision_model.state_dict()
-        grid_size = image_size // config.vision_config.patch_size
-        positions = vision_state["embeddings.position_embedding.weight"]
-        if positions.shape[0] != grid_size * grid_size + 1:
-            logger.info(f"Resizing CLIP's position embeddings from {positions.shape[0] - 1} to {grid_size}^2 patches.")
-            positions = torch.cat([positions[:1], resize_position_grid(positions[1:], (grid_size, grid_size))])
-        # The original adds the class embedding to the CLS token twice; the second copy lives in its position.
-        positions[0] = positions[0] + vision_state["embeddings.class_embedding"]
-        vision_state["embeddings.position_embedding.weight"] = positions
-        vision_state.pop("embeddings.position_ids", None)
-        model.vision_encoder.clip.vision_model.load_state_dict(vision_state, strict=False)
-        model.vision_encoder.clip.visual_projection.load_state_dict(clip.visual_projection.state_dict())
-        model.text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
-        model.text_encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
-        if init_taps_from_clip:
-            for tap in model.vision_encoder.taps:
-                tap.projection.weight.data.copy_(clip.visual_projection.weight)
-
-        if config.num_labels:
-            tokenizer = tokenizer or load_tokenizer(clip_name_or_path, **(clip_kwargs or {}))
-            class_embeds = embed_class_names(model, tokenizer, config.class_names, config.templates)
-            model.set_vocabulary(config.class_names, class_embeds, config.seen_class_ids)
-        model.freeze_pretrained()
-        return model
 
     def default_seen_class_mask(self) -> torch.Tensor:
         """`(num_labels,)` booleans: which classes of the default vocabulary were seen (all, without a split)."""
@@ -692,29 +884,18 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             )
         return class_embeds, seen_class_mask.to(class_embeds.device)
 
-    def calibration_shift(self, seen_class_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """
-        What calibration subtracts from each class's sigmoid score: `config.seen_score_shift` for the seen classes
-        of an inductive model, 0 otherwise.
-
-        Returns:
-            `torch.Tensor` of shape `(num_classes,)`.
-        """
-        shift = self.config.seen_score_shift if self.config.setting == "inductive" else 0.0
-        return seen_class_mask.to(dtype) * shift
-
-    def upsample_to_image_size(self, logits: torch.Tensor) -> torch.Tensor:
-        """Bilinearly upsamples grid-resolution logits to `image_size` x `image_size`, where the original's head
-        puts every mask before the loss or the scores."""
-        image_size = self.config.vision_config.image_size
-        return F.interpolate(logits, size=(image_size, image_size), mode="bilinear", align_corners=False)
-
     def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Upsamples grid-resolution logits to `size` the original's way: to `image_size` first, then to `size`."""
-        logits = self.upsample_to_image_size(logits)
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-        return logits
+        return upsample_mask_logits(logits, size, self.config.vision_config.image_size)
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deprecated: the loss is `forward(..., labels=...)`, or `segmentation_loss(logits, labels, config)`."""
+        warnings.warn(
+            "`compute_loss` is deprecated: pass `labels` to the model, or call `segmentation_loss`.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return segmentation_loss(logits, labels, self.config)
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Raises a clear error for pixel values the vision tower cannot take."""
@@ -732,72 +913,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be floating point (normalised), got {pixel_values.dtype}.")
 
-    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        The original's training loss: sigmoid focal loss over every (image, class) mask, where ignored pixels are
-        negatives for every class, and dice loss over the masks present; both divided by the number of masks
-        present in the batch. As in the original, the logits are upsampled to `image_size` and from there to the
-        labels' size.
-
-        The upsampled masks (batch x classes x height x width floats) are never held at once: the loss runs over
-        chunks of classes, and when gradients are needed each chunk is recomputed during the backward pass.
-
-        Args:
-            logits (`torch.Tensor` of shape `(batch_size, num_classes, grid_height, grid_width)`).
-            labels (`torch.LongTensor` of shape `(batch_size, height, width)`): class indices, or `ignore_index`.
-
-        Returns:
-            The weighted focal loss and the weighted dice loss.
-        """
-        batch_size, num_classes = logits.shape[:2]
-        if labels.dim() != 3 or labels.shape[0] != batch_size:
-            raise ValueError(
-                f"labels must have shape (batch_size={batch_size}, height, width), got {tuple(labels.shape)}."
-            )
-        ignore_index = self.config.ignore_index
-        valid = labels != ignore_index
-        if ((labels < 0) | (labels >= num_classes))[valid].any():
-            found = sorted(set(labels[valid].unique().tolist()) - set(range(num_classes)))
-            raise ValueError(
-                f"labels hold values {found[:10]} that are neither class indices (0..{num_classes - 1}) nor "
-                f"ignore_index ({ignore_index})."
-            )
-        labels = labels.masked_fill(~valid, -1)
-        pixel_counts = torch.zeros(batch_size, num_classes + 1, dtype=torch.long, device=labels.device)
-        pixel_counts.scatter_add_(1, (labels + 1).flatten(1), torch.ones_like(labels).flatten(1))
-        present = pixel_counts[:, 1:] > 0
-        num_masks = count_present_masks(present)
-
-        classes_per_chunk = max(LOSS_CHUNK_ELEMENTS // (batch_size * labels[0].numel()), 1)
-        focal = dice = logits.new_zeros(())
-        for start in range(0, num_classes, classes_per_chunk):
-            end = start + classes_per_chunk
-            chunk = (logits[:, start:end], labels, start, present[:, start:end])
-            if torch.is_grad_enabled() and logits.requires_grad:
-                chunk_focal, chunk_dice = checkpoint(self.chunk_loss_sums, *chunk, use_reentrant=False)
-            else:
-                chunk_focal, chunk_dice = self.chunk_loss_sums(*chunk)
-            focal, dice = focal + chunk_focal, dice + chunk_dice
-        return self.config.focal_loss_weight * focal / num_masks, self.config.dice_loss_weight * dice / num_masks
-
-    def chunk_loss_sums(
-        self, logits: torch.Tensor, labels: torch.Tensor, first_class: int, present: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Focal loss summed over the masks of some consecutive classes, and dice loss summed over those present.
-
-        Args:
-            logits (`torch.Tensor` of shape `(batch_size, chunk_classes, grid_height, grid_width)`).
-            labels (`torch.LongTensor` of shape `(batch_size, height, width)`): -1 where ignored.
-            first_class (`int`): the class index of the chunk's first class.
-            present (`torch.BoolTensor` of shape `(batch_size, chunk_classes)`).
-        """
-        logits = self.upsample_logits(logits, labels.shape[-2:]).flatten(2)
-        classes = torch.arange(first_class, first_class + logits.shape[1], device=labels.device)
-        targets = labels.flatten(1)[:, None, :] == classes[None, :, None]
-        focal = sigmoid_focal_loss(logits, targets, self.config.focal_alpha, self.config.focal_gamma).sum()
-        return focal, dice_loss(logits, targets)[present].sum()
-
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -806,9 +922,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         class_embeds: torch.Tensor | None = None,
         seen_class_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> CascadeClipSegmentationOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CascadeClipSegmentationOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -826,10 +941,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 Per-pixel indices into the classes, `config.ignore_index` for pixels without a class, and `-1`
                 (`HIDDEN_LABEL`) for pixels of unseen classes that take the best-scoring unseen class (classes
                 outside `seen_class_mask`) as their pseudo-label, as the original's transductive training does.
-            output_hidden_states (`bool`, *optional*):
-                Whether to return the vision tower's hidden states.
-            return_dict (`bool`, *optional*):
-                Whether to return a [`CascadeClipSegmentationOutput`] rather than a tuple.
+            kwargs: `output_hidden_states`, `output_attentions` (the vision tower's) and `return_dict`.
 
         Example:
 
@@ -844,31 +956,16 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         >>> outputs = model(**inputs)
         >>> segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
         ```"""
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.check_pixel_values(pixel_values)
         class_embeds, seen_class_mask = self.resolve_class_embeds(
             input_ids, attention_mask, class_embeds, seen_class_mask
         )
-        score_shift = self.calibration_shift(seen_class_mask, class_embeds.dtype)
-
-        features, image_embeds, grid, hidden_states = self.vision_encoder(pixel_values, output_hidden_states)
-        class_embeds = class_embeds.to(image_embeds.dtype)
-        stage_inputs = []
-        start = 0
-        for weights in self.stage_weights:
-            stage_features = features[start : start + len(weights)]
-            stage_inputs.append(sum(weight * feature for weight, feature in zip(weights, stage_features, strict=True)))
-            start += len(weights)
-        stage_inputs.append(features[-1])
-
-        batch_size = pixel_values.shape[0]
-        decoder_logits = tuple(
-            decoder(class_embeds, image_embeds, visual_tokens).view(batch_size, -1, *grid)
-            for decoder, visual_tokens in zip(self.decoders, stage_inputs, strict=True)
+        score_shift = seen_score_shift(
+            seen_class_mask, self.config.setting, self.config.seen_score_shift, class_embeds.dtype
         )
+        layer_features, image_embeds, grid = self.vision_encoder(pixel_values)
+        class_embeds = class_embeds.to(image_embeds.dtype)
+        decoder_logits = self.decode_head(layer_features, class_embeds, image_embeds, grid)
         logits = sum(decoder_logits)
 
         loss = mask_loss = dice = None
@@ -877,10 +974,11 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 unseen_class_ids = (~seen_class_mask).nonzero().flatten().tolist()
                 upsampled = self.upsample_logits(logits.detach(), labels.shape[-2:])
                 labels = fill_pseudo_labels(upsampled, labels, unseen_class_ids, self.config.ignore_index)
-            mask_loss, dice = self.compute_loss(logits, labels)
+            mask_loss, dice = segmentation_loss(logits, labels, self.config)
             loss = mask_loss + dice
 
-        output = CascadeClipSegmentationOutput(
+        batch_size = pixel_values.shape[0]
+        return CascadeClipSegmentationOutput(
             loss=loss,
             logits=logits,
             decoder_logits=torch.stack(decoder_logits, dim=1),
@@ -889,9 +987,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             score_shift=score_shift.expand(batch_size, -1),
             mask_loss=mask_loss,
             dice_loss=dice,
-            vision_hidden_states=hidden_states,
         )
-        return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
     def sliding_window_inference(
@@ -919,7 +1015,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 every image or one per image; each input's own size by default.
             input_ids, attention_mask, class_embeds, seen_class_mask: the classes, as in `forward`.
             crop_size (`int`, *optional*): window size, `config.slide_crop_size` by default.
-            stride (`int`, *optional*): window stride, `config.slide_stride` by default.
+            stride (`int`, *optional*): window stride, `config.slide_stride` by default; at most `crop_size`.
             window_batch_size (`int`, *optional*): how many windows go through the model at once; all by default.
 
         Returns:
@@ -945,7 +1041,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         class_embeds, seen_class_mask = self.resolve_class_embeds(
             input_ids, attention_mask, class_embeds, seen_class_mask
         )
-        score_shift = self.calibration_shift(seen_class_mask, class_embeds.dtype)
+        score_shift = seen_score_shift(
+            seen_class_mask, self.config.setting, self.config.seen_score_shift, class_embeds.dtype
+        )
 
         scores, counts, windows = [], [], []
         for index, image in enumerate(images):
@@ -961,6 +1059,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         # Windows of one size can share a batch; sorting keeps them together.
         windows.sort(key=lambda window: window[0])
         window_batch_size = window_batch_size or len(windows)
+        image_size = self.config.vision_config.image_size
         for start in range(0, len(windows), window_batch_size):
             step_windows = windows[start : start + window_batch_size]
             for crop, group in itertools.groupby(step_windows, key=lambda window: window[0]):
@@ -971,9 +1070,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 logits = self(pixel_values=crops, class_embeds=class_embeds).logits
                 # One crop at a time: only one full-resolution window of scores exists beside the sums.
                 for crop_logits, (_, index, top, left) in zip(logits.split(1), group, strict=True):
-                    crop_scores = self.upsample_to_image_size(crop_logits).sigmoid_().sub_(score_shift[:, None, None])
-                    if crop_scores.shape[-2:] != crop:
-                        crop_scores = F.interpolate(crop_scores, size=crop, mode="bilinear", align_corners=False)
+                    crop_scores = calibrated_scores(crop_logits, score_shift, crop, image_size)
                     scores[index][:, top : top + crop[0], left : left + crop[1]] += crop_scores[0]
                     counts[index][:, top : top + crop[0], left : left + crop[1]] += 1
 
@@ -1004,6 +1101,18 @@ def window_starts(length: int, crop_size: int, stride: int) -> list[int]:
     """Start offsets of sliding windows along one side; the last window is shifted back to end at the border."""
     num_windows = max(length - crop_size + stride - 1, 0) // stride + 1
     return [max(min(index * stride + crop_size, length) - crop_size, 0) for index in range(num_windows)]
+
+
+# Saved weights keep the layout of earlier releases (and of every published checkpoint): the decode head's
+# parameters are stored at the top level.
+register_checkpoint_conversion_mapping(
+    CascadeClipForZeroShotSegmentation.__name__,
+    [
+        WeightRenaming(source_patterns=r"^stage_weights\.", target_patterns="decode_head.aggregation.stage_weights."),
+        WeightRenaming(source_patterns=r"^decoders\.", target_patterns="decode_head.decoders."),
+    ],
+    overwrite=True,
+)
 
 
 __all__ = ["CascadeClipForZeroShotSegmentation", "CascadeClipPreTrainedModel", "CascadeClipSegmentationOutput"]

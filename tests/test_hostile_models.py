@@ -174,7 +174,7 @@ def test_set_vocabulary_keeps_its_own_copy(tiny_model, tmp_path):
     tiny_model.set_vocabulary(["a", "b"], embeddings)
     embeddings.zero_()
     assert tiny_model.class_embeddings.abs().sum() > 0
-    weight_rows = tiny_model.decoders[0].query_projection.weight[:3, : tiny_model.config.projection_dim]
+    weight_rows = tiny_model.decode_head.decoders[0].query_projection.weight[:3, : tiny_model.config.projection_dim]
     tiny_model.set_vocabulary(["a", "b", "c"], weight_rows)
     assert tiny_model.class_embeddings.data_ptr() != weight_rows.data_ptr()
     tiny_model.save_pretrained(tmp_path / "saved")

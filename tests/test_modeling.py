@@ -45,8 +45,8 @@ def test_from_clip_pretrained_freezes_like_the_original(tiny_clip_dir):
     assert "vision_encoder.prompts.embeddings" in trainable
     assert "vision_encoder.prompts.projection.weight" in trainable
     assert "vision_encoder.prompt_layernorm.weight" in trainable
-    assert "stage_weights.0" in trainable
-    assert "decoders.2.layers.0.cross_attention.q_proj.weight" in trainable
+    assert "decode_head.aggregation.stage_weights.0" in trainable
+    assert "decode_head.decoders.2.layers.0.cross_attention.q_proj.weight" in trainable
     assert not any(
         name.startswith(("vision_encoder.clip.", "text_encoder.", "vision_encoder.taps.")) for name in trainable
     )
@@ -66,7 +66,7 @@ def test_taps_random_by_default_or_from_clip(tiny_clip_dir):
 
 def test_initial_stage_weights_are_gaussian(tiny_model):
     expected = torch.tensor([math.exp(-2.0), math.exp(-0.5), 1.0])
-    for weights in tiny_model.stage_weights:
+    for weights in tiny_model.decode_head.aggregation.stage_weights:
         torch.testing.assert_close(weights.data, expected)
 
 
@@ -74,9 +74,7 @@ def test_default_vocabulary_is_the_template_ensemble(tiny_model, clip_tokenizer)
     config = tiny_model.config
     with torch.no_grad():
         per_template = [
-            F.normalize(
-                tiny_model.get_text_features(**tokenize_class_prompts(clip_tokenizer, config.class_names, [t])), dim=-1
-            )
+            tiny_model.get_class_embeddings(**tokenize_class_prompts(clip_tokenizer, config.class_names, [t]))
             for t in config.templates
         ]
     expected = F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
@@ -111,8 +109,8 @@ def test_output_shapes(tiny_model):
     assert outputs.class_embeds.shape == (2, 4, 16)
     assert outputs.score_shift.shape == (2, 4)
     torch.testing.assert_close(outputs.image_embeds.norm(dim=-1), torch.ones(2))
-    assert len(outputs.vision_hidden_states) == 13
-    assert outputs.vision_hidden_states[0].shape == (2, 1 + 3 + 24, 32)
+    assert len(outputs.hidden_states) == 13
+    assert outputs.hidden_states[0].shape == (2, 1 + 3 + 24, 32)
     assert outputs.loss is None
 
 
@@ -122,8 +120,9 @@ def test_fewer_prompted_layers_drop_the_prompts(tiny_clip_dir):
     ).eval()
     with torch.no_grad():
         outputs = model(pixel_values=torch.randn(1, 3, 32, 32), output_hidden_states=True)
-    lengths = [hidden.shape[1] for hidden in outputs.vision_hidden_states]
-    assert lengths == [1 + 2 + 4] * 4 + [1 + 4] * 9
+    # The embedding output (with the first layer's prompts), then each layer's output.
+    lengths = [hidden.shape[1] for hidden in outputs.hidden_states]
+    assert lengths == [1 + 2 + 4] * 5 + [1 + 4] * 8
 
 
 def test_save_load_round_trip_through_safetensors(tiny_model, tmp_path):
@@ -161,7 +160,7 @@ def test_chunked_loss_equals_one_chunk(tiny_model, monkeypatch):
     for chunk_elements in (2**24, 48 * 40):  # all classes at once, then one class per chunk
         monkeypatch.setattr(modeling, "LOSS_CHUNK_ELEMENTS", chunk_elements)
         logits.grad = None
-        mask_loss, dice = tiny_model.compute_loss(logits, labels)
+        mask_loss, dice = modeling.segmentation_loss(logits, labels, tiny_model.config)
         (mask_loss + dice).backward()
         results.append((mask_loss.detach(), dice.detach(), logits.grad.clone()))
     for one, many in zip(*results, strict=True):
@@ -201,8 +200,9 @@ def test_stochastic_depth_only_in_training_and_shared_across_the_batch(tiny_mode
                 module.p = 0.0
         torch.manual_seed(0)
         training = tiny_model(pixel_values=batch).logits
-    assert tiny_model.vision_encoder.drop_path_rates[0] == 0.0
-    assert tiny_model.vision_encoder.drop_path_rates[-1] == pytest.approx(tiny_model.config.vision_drop_path_rate)
+    layers = tiny_model.vision_encoder.clip.vision_model.encoder.layers
+    assert layers[0].drop_path_rate == 0.0
+    assert layers[-1].drop_path_rate == pytest.approx(tiny_model.config.vision_drop_path_rate)
     assert not torch.allclose(training[0], reference[0])
     # the original's mask falls on token positions, the same for every image of the batch
     torch.testing.assert_close(training[1], training[0])
@@ -321,8 +321,8 @@ def test_set_vocabulary_checks_shapes(tiny_model):
 def test_no_cascade_stages_leaves_a_single_decoder_on_the_last_layer(tiny_clip_dir):
     model = tiny_cascade(tiny_clip_dir, id2label={0: "cat", 1: "sky"}, cascade_stages=[], num_prompt_tokens=2)
     assert model.config.num_decoders == 1 and model.config.extract_layers == []
-    assert len(model.decoders) == 1 and len(model.vision_encoder.taps) == 0
+    assert len(model.decode_head.decoders) == 1 and len(model.vision_encoder.taps) == 0
     outputs = model(torch.randn(2, 3, 64, 64), labels=torch.randint(0, 2, (2, 64, 64)))
     assert outputs.logits.shape == (2, 2, 4, 4) and torch.isfinite(outputs.loss)
     outputs.loss.backward()
-    assert model.decoders[0].layers[0].fc1.weight.grad.abs().sum() > 0
+    assert model.decode_head.decoders[0].layers[0].fc1.weight.grad.abs().sum() > 0

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.data import hub_split, read_id2label
 from cascade_clip_hf.labels import HIDDEN_LABEL, IGNORE_INDEX
-from cascade_clip_hf.modeling_cascade_clip import fill_pseudo_labels
+from cascade_clip_hf.modeling_cascade_clip import fill_pseudo_labels, segmentation_loss
 from cascade_clip_hf.training import (
     parameter_groups,
     poly_schedule,
@@ -39,7 +39,7 @@ def test_parameter_groups_follow_the_original(tiny_model):
     no_decay = {id(p) for p in groups[1]["params"]}
     assert groups[1]["weight_decay"] == 0.0
     assert id(tiny_model.vision_encoder.prompt_layernorm.weight) in no_decay
-    assert id(tiny_model.decoders[0].layers[0].attention_layernorm.bias) in no_decay
+    assert id(tiny_model.decode_head.decoders[0].layers[0].attention_layernorm.bias) in no_decay
     assert id(tiny_model.vision_encoder.prompts.embeddings) not in no_decay
     assert no_decay | {id(p) for p in groups[0]["params"]} == trainable
 
@@ -55,10 +55,10 @@ def test_text_tower_is_never_trained(tiny_model, caplog):
 
 def test_last_decoder_layers_unused_parts_are_frozen(tiny_model):
     tiny_model.freeze_pretrained()
-    last = tiny_model.decoders[1].layers[-1]
+    last = tiny_model.decode_head.decoders[1].layers[-1]
     assert not last.fc1.weight.requires_grad and not last.cross_attention.v_proj.weight.requires_grad
     assert last.cross_attention.q_proj.weight.requires_grad and last.cross_attention.k_proj.weight.requires_grad
-    assert tiny_model.decoders[1].layers[0].fc1.weight.requires_grad
+    assert tiny_model.decode_head.decoders[1].layers[0].fc1.weight.requires_grad
 
 
 def test_poly_schedule_matches_mmcv():
@@ -125,9 +125,10 @@ def test_the_model_pseudo_labels_hidden_pixels_before_its_loss(tiny_model):
     )
     upsampled = tiny_model.upsample_logits(outputs.logits, labels.shape[-2:])
     filled = fill_pseudo_labels(upsampled, labels, vocabulary.unseen_class_ids, IGNORE_INDEX)
-    mask_loss, dice_loss = tiny_model.compute_loss(outputs.logits, filled)
+    mask_loss, dice_loss = segmentation_loss(outputs.logits, filled, tiny_model.config)
     assert torch.equal(outputs.mask_loss, mask_loss) and torch.equal(outputs.dice_loss, dice_loss)
-    ignored_mask_loss, _ = tiny_model.compute_loss(outputs.logits, labels.masked_fill(labels == HIDDEN_LABEL, 255))
+    ignored = labels.masked_fill(labels == HIDDEN_LABEL, IGNORE_INDEX)
+    ignored_mask_loss, _ = segmentation_loss(outputs.logits, ignored, tiny_model.config)
     assert not torch.equal(ignored_mask_loss, mask_loss)
 
 
