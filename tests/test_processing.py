@@ -10,6 +10,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from cascade_clip_hf import CascadeClipImageProcessor, CascadeClipProcessor
 from cascade_clip_hf.image_processing_cascade_clip import ImageInputError, keep_ratio_size
+from cascade_clip_hf.segmenter import DEMO_MODEL
 
 
 SMALL = {"shortest_edge": 32, "longest_edge": 128}
@@ -295,8 +296,57 @@ def test_processor_expands_templates(processor, clip_tokenizer):
     assert inputs["input_ids"][1, 1, :length].tolist() == expected_ids
     assert inputs["attention_mask"][1, 1].sum() == length
     assert inputs["seen_class_mask"].tolist() == [True, False, False]
-    one_template = processor(text="cat", templates=["{}"])
+
+
+def test_templates_per_call_are_deprecated(processor):
+    with pytest.warns(FutureWarning, match="set `processor.templates`"):
+        one_template = processor(text="cat", templates=["{}"])
     assert one_template["input_ids"].shape[:2] == (1, 1)
+    assert processor.templates == ["a photo of a {}.", "a {} in the scene."]
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="exactly one"):
+        processor(text=["cat"], templates=["a photo"])
+
+
+def test_processor_routes_keyword_arguments(processor, clip_tokenizer):
+    image = np.zeros((16, 16, 3), np.uint8)
+    labels = np.zeros((16, 16), np.uint8)
+    flat = processor(
+        images=image,
+        text=["cat", "dog"],
+        max_length=20,
+        padding="max_length",
+        do_reduce_labels=True,
+        segmentation_maps=labels,
+    )
+    assert flat["input_ids"].shape == (2, 2, 20)
+    assert set(flat["labels"].unique().tolist()) == {255}
+    nested = processor(
+        images=image,
+        text=["cat", "dog"],
+        segmentation_maps=labels,
+        text_kwargs={"max_length": 20, "padding": "max_length"},
+        images_kwargs={"do_reduce_labels": True},
+    )
+    for key, value in flat.items():
+        assert torch.equal(value, nested[key])
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(text=["cat"], max_length=20, text_kwargs={"max_length": 30})
+    as_numpy = processor(images=image, text=["cat", "dog"], return_tensors="np")
+    assert {type(value) for value in as_numpy.values()} == {np.ndarray}
+    assert as_numpy["seen_class_mask"].tolist() == [True, False]
+    as_lists = processor(images=image, text=["cat", "dog"], return_tensors=None)
+    assert isinstance(as_lists["pixel_values"][0], np.ndarray) and as_lists["seen_class_mask"] == [True, False]
+    assert as_lists["input_ids"][1][1] == processor(text=["cat", "dog"])["input_ids"][1, 1].tolist()
+    padded = processor(images=[image, np.zeros((16, 32, 3), np.uint8)], do_pad=True)
+    assert padded["pixel_values"].shape == (2, 3, 32, 64) and padded["pixel_mask"].shape == (2, 32, 64)
+
+
+def test_prompts_stop_at_clips_77_positions_with_a_saved_tokenizer():
+    """The shipped tokenizer was saved with `max_length: null`, which transformers gives priority over the
+    processor's default: the prompts must still be cut at the text tower's 77 positions."""
+    processor = CascadeClipProcessor.from_pretrained(DEMO_MODEL)
+    assert processor.tokenizer.init_kwargs["max_length"] is None
+    assert processor(text=["sand " * 100, "soil"])["input_ids"].shape == (2, 3, 77)
 
 
 @pytest.mark.parametrize(
@@ -314,8 +364,6 @@ def test_processor_refuses_bad_class_names(processor, text, message):
 
 
 def test_processor_refuses_bad_templates(processor, clip_tokenizer):
-    with pytest.raises(ValueError, match="exactly one"):
-        processor(text=["cat"], templates=["a photo"])
     with pytest.raises(ValueError, match="exactly one"):
         CascadeClipProcessor(CascadeClipImageProcessor(), clip_tokenizer, templates=["{} and {}"])
     with pytest.raises(ValueError, match="Pass images, text"):
