@@ -11,7 +11,11 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 import torch.nn.functional as F
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
 from .labels import IGNORE_INDEX, reduce_zero_label
@@ -23,6 +27,8 @@ logger = logging.get_logger(__name__)
 ORIGINAL_IMAGE_MEAN = (123.675, 116.28, 103.53)
 ORIGINAL_IMAGE_STD = (58.395, 57.12, 57.375)
 LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+# PIL modes whose pixels go beyond 8 bits: brought to 8 bits before any conversion to RGB, which would clip them.
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 class ImageInputError(ValueError):
@@ -94,13 +100,21 @@ def float_to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(array.astype(np.float64) * scale).astype(np.uint8)
 
 
-def to_hwc_array(image) -> np.ndarray:
-    """A numpy or torch image as an (height, width, channels) or (height, width) array; channels-first accepted."""
+def to_hwc_array(image, input_data_format: str | ChannelDimension | None = None) -> np.ndarray:
+    """
+    A numpy or torch image as an (height, width, channels) or (height, width) array. Without `input_data_format`,
+    channels-first is recognised by a first axis of 1 to 4 entries and a last axis of more.
+    """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     array = np.asarray(image)
-    if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
-        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3:
+        if input_data_format is not None:
+            channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
+        else:
+            channels_first = array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4)
+        if channels_first:
+            array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
@@ -113,7 +127,46 @@ def to_hwc_array(image) -> np.ndarray:
     return array
 
 
-def to_rgb_uint8(image, timeout: float | None = None) -> np.ndarray:
+def read_file_or_image(image, timeout: float | None, read):
+    """`read(image)`, where a path or URL is opened first and named in any error about its pixels."""
+    if not isinstance(image, (str, os.PathLike)):
+        return read(image)
+    decoded = open_image(image, timeout)
+    try:
+        return read(decoded)
+    except ImageInputError as error:
+        raise ImageInputError(f"{image}: {error}") from error
+
+
+def to_uint8(
+    image, input_data_format: str | ChannelDimension | None = None, timeout: float | None = None
+) -> np.ndarray:
+    """
+    Any supported image as a `uint8` array of shape `(height, width)` or `(height, width, channels)`, with the
+    channels it has (a PIL palette image gives its indices, as `np.array` does). PIL images are turned upright
+    (EXIF orientation); 16-bit pixels are shifted down to 8 bits as OpenCV's reader (the original's) does, floats
+    in [0, 1] scaled to 0..255, booleans to 0 and 255.
+    """
+
+    def read(image) -> np.ndarray:
+        if isinstance(image, PIL.Image.Image):
+            array = to_hwc_array(np.array(PIL.ImageOps.exif_transpose(image)), ChannelDimension.LAST)
+        else:
+            array = to_hwc_array(image, input_data_format)
+        if array.dtype == np.bool_:
+            return array.astype(np.uint8) * 255
+        if np.issubdtype(array.dtype, np.integer):
+            return integer_to_uint8(array)
+        if np.issubdtype(array.dtype, np.floating):
+            return float_to_uint8(array)
+        raise ImageInputError(f"unsupported pixel type {array.dtype}.")
+
+    return read_file_or_image(image, timeout, read)
+
+
+def to_rgb_uint8(
+    image, input_data_format: str | ChannelDimension | None = None, timeout: float | None = None
+) -> np.ndarray:
     """
     Any supported image as an RGB `uint8` array of shape `(height, width, 3)`; every entry point of the package
     reads images with it, through [`CascadeClipImageProcessor.read_image`].
@@ -123,32 +176,19 @@ def to_rgb_uint8(image, timeout: float | None = None) -> np.ndarray:
     (grayscale, gray+alpha, RGB or RGBA; uint8, 16-bit, bool or float), and paths or `http(s)://` URLs
     (`timeout` in seconds). Errors about a file name it.
     """
-    if isinstance(image, (str, os.PathLike)):
-        image, path = open_image(image, timeout), image
-        try:
-            return to_rgb_uint8(image)
-        except ImageInputError as error:
-            raise ImageInputError(f"{path}: {error}") from error
-    if isinstance(image, PIL.Image.Image):
-        image = PIL.ImageOps.exif_transpose(image)
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            image = np.array(image)
-        else:
+
+    def read(image) -> np.ndarray:
+        if isinstance(image, PIL.Image.Image) and image.mode not in HIGH_BIT_MODES:
+            image = PIL.ImageOps.exif_transpose(image)
             return np.array(image.convert("RGBA").convert("RGB") if image.mode == "PA" else image.convert("RGB"))
-    array = to_hwc_array(image)
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.integer):
-        array = integer_to_uint8(array)
-    elif np.issubdtype(array.dtype, np.floating):
-        array = float_to_uint8(array)
-    else:
-        raise ImageInputError(f"unsupported pixel type {array.dtype}.")
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=-1)
-    if array.shape[-1] == 2:
-        return np.repeat(array[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(array[..., :3])
+        array = to_uint8(image, input_data_format)
+        if array.ndim == 2:
+            return np.repeat(array[..., None], 3, axis=-1)
+        if array.shape[-1] == 2:
+            return np.repeat(array[..., :1], 3, axis=-1)
+        return np.ascontiguousarray(array[..., :3])
+
+    return read_file_or_image(image, timeout, read)
 
 
 def to_label_array(label_map) -> np.ndarray:
@@ -180,76 +220,142 @@ def keep_ratio_size(height: int, width: int, shortest_edge: int, longest_edge: i
 
 
 def as_list(inputs) -> list:
-    """One input or a batch of them as a list."""
-    if isinstance(inputs, (list, tuple)):
-        return list(inputs)
+    """One input or a batch of them as a flat list; per-sample lists (`[[image], [image]]`) are flattened."""
     if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4:
         return list(inputs)
-    return [inputs]
+    if not isinstance(inputs, (list, tuple)):
+        return [inputs]
+    return [item for entry in inputs for item in (as_list(entry) if isinstance(entry, (list, tuple)) else [entry])]
 
 
-class CascadeClipImageProcessor(BaseImageProcessor):
+def torch_interpolation(resample) -> str:
+    """torch's interpolation mode for a PIL resampling filter this processor offers."""
+    filters = {
+        PILImageResampling.NEAREST: "nearest-exact",  # PIL's nearest neighbour: the nearest pixel centre
+        PILImageResampling.BILINEAR: "bilinear",  # OpenCV's INTER_LINEAR, which the original resizes with
+        PILImageResampling.BICUBIC: "bicubic",
+    }
+    if resample not in filters:
+        raise ValueError(f"resample must be PILImageResampling.NEAREST, BILINEAR or BICUBIC, got {resample!r}.")
+    return filters[PILImageResampling(resample)]
+
+
+def as_batch(arrays: list[np.ndarray], return_tensors: str | None):
+    """
+    `return_tensors=None`: the list of numpy arrays as it is. Otherwise one `"pt"` tensor or `"np"` array for a
+    batch of equal shapes, and a list of them for different shapes.
+    """
+    if return_tensors is None:
+        return arrays
+    if all(array.shape == arrays[0].shape for array in arrays):
+        batch = np.stack(arrays)
+        return torch.from_numpy(batch) if return_tensors == "pt" else batch
+    if return_tensors == "pt":
+        return [torch.from_numpy(np.ascontiguousarray(array)) for array in arrays]
+    return arrays
+
+
+class CascadeClipImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Whether label 0 is background to ignore (PASCAL VOC, PASCAL Context): 0 becomes `ignore_index` and every
+        other label drops by one.
+    ignore_index (`int`, *optional*, defaults to `self.ignore_index`):
+        The label of pixels without a class; also the labels' padding (`do_pad`).
+    """
+
+    do_reduce_labels: bool
+    ignore_index: int
+
+
+class CascadeClipImageProcessor(PilBackend):
     r"""
     Prepares images for [`CascadeClipForZeroShotSegmentation`] the way the original evaluates: RGB, resized keeping
-    the aspect ratio (short side 512, long side at most 2048; bilinear on 8-bit pixels), normalised with
-    mmsegmentation's ImageNet statistics on the 0-255 scale. Label maps are resized with nearest neighbours.
+    the aspect ratio (short side 512, long side at most 2048; bilinear on 8-bit pixels, rounded back to 8-bit
+    levels as OpenCV's resize of 8-bit images gives them), normalised with mmsegmentation's ImageNet statistics on
+    the 0-255 scale. Label maps are resized with nearest neighbours.
+
+    transformers' PIL/numpy backend (`PilBackend`) with the original's resize, computed with torch. Every setting
+    below is also a keyword argument of a call, for that call.
 
     Args:
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to read images as RGB (see `read_image`). Otherwise images keep their channels (a palette image
+            gives its indices); their pixels are still brought to 8 bits.
         do_resize (`bool`, *optional*, defaults to `True`):
             Whether to resize.
         size (`dict`, *optional*, defaults to `{"shortest_edge": 512, "longest_edge": 2048}`):
-            `{"shortest_edge", "longest_edge"}` to keep the aspect ratio, or `{"height", "width"}` for a fixed size.
+            `{"shortest_edge", "longest_edge"}` to keep the aspect ratio (the original's rule: the largest scale
+            that keeps both sides within bounds, sizes rounded half up), or `{"height", "width"}` for a fixed size.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
+            The resampling filter: `BILINEAR` (the original's), `BICUBIC` or `NEAREST`.
+        do_rescale (`bool`, *optional*, defaults to `False`):
+            Whether to multiply the pixels by `rescale_factor` before normalising. The default statistics are on
+            the 0-255 scale, so the original does not rescale.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            The factor of `do_rescale`.
         do_normalize (`bool`, *optional*, defaults to `True`):
             Whether to normalise.
         image_mean (`list[float]`, *optional*, defaults to `[123.675, 116.28, 103.53]`):
-            Per-channel mean, on the 0-255 scale.
+            Per-channel mean, on the 0-255 scale (unless `do_rescale`).
         image_std (`list[float]`, *optional*, defaults to `[58.395, 57.12, 57.375]`):
-            Per-channel standard deviation, on the 0-255 scale.
+            Per-channel standard deviation, on the same scale as `image_mean`.
+        do_pad (`bool`, *optional*, defaults to `False`):
+            Whether to pad the images of a call at the bottom and the right to the largest of them (or to
+            `pad_size`): pixel values with 0 after normalisation (the mean colour, as mmsegmentation pads for
+            training), labels with `ignore_index`; a `pixel_mask` (1 on the image, 0 on the padding) is returned.
+        pad_size (`dict`, *optional*):
+            `{"height", "width"}` to pad to instead of the largest image.
         do_reduce_labels (`bool`, *optional*, defaults to `False`):
             Whether label 0 is background to ignore (PASCAL VOC, PASCAL Context): 0 becomes `ignore_index` and
             every other label drops by one.
         ignore_index (`int`, *optional*, defaults to 255):
             The label of pixels without a class.
+        return_tensors (`str`, *optional*, defaults to `"pt"`):
+            `"pt"` for torch tensors, `"np"` for numpy arrays, `None` for lists of numpy arrays.
     """
 
+    valid_kwargs = CascadeClipImageProcessorKwargs
     model_input_names = ["pixel_values"]
+    do_convert_rgb = True
+    do_resize = True
+    size = {"shortest_edge": 512, "longest_edge": 2048}
+    resample = PILImageResampling.BILINEAR
+    do_rescale = False
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = list(ORIGINAL_IMAGE_MEAN)
+    image_std = list(ORIGINAL_IMAGE_STD)
+    do_pad = False
+    do_reduce_labels = False
+    ignore_index = IGNORE_INDEX
+    return_tensors = "pt"
 
-    def __init__(
-        self,
-        do_resize: bool = True,
-        size: dict[str, int] | None = None,
-        do_normalize: bool = True,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        do_reduce_labels: bool = False,
-        ignore_index: int = IGNORE_INDEX,
-        **kwargs,
-    ):
+    def __init__(self, **kwargs: Unpack[CascadeClipImageProcessorKwargs]):
         super().__init__(**kwargs)
-        self.do_resize = do_resize
-        self.size = dict(size or {"shortest_edge": 512, "longest_edge": 2048})
-        self.do_normalize = do_normalize
-        self.image_mean = list(image_mean or ORIGINAL_IMAGE_MEAN)
-        self.image_std = list(image_std or ORIGINAL_IMAGE_STD)
-        self.do_reduce_labels = do_reduce_labels
-        self.ignore_index = ignore_index
         self.check_size(self.size)
 
     @staticmethod
-    def check_size(size: dict[str, int]) -> None:
+    def check_size(size: dict[str, int] | SizeDict) -> None:
+        size = dict(size)
         if set(size) not in ({"shortest_edge", "longest_edge"}, {"height", "width"}) or min(size.values()) <= 0:
             raise ValueError(
                 'size must be {"shortest_edge": S, "longest_edge": L} or {"height": H, "width": W} with positive '
                 f"values, got {size}."
             )
 
-    def target_size(self, height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
+    def target_size(self, height: int, width: int, size: dict[str, int] | SizeDict) -> tuple[int, int]:
         """The `(height, width)` an image of `(height, width)` is resized to."""
         if "height" in size:
             return size["height"], size["width"]
         return keep_ratio_size(height, width, size["shortest_edge"], size["longest_edge"])
 
-    def read_image(self, image, timeout: float | None = None) -> np.ndarray:
+    def read_image(
+        self,
+        image,
+        timeout: float | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+    ) -> np.ndarray:
         """
         Reads one image as every entry point of the package does (this processor, the zero-shot pipeline, the
         command line, the demo); a method so that the pipeline saved beside a model, which cannot import this
@@ -258,6 +364,8 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         Args:
             image: a path or `http(s)://` URL, a PIL image of any mode, a numpy array or a torch tensor.
             timeout (`float`, *optional*): seconds to wait for a URL.
+            input_data_format (`str` or `ChannelDimension`, *optional*): whether an array is channels-first or
+                channels-last; recognised from its shape by default.
 
         Returns:
             `np.ndarray` of shape `(height, width, 3)`, `uint8` RGB, upright (EXIF orientation applied).
@@ -265,43 +373,66 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         Raises:
             ImageInputError: what makes the image unusable; for a file or URL, naming it.
         """
-        return to_rgb_uint8(image, timeout=timeout)
+        return to_rgb_uint8(image, input_data_format=input_data_format, timeout=timeout)
 
     def preprocess(
         self,
-        images,
-        segmentation_maps=None,
-        do_resize: bool | None = None,
-        size: dict[str, int] | None = None,
-        do_normalize: bool | None = None,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        do_reduce_labels: bool | None = None,
-        return_tensors: str | None = "pt",
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[CascadeClipImageProcessorKwargs],
     ) -> BatchFeature:
-        """
+        r"""
         Args:
             images: one image or a list: PIL images, numpy arrays or torch tensors (HWC or CHW; uint8, 16-bit,
                 bool or float in [0, 1] or [0, 255]), file paths or URLs; see `read_image`.
             segmentation_maps (*optional*): one label map per image (single-channel class indices).
-            return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` for torch tensors, `"np"` for numpy.
+            kwargs: any setting of the class, for this call.
 
         Returns:
             [`BatchFeature`] with
-            - `pixel_values`: `(batch_size, 3, height, width)` when all images end up the same size, else a list
-              of `(3, height, width)`;
-            - `labels` (with `segmentation_maps`): `(batch_size, height, width)` or a list of `(height, width)`.
+            - `pixel_values`: `(batch_size, num_channels, height, width)` when all images end up the same size
+              (or with `do_pad`), else a list of `(num_channels, height, width)`: the model's test-time path
+              (`sliding_window_inference`, the zero-shot pipeline) runs every image at its own size, and the
+              vision tower has no mask for padded pixels, so images are only padded when asked to;
+            - `labels` (with `segmentation_maps`): `(batch_size, height, width)` or a list of `(height, width)`;
+            - `pixel_mask` (with `do_pad`): `(batch_size, height, width)`, 1 on the image, 0 on the padding.
+            With `return_tensors=None`, each is a list of numpy arrays.
         """
-        do_resize = self.do_resize if do_resize is None else do_resize
-        size = dict(size) if size is not None else self.size
-        self.check_size(size)
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        mean = torch.tensor(image_mean or self.image_mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(image_std or self.image_std, dtype=torch.float32)[:, None, None]
-        do_reduce_labels = self.do_reduce_labels if do_reduce_labels is None else do_reduce_labels
-        if return_tensors not in ("pt", "np"):
-            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
+        return super().preprocess(images, segmentation_maps, **kwargs)
 
+    def _validate_preprocess_kwargs(
+        self,
+        do_resize: bool | None = None,
+        size: SizeDict | None = None,
+        resample: PILImageResampling | int | None = None,
+        do_center_crop: bool | None = None,
+        data_format: str | ChannelDimension | None = None,
+        return_tensors: str | None = None,
+        **kwargs,
+    ):
+        super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, resample=resample, **kwargs)
+        if do_resize:
+            self.check_size(size)
+            torch_interpolation(resample)
+        if do_center_crop:
+            raise ValueError("CascadeClipImageProcessor does not crop: the original segments whole images.")
+        if data_format is not None and ChannelDimension(data_format) != ChannelDimension.FIRST:
+            raise ValueError(f"data_format must be 'channels_first', got {data_format!r}.")
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None,
+        do_convert_rgb: bool,
+        input_data_format: str | ChannelDimension | None,
+        do_pad: bool,
+        pad_size: SizeDict | None,
+        ignore_index: int,
+        return_tensors: str | None,
+        **kwargs,
+    ) -> BatchFeature:
         images = as_list(images)
         if not images:
             raise ValueError("No images were given.")
@@ -309,73 +440,178 @@ class CascadeClipImageProcessor(BaseImageProcessor):
         if label_maps is not None and len(label_maps) != len(images):
             raise ValueError(f"Got {len(images)} images but {len(label_maps)} segmentation maps.")
 
-        pixel_values, labels = [], []
+        images = self._prepare_image_like_inputs(
+            images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format
+        )
+        data = {"pixel_values": self._preprocess(images, **kwargs)}
+        if label_maps is not None:
+            image_sizes = [image.shape[-2:] for image in images]
+            data["labels"] = self._preprocess_label_maps(label_maps, image_sizes, ignore_index=ignore_index, **kwargs)
+        if do_pad:
+            data["pixel_values"], data["pixel_mask"] = self.pad(
+                data["pixel_values"], pad_size=pad_size, return_mask=True
+            )
+            if label_maps is not None:
+                padded = self.pad(
+                    [labels[None] for labels in data["labels"]], pad_size=pad_size, fill_value=ignore_index
+                )
+                data["labels"] = [labels[0] for labels in padded]
+        return BatchFeature(data={key: as_batch(value, return_tensors) for key, value in data.items()})
+
+    def _prepare_image_like_inputs(
+        self,
+        images: list,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        **kwargs,
+    ) -> list[np.ndarray]:
+        """Every image read as `uint8` `(channels, height, width)`; an error names the image's place in the batch."""
+        prepared = []
         for index, image in enumerate(images):
             try:
-                rgb = self.read_image(image)
+                prepared.append(
+                    self.process_image(image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format)
+                )
             except ImageInputError as error:
                 raise ImageInputError(f"Image {index} of {len(images)}: {error}") from error
-            height, width = rgb.shape[:2]
-            new_size = self.target_size(height, width, size) if do_resize else (height, width)
-            if min(new_size) < 1:
-                raise ImageInputError(
-                    f"Image {index} of {len(images)}: {width}x{height} pixels (width x height) would be resized to "
-                    f"{new_size[1]}x{new_size[0]} for size {size}; the image is too thin."
-                )
-            pixels = torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32)
-            if new_size != (height, width):
-                pixels = F.interpolate(pixels[None], size=new_size, mode="bilinear", align_corners=False)[0]
-                pixels = pixels.round().clamp(0, 255)
-            if do_normalize:
-                pixels = (pixels - mean) / std
-            pixel_values.append(pixels)
+        return prepared
 
-            if label_maps is not None:
+    def process_image(
+        self,
+        image,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """One image as `uint8` `(channels, height, width)`: RGB as `read_image` reads it, or its own channels."""
+        if do_convert_rgb:
+            array = self.read_image(image, input_data_format=input_data_format)
+        else:
+            array = to_uint8(image, input_data_format=input_data_format)
+        return np.moveaxis(array if array.ndim == 3 else array[..., None], -1, 0)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size: SizeDict,
+        resample: PILImageResampling | int,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
+        **kwargs,
+    ) -> list[np.ndarray]:
+        """Resizes, rescales and normalises `uint8` `(channels, height, width)` images into `float32` ones."""
+        processed = []
+        for index, image in enumerate(images):
+            image = image.astype(np.float32)
+            if do_resize:
                 try:
-                    label_array = to_label_array(label_maps[index])
+                    image = self.resize(image, size, resample)
                 except ImageInputError as error:
-                    raise ImageInputError(f"Segmentation map {index} of {len(images)}: {error}") from error
-                if label_array.shape != (height, width):
-                    raise ImageInputError(
-                        f"Segmentation map {index} has size {label_array.shape} but its image has {(height, width)}."
-                    )
-                if do_reduce_labels:
-                    label_array = reduce_zero_label(label_array, self.ignore_index)
-                label_tensor = torch.from_numpy(label_array)
-                if new_size != (height, width):
-                    label_tensor = F.interpolate(label_tensor[None, None].double(), size=new_size, mode="nearest")
-                    label_tensor = label_tensor[0, 0].long()
-                labels.append(label_tensor)
+                    raise ImageInputError(f"Image {index} of {len(images)}: {error}") from error
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed.append(image)
+        return processed
 
-        data = {"pixel_values": stack_if_same_size(pixel_values, return_tensors)}
-        if label_maps is not None:
-            data["labels"] = stack_if_same_size(labels, return_tensors)
-        return BatchFeature(data=data)
+    def resize(
+        self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | int | None = None, **kwargs
+    ) -> np.ndarray:
+        """
+        Resizes `float32` `(channels, height, width)` pixels on the 0-255 scale with torch, rounded to 8-bit levels:
+        the original resizes 8-bit images with OpenCV, whose `INTER_LINEAR` this matches to one level.
+        """
+        height, width = image.shape[-2:]
+        new_size = self.target_size(height, width, size)
+        if min(new_size) < 1:
+            raise ImageInputError(
+                f"{width}x{height} pixels (width x height) would be resized to {new_size[1]}x{new_size[0]} for size "
+                f"{dict(size)}; the image is too thin."
+            )
+        if new_size == (height, width):
+            return image
+        mode = torch_interpolation(self.resample if resample is None else resample)
+        align_corners = None if mode == "nearest-exact" else False
+        pixels = F.interpolate(torch.from_numpy(image)[None], size=new_size, mode=mode, align_corners=align_corners)
+        return pixels[0].round().clamp(0, 255).numpy()
+
+    def _preprocess_label_maps(
+        self,
+        label_maps: list,
+        image_sizes: list[tuple[int, int]],
+        do_reduce_labels: bool,
+        ignore_index: int,
+        do_resize: bool,
+        size: SizeDict,
+        **kwargs,
+    ) -> list[np.ndarray]:
+        """Label maps as `int64` `(height, width)`, reduced if asked and resized as their images."""
+        labels = []
+        for index, (label_map, image_size) in enumerate(zip(label_maps, image_sizes, strict=True)):
+            try:
+                label_array = to_label_array(label_map)
+            except ImageInputError as error:
+                raise ImageInputError(f"Segmentation map {index} of {len(label_maps)}: {error}") from error
+            if label_array.shape != tuple(image_size):
+                raise ImageInputError(
+                    f"Segmentation map {index} has size {label_array.shape} but its image has {tuple(image_size)}."
+                )
+            if do_reduce_labels:
+                label_array = reduce_zero_label(label_array, ignore_index)
+            if do_resize:
+                label_array = self.resize_label_map(label_array, size)
+            labels.append(label_array)
+        return labels
+
+    def resize_label_map(self, label_map: np.ndarray, size: SizeDict) -> np.ndarray:
+        """Resizes an `int64` `(height, width)` label map to its image's new size with nearest neighbours."""
+        height, width = label_map.shape
+        new_size = self.target_size(height, width, size)
+        if new_size == (height, width):
+            return label_map
+        labels = F.interpolate(torch.from_numpy(label_map)[None, None].double(), size=new_size, mode="nearest")
+        return labels[0, 0].long().numpy()
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None
-    ) -> list[torch.Tensor]:
+        self,
+        outputs,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """
         Turns model outputs into class-id maps: each class's score is the sigmoid of its (upsampled) mask logits
         minus its `score_shift` (the seen-class calibration of inductive models); each pixel takes the best class.
 
         Args:
             outputs ([`CascadeClipSegmentationOutput`] or `torch.Tensor`): the model's output, or calibrated scores
-                of shape `(batch_size, num_classes, height, width)` from `sliding_window_inference`.
+                of shape `(batch_size, num_classes, height, width)` from `sliding_window_inference`. An output
+                without `score_shift` (e.g. `SemanticSegmenterOutput`) is taken by its logits.
             target_sizes (`list[tuple[int, int]]`, *optional*): the `(height, width)` of each result; the logits'
                 (or scores') own size when not given.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`): whether to return each map with
+                the scores it was taken from.
 
         Returns:
-            `list[torch.LongTensor]`: one `(height, width)` map of class indices per image.
+            `list[torch.LongTensor]`: one `(height, width)` map of class indices per image; with
+            `return_segmentation_scores`, one [`SemanticSegmentationPostProcessorOutput`] per image instead, with
+            `segmentation` (that map) and `segmentation_scores` (`(num_classes, height, width)`: calibrated scores,
+            or the logits of an output without `score_shift`).
         """
         if isinstance(outputs, torch.Tensor):
             maps, score_shift = outputs, None
         else:
-            maps, score_shift = outputs.logits, outputs.score_shift
+            maps, score_shift = outputs.logits, getattr(outputs, "score_shift", None)
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
         if target_sizes is not None and len(target_sizes) != maps.shape[0]:
             raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {maps.shape[0]} images.")
 
-        segmentations = []
+        results = []
         for index, image_maps in enumerate(maps):
             image_maps = image_maps[None].float()
             if target_sizes is not None and tuple(target_sizes[index]) != tuple(image_maps.shape[-2:]):
@@ -384,16 +620,15 @@ class CascadeClipImageProcessor(BaseImageProcessor):
                 )
             if score_shift is not None:
                 image_maps = image_maps.sigmoid() - score_shift[index].float()[None, :, None, None]
-            segmentations.append(image_maps[0].argmax(dim=0))
-        return segmentations
-
-
-def stack_if_same_size(tensors: list[torch.Tensor], return_tensors: str):
-    """One tensor for a batch of equal sizes, a list otherwise; as numpy with `return_tensors="np"`."""
-    if all(tensor.shape == tensors[0].shape for tensor in tensors):
-        batch = torch.stack(tensors)
-        return batch if return_tensors == "pt" else batch.numpy()
-    return tensors if return_tensors == "pt" else [tensor.numpy() for tensor in tensors]
+            scores = image_maps[0]
+            results.append(
+                SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
+                )
+            )
+        if return_segmentation_scores:
+            return results
+        return [result.segmentation for result in results]
 
 
 __all__ = ["CascadeClipImageProcessor"]

@@ -1,12 +1,17 @@
 """Processor for Cascade-CLIP: images through the image processor, class names through templates and the tokenizer."""
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.tokenization_utils_base import TextInput
 
+from .image_processing_cascade_clip import CascadeClipImageProcessorKwargs
 from .vocabulary import (
+    CLIP_CONTEXT_LENGTH,
     DEFAULT_TEMPLATES,
     check_class_names,
     check_templates,
@@ -14,6 +19,10 @@ from .vocabulary import (
     seen_class_mask,
     tokenize_class_prompts,
 )
+
+
+class CascadeClipProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: CascadeClipImageProcessorKwargs
 
 
 class CascadeClipProcessor(ProcessorMixin):
@@ -29,6 +38,10 @@ class CascadeClipProcessor(ProcessorMixin):
             as seen (inductive models lower its score) wherever it appears in `text`.
     """
 
+    valid_processor_kwargs = CascadeClipProcessorKwargs
+    # The original's tokenization: prompts padded to the longest, cut at CLIP's 77 positions, as tensors.
+    text_kwargs = {"padding": True, "truncation": True, "max_length": CLIP_CONTEXT_LENGTH, "return_tensors": "pt"}
+
     def __init__(self, image_processor=None, tokenizer=None, templates=None, seen_classes=None, **kwargs):
         super().__init__(image_processor, tokenizer)
         if tokenizer is not None:
@@ -42,45 +55,63 @@ class CascadeClipProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        images=None,
-        text: str | Sequence[str] | None = None,
-        segmentation_maps=None,
-        templates: Sequence[str] | None = None,
-        return_tensors: str = "pt",
-        **image_kwargs,
+        images: ImageInput | None = None,
+        text: TextInput | list[TextInput] | None = None,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[CascadeClipProcessorKwargs],
     ) -> BatchFeature:
         """
         Args:
             images (*optional*): what [`CascadeClipImageProcessor`] takes.
-            text (`str` or `list[str]`, *optional*): class names, e.g. `["cat", "grass", "sky"]`. Without them the
-                model segments into its default vocabulary.
+            text (`str` or `list[str]`, *optional*): class names, e.g. `["cat", "grass", "sky"]`: one vocabulary
+                for all the images. Without them the model segments into its default vocabulary.
             segmentation_maps (*optional*): label maps for the images.
-            templates (`list[str]`, *optional*): overrides the processor's templates for this call.
-            image_kwargs: passed to the image processor.
+            kwargs: the image processor's settings (e.g. `do_reduce_labels=True`) and the tokenizer's arguments,
+                flat or as `images_kwargs` / `text_kwargs`; `return_tensors` (`"pt"` by default, `"np"` or `None`)
+                applies to both. Passing `templates` here is deprecated: set `processor.templates`.
 
         Returns:
-            [`BatchFeature`] with `pixel_values` (and `labels`) from the image processor and, with
+            [`BatchFeature`] with `pixel_values` (and `labels`, `pixel_mask`) from the image processor and, with
             `text`, `input_ids` and `attention_mask` of shape `(num_classes, num_templates, sequence_length)` and
             `seen_class_mask` of shape `(num_classes,)`.
         """
+        templates = kwargs.pop("templates", None)
+        if templates is not None:
+            warnings.warn(
+                "Passing `templates` to CascadeClipProcessor.__call__ is deprecated and will stop working in the "
+                "next release: set `processor.templates` (or build the processor with `templates=...`) instead.",
+                FutureWarning,
+                stacklevel=2,
+            )
         if images is None and text is None:
             raise ValueError("Pass images, text (class names), or both.")
+        output_kwargs = self._merge_kwargs(
+            CascadeClipProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+
         data = {}
         if images is not None:
             data.update(
-                self.image_processor(
-                    images, segmentation_maps=segmentation_maps, return_tensors=return_tensors, **image_kwargs
-                )
+                self.image_processor(images, segmentation_maps=segmentation_maps, **output_kwargs["images_kwargs"])
             )
         if text is not None:
+            text_kwargs = output_kwargs["text_kwargs"]
             class_names = check_class_names(text)
-            data.update(tokenize_class_prompts(self.tokenizer, class_names, templates or self.templates))
-            data["seen_class_mask"] = self.seen_class_mask(class_names)
+            data.update(
+                tokenize_class_prompts(self.tokenizer, class_names, templates or self.templates, **text_kwargs)
+            )
+            mask = self.seen_class_mask(class_names)
+            return_tensors = text_kwargs.get("return_tensors")
+            data["seen_class_mask"] = (
+                mask if return_tensors == "pt" else mask.numpy() if return_tensors else mask.tolist()
+            )
         return BatchFeature(data=data)
 
-    def post_process_semantic_segmentation(self, outputs, target_sizes=None):
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False):
         """See [`CascadeClipImageProcessor.post_process_semantic_segmentation`]."""
-        return self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+        return self.image_processor.post_process_semantic_segmentation(
+            outputs, target_sizes=target_sizes, return_segmentation_scores=return_segmentation_scores
+        )
 
     @property
     def model_input_names(self) -> list[str]:

@@ -117,21 +117,40 @@ def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
 
 
 def tokenize_class_prompts(
-    tokenizer, class_names: Sequence[str], templates: Sequence[str], max_length: int = CLIP_CONTEXT_LENGTH
-) -> dict[str, torch.Tensor]:
+    tokenizer,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    max_length: int | None = CLIP_CONTEXT_LENGTH,
+    **tokenizer_kwargs,
+) -> dict:
     """
     Fills every template with every class name and tokenizes the prompts.
 
+    Args:
+        max_length (`int`, *optional*, defaults to 77): the longest prompt kept (CLIP's text tower has 77
+            positions); `None` also means 77, as a tokenizer's saved `max_length: null` means unset.
+        tokenizer_kwargs: the tokenizer's other arguments; by default prompts are padded to the longest,
+            truncated, and returned as PyTorch tensors.
+
     Returns:
-        `input_ids` and `attention_mask`, each of shape `(num_classes, num_templates, sequence_length)`.
+        `input_ids` and `attention_mask` (and whatever else the tokenizer is asked for), each of shape
+        `(num_classes, num_templates, sequence_length)`: tensors or arrays, or per-class lists of per-template
+        lists with `return_tensors=None`.
     """
     class_names = check_class_names(class_names)
     templates = check_templates(templates)
     warn_unreadable_names(tokenizer, class_names)
     prompts = [template.format(name.strip()) for name in class_names for template in templates]
-    tokens = tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    shape = (len(class_names), len(templates), -1)
-    return {"input_ids": tokens["input_ids"].view(shape), "attention_mask": tokens["attention_mask"].view(shape)}
+    tokenizer_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt", **tokenizer_kwargs}
+    tokens = tokenizer(prompts, max_length=max_length or CLIP_CONTEXT_LENGTH, **tokenizer_kwargs)
+    return {key: prompts_by_class(values, len(templates)) for key, values in tokens.items()}
+
+
+def prompts_by_class(values, num_templates: int):
+    """Per-prompt values (classes times templates, class-major) grouped by class."""
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        return values.reshape(-1, num_templates, *values.shape[1:])
+    return [list(values[start : start + num_templates]) for start in range(0, len(values), num_templates)]
 
 
 @torch.no_grad()

@@ -5,9 +5,12 @@ import PIL.Image
 import pytest
 import torch
 from transformers import AutoImageProcessor, AutoProcessor
+from transformers.image_utils import PILImageResampling
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from cascade_clip_hf import CascadeClipImageProcessor, CascadeClipProcessor
 from cascade_clip_hf.image_processing_cascade_clip import ImageInputError, keep_ratio_size
+from cascade_clip_hf.segmenter import DEMO_MODEL
 
 
 SMALL = {"shortest_edge": 32, "longest_edge": 128}
@@ -180,12 +183,99 @@ def test_post_process_takes_logits_or_scores():
     # class 1 wins on raw logits in the first pixel, loses once its seen-class shift is applied
     assert Outputs.logits[0].argmax(0).tolist() == [[1, 0]]
     assert processor.post_process_semantic_segmentation(Outputs)[0].tolist() == [[0, 0]]
+    calibrated = processor.post_process_semantic_segmentation(Outputs, return_segmentation_scores=True)[0]
+    torch.testing.assert_close(
+        calibrated.segmentation_scores, Outputs.logits[0].sigmoid() - torch.tensor([0.0, 0.1])[:, None, None]
+    )
     scores = torch.rand(2, 3, 10, 12)
     maps = processor.post_process_semantic_segmentation(scores, target_sizes=[(10, 12), (20, 24)])
     assert torch.equal(maps[0], scores[0].argmax(0))
     assert maps[1].shape == (20, 24)
     with pytest.raises(ValueError, match="target sizes"):
         processor.post_process_semantic_segmentation(scores, target_sizes=[(10, 12)])
+
+
+def test_images_keep_their_channels_without_rgb_conversion():
+    processor = CascadeClipImageProcessor(do_resize=False, do_normalize=False)
+    rgba = np.random.default_rng(2).integers(0, 256, (6, 9, 4), dtype=np.uint8)
+    kept = processor(rgba, do_convert_rgb=False)["pixel_values"]
+    assert torch.equal(kept[0], torch.from_numpy(rgba).permute(2, 0, 1).float())
+    assert processor(rgba)["pixel_values"].shape == (1, 3, 6, 9)
+    gray16 = PIL.Image.fromarray(rgba[..., 0].astype(np.uint16) * 257)
+    assert torch.equal(
+        processor(gray16, do_convert_rgb=False)["pixel_values"][0, 0], torch.from_numpy(rgba[..., 0]).float()
+    )
+    # (3, 10, 3) reads as 3x10 pixels of 3 channels unless told it is channels-first
+    ambiguous = np.random.default_rng(3).integers(0, 256, (3, 10, 3), dtype=np.uint8)
+    assert processor(ambiguous)["pixel_values"].shape == (1, 3, 3, 10)
+    first = processor(ambiguous, input_data_format="channels_first")["pixel_values"]
+    assert torch.equal(first[0], torch.from_numpy(ambiguous).float())
+
+
+def test_return_tensors_none_gives_lists_of_numpy_arrays(image_processor):
+    images = [np.zeros((16, 16, 3), np.uint8), np.zeros((16, 32, 3), np.uint8)]
+    batch = image_processor(images, segmentation_maps=[np.zeros((16, 16)), np.zeros((16, 32))], return_tensors=None)
+    assert [type(value) for value in batch["pixel_values"]] == [np.ndarray, np.ndarray]
+    assert [value.shape for value in batch["labels"]] == [(32, 32), (32, 64)]
+    same = image_processor(images[:1] * 2, return_tensors="np")["pixel_values"]
+    assert isinstance(same, np.ndarray) and same.shape == (2, 3, 32, 32)
+
+
+def test_padding_gives_one_tensor_with_a_pixel_mask(image_processor):
+    images = [np.full((16, 16, 3), 200, np.uint8), np.full((16, 32, 3), 100, np.uint8)]
+    labels = [np.full((16, 16), 1), np.full((16, 32), 2)]
+    unpadded = image_processor(images, segmentation_maps=labels)
+    batch = image_processor(images, segmentation_maps=labels, do_pad=True)
+    assert batch["pixel_values"].shape == (2, 3, 32, 64) and batch["pixel_mask"].shape == (2, 32, 64)
+    assert torch.equal(batch["pixel_values"][0, :, :, :32], unpadded["pixel_values"][0])
+    assert torch.equal(batch["pixel_values"][1], unpadded["pixel_values"][1])
+    assert batch["pixel_values"][0, :, :, 32:].abs().sum() == 0
+    assert batch["pixel_mask"][0].sum() == 32 * 32 and batch["pixel_mask"][1].all()
+    assert set(batch["labels"][0, :, 32:].unique().tolist()) == {255}
+    assert torch.equal(batch["labels"][0, :, :32], unpadded["labels"][0])
+    to_size = image_processor(images[0], do_pad=True, pad_size={"height": 40, "width": 48})
+    assert to_size["pixel_values"].shape == (1, 3, 40, 48)
+
+
+def test_standard_options_follow_transformers(image_processor):
+    image = np.random.default_rng(4).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    rescaled = image_processor(
+        image, do_resize=False, do_rescale=True, rescale_factor=1 / 255, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )["pixel_values"][0]
+    expected = (torch.from_numpy(image).permute(2, 0, 1).double() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(rescaled.double(), expected, atol=1e-6, rtol=0)
+    nearest = image_processor(image, size={"height": 16, "width": 16}, resample=PILImageResampling.NEAREST)
+    doubled = torch.from_numpy(image).permute(2, 0, 1).float().repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert torch.equal(unnormalize(nearest["pixel_values"][0], image_processor).round(), doubled)
+    with pytest.raises(ValueError, match="resample"):
+        image_processor(image, resample=PILImageResampling.LANCZOS)
+    with pytest.raises(ValueError, match="does not crop"):
+        image_processor(image, do_center_crop=True, crop_size={"height": 4, "width": 4})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shortest_edge'"):
+        image_processor(image, shortest_edge=64)
+
+
+def test_settings_survive_saving(tmp_path):
+    processor = CascadeClipImageProcessor(size={"height": 40, "width": 24}, do_reduce_labels=True, do_pad=True)
+    processor.save_pretrained(tmp_path)
+    reloaded = CascadeClipImageProcessor.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == processor.to_dict()
+    assert reloaded.size == {"height": 40, "width": 24} and reloaded.do_reduce_labels and reloaded.do_pad
+
+
+def test_post_process_reads_any_segmentation_output():
+    logits = torch.randn(2, 3, 5, 6)
+    processor = CascadeClipImageProcessor()
+    maps = processor.post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits))
+    assert torch.equal(maps[1], logits[1].argmax(0))
+    results = processor.post_process_semantic_segmentation(
+        SemanticSegmenterOutput(logits=logits),
+        target_sizes=torch.tensor([[5, 6], [10, 12]]),
+        return_segmentation_scores=True,
+    )
+    assert torch.equal(results[0].segmentation, maps[0]) and torch.equal(results[0].segmentation_scores, logits[0])
+    assert results[1].segmentation_scores.shape == (3, 10, 12)
+    assert torch.equal(results[1].segmentation, results[1].segmentation_scores.argmax(0))
 
 
 @pytest.fixture
@@ -206,8 +296,57 @@ def test_processor_expands_templates(processor, clip_tokenizer):
     assert inputs["input_ids"][1, 1, :length].tolist() == expected_ids
     assert inputs["attention_mask"][1, 1].sum() == length
     assert inputs["seen_class_mask"].tolist() == [True, False, False]
-    one_template = processor(text="cat", templates=["{}"])
+
+
+def test_templates_per_call_are_deprecated(processor):
+    with pytest.warns(FutureWarning, match="set `processor.templates`"):
+        one_template = processor(text="cat", templates=["{}"])
     assert one_template["input_ids"].shape[:2] == (1, 1)
+    assert processor.templates == ["a photo of a {}.", "a {} in the scene."]
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="exactly one"):
+        processor(text=["cat"], templates=["a photo"])
+
+
+def test_processor_routes_keyword_arguments(processor, clip_tokenizer):
+    image = np.zeros((16, 16, 3), np.uint8)
+    labels = np.zeros((16, 16), np.uint8)
+    flat = processor(
+        images=image,
+        text=["cat", "dog"],
+        max_length=20,
+        padding="max_length",
+        do_reduce_labels=True,
+        segmentation_maps=labels,
+    )
+    assert flat["input_ids"].shape == (2, 2, 20)
+    assert set(flat["labels"].unique().tolist()) == {255}
+    nested = processor(
+        images=image,
+        text=["cat", "dog"],
+        segmentation_maps=labels,
+        text_kwargs={"max_length": 20, "padding": "max_length"},
+        images_kwargs={"do_reduce_labels": True},
+    )
+    for key, value in flat.items():
+        assert torch.equal(value, nested[key])
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(text=["cat"], max_length=20, text_kwargs={"max_length": 30})
+    as_numpy = processor(images=image, text=["cat", "dog"], return_tensors="np")
+    assert {type(value) for value in as_numpy.values()} == {np.ndarray}
+    assert as_numpy["seen_class_mask"].tolist() == [True, False]
+    as_lists = processor(images=image, text=["cat", "dog"], return_tensors=None)
+    assert isinstance(as_lists["pixel_values"][0], np.ndarray) and as_lists["seen_class_mask"] == [True, False]
+    assert as_lists["input_ids"][1][1] == processor(text=["cat", "dog"])["input_ids"][1, 1].tolist()
+    padded = processor(images=[image, np.zeros((16, 32, 3), np.uint8)], do_pad=True)
+    assert padded["pixel_values"].shape == (2, 3, 32, 64) and padded["pixel_mask"].shape == (2, 32, 64)
+
+
+def test_prompts_stop_at_clips_77_positions_with_a_saved_tokenizer():
+    """The shipped tokenizer was saved with `max_length: null`, which transformers gives priority over the
+    processor's default: the prompts must still be cut at the text tower's 77 positions."""
+    processor = CascadeClipProcessor.from_pretrained(DEMO_MODEL)
+    assert processor.tokenizer.init_kwargs["max_length"] is None
+    assert processor(text=["sand " * 100, "soil"])["input_ids"].shape == (2, 3, 77)
 
 
 @pytest.mark.parametrize(
@@ -225,8 +364,6 @@ def test_processor_refuses_bad_class_names(processor, text, message):
 
 
 def test_processor_refuses_bad_templates(processor, clip_tokenizer):
-    with pytest.raises(ValueError, match="exactly one"):
-        processor(text=["cat"], templates=["a photo"])
     with pytest.raises(ValueError, match="exactly one"):
         CascadeClipProcessor(CascadeClipImageProcessor(), clip_tokenizer, templates=["{} and {}"])
     with pytest.raises(ValueError, match="Pass images, text"):
