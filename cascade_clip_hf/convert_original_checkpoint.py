@@ -387,7 +387,9 @@ def convert_checkpoint(
         do_reduce_labels = preset in BACKGROUND_ZERO_BENCHMARKS
     seen_classes = config.seen_class_names
     processor = CascadeClipProcessor(
-        image_processor=CascadeClipImageProcessor(do_reduce_labels=do_reduce_labels),
+        image_processor=CascadeClipImageProcessor(
+            do_reduce_labels=do_reduce_labels, mask_size=config.vision_config.image_size
+        ),
         tokenizer=clip_tokenizer,
         templates=templates,
         seen_classes=seen_classes,

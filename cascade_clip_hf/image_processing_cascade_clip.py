@@ -18,6 +18,7 @@ from transformers.image_utils import ChannelDimension, ImageInput, PILImageResam
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
+from .calibration import calibrated_scores, upsample_mask_logits
 from .labels import IGNORE_INDEX, reduce_zero_label
 
 
@@ -262,10 +263,13 @@ class CascadeClipImageProcessorKwargs(ImagesKwargs, total=False):
         other label drops by one.
     ignore_index (`int`, *optional*, defaults to `self.ignore_index`):
         The label of pixels without a class; also the labels' padding (`do_pad`).
+    mask_size (`int`, *optional*, defaults to `self.mask_size`):
+        The model's `image_size`, where post-processing upsamples mask logits first, as the model does.
     """
 
     do_reduce_labels: bool
     ignore_index: int
+    mask_size: int | None
 
 
 class CascadeClipImageProcessor(PilBackend):
@@ -311,6 +315,10 @@ class CascadeClipImageProcessor(PilBackend):
             every other label drops by one.
         ignore_index (`int`, *optional*, defaults to 255):
             The label of pixels without a class.
+        mask_size (`int`, *optional*):
+            The model's `image_size`: post-processing upsamples mask logits to this square size first and from
+            there to the target size, the one rule of the model's loss and sliding window (`calibration.py`).
+            Processors saved before it existed upsample straight to the target size.
         return_tensors (`str`, *optional*, defaults to `"pt"`):
             `"pt"` for torch tensors, `"np"` for numpy arrays, `None` for lists of numpy arrays.
     """
@@ -329,6 +337,7 @@ class CascadeClipImageProcessor(PilBackend):
     do_pad = False
     do_reduce_labels = False
     ignore_index = IGNORE_INDEX
+    mask_size = None
     return_tensors = "pt"
 
     def __init__(self, **kwargs: Unpack[CascadeClipImageProcessorKwargs]):
@@ -614,13 +623,11 @@ class CascadeClipImageProcessor(PilBackend):
         results = []
         for index, image_maps in enumerate(maps):
             image_maps = image_maps[None].float()
-            if target_sizes is not None and tuple(target_sizes[index]) != tuple(image_maps.shape[-2:]):
-                image_maps = F.interpolate(
-                    image_maps, size=tuple(target_sizes[index]), mode="bilinear", align_corners=False
-                )
+            size = tuple(target_sizes[index]) if target_sizes is not None else tuple(image_maps.shape[-2:])
             if score_shift is not None:
-                image_maps = image_maps.sigmoid() - score_shift[index].float()[None, :, None, None]
-            scores = image_maps[0]
+                scores = calibrated_scores(image_maps, score_shift[index].float(), size, self.mask_size)[0]
+            else:
+                scores = upsample_mask_logits(image_maps, size)[0]
             results.append(
                 SemanticSegmentationPostProcessorOutput(
                     data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}

@@ -155,6 +155,7 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
             image_processor=CascadeClipImageProcessor(
                 size={"shortest_edge": args.image_size, "longest_edge": 4 * args.image_size},
                 do_reduce_labels=args.dataset in BACKGROUND_ZERO_BENCHMARKS,
+                mask_size=args.image_size,
             ),
             tokenizer=load_tokenizer(args.clip_model),
             templates=model.config.templates,

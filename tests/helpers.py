@@ -84,7 +84,9 @@ def save_tiny_cascade(tiny_clip_dir: Path, path: Path, class_names: list[str], *
     )
     seen = model.config.seen_class_ids
     processor = CascadeClipProcessor(
-        CascadeClipImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE, "longest_edge": 256}),
+        CascadeClipImageProcessor(
+            size={"shortest_edge": TINY_IMAGE_SIZE, "longest_edge": 256}, mask_size=TINY_IMAGE_SIZE
+        ),
         CLIPTokenizer.from_pretrained(tiny_clip_dir),
         templates=model.config.templates,
         seen_classes=[class_names[i] for i in seen] if seen is not None else list(class_names),

@@ -326,3 +326,41 @@ def test_no_cascade_stages_leaves_a_single_decoder_on_the_last_layer(tiny_clip_d
     assert outputs.logits.shape == (2, 2, 4, 4) and torch.isfinite(outputs.loss)
     outputs.loss.backward()
     assert model.decode_head.decoders[0].layers[0].fc1.weight.grad.abs().sum() > 0
+
+
+def test_decoder_cross_attention_switches_implementation_and_eager_is_the_explicit_formula(tiny_model):
+    attention = tiny_model.decode_head.decoders[0].layers[0].cross_attention
+    torch.manual_seed(0)
+    queries, visual_tokens = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    with torch.no_grad():
+        probs = attention.attention_logits(queries, visual_tokens).softmax(dim=-1)
+        values = attention.project(attention.v_proj, visual_tokens)
+        explicit = attention.out_proj((probs @ values).transpose(1, 2).reshape(2, 5, -1))
+        tiny_model.set_attn_implementation("eager")
+        assert attention.config._attn_implementation == "eager"
+        assert torch.equal(attention(queries, visual_tokens), explicit)
+        tiny_model.set_attn_implementation("sdpa")
+        torch.testing.assert_close(attention(queries, visual_tokens), explicit, rtol=0, atol=1e-6)
+
+
+def test_standard_feature_methods(tiny_model, clip_tokenizer):
+    text = tokenize_class_prompts(clip_tokenizer, ["cat", "dog"], ["a photo of a {}.", "a {}."])
+    with torch.no_grad():
+        per_prompt = tiny_model.get_text_features(text["input_ids"].flatten(0, 1), output_hidden_states=True)
+        class_embeds = tiny_model.get_class_embeddings(**text)
+        image = tiny_model.get_image_features(torch.randn(2, 3, 64, 64))
+    assert per_prompt.pooler_output.shape == (4, 16) and per_prompt.hidden_states is not None
+    averaged = F.normalize(F.normalize(per_prompt.pooler_output, dim=-1).view(2, 2, -1).mean(dim=1), dim=-1)
+    torch.testing.assert_close(class_embeds, averaged)
+    assert image.pooler_output.shape == (2, 16) and image.last_hidden_state.shape == (2, 16, 16)
+    assert tiny_model.get_input_embeddings() is tiny_model.text_encoder.text_model.embeddings.token_embedding
+
+
+def test_builds_on_the_meta_device_and_warns_about_the_old_hidden_states_name(tiny_model):
+    with torch.device("meta"):
+        model = CascadeClipForZeroShotSegmentation(tiny_model.config)
+    assert next(model.parameters()).device.type == "meta"
+    with torch.no_grad():
+        outputs = tiny_model(pixel_values=torch.randn(1, 3, 64, 64), output_hidden_states=True)
+    with pytest.warns(FutureWarning, match="hidden_states"):
+        assert outputs.vision_hidden_states is outputs.hidden_states

@@ -381,3 +381,24 @@ def test_processor_round_trip(processor, tmp_path):
     image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     for key, value in processor(images=image, text=["cat", "dog"]).items():
         assert torch.equal(value, reloaded(images=image, text=["cat", "dog"])[key])
+
+
+def test_post_processing_upsamples_through_the_models_mask_size_like_the_model():
+    """Logits become scores by one rule everywhere: up to the model's image_size, calibrate, resize to the target."""
+
+    class Outputs:
+        logits = 20 * torch.randn(1, 3, 4, 6)
+        score_shift = torch.tensor([[0.1, 0.0, 0.1]])
+
+    upsampled = torch.nn.functional.interpolate(Outputs.logits, size=(64, 64), mode="bilinear")
+    expected = torch.nn.functional.interpolate(
+        upsampled.sigmoid() - Outputs.score_shift[0, :, None, None], size=(50, 70), mode="bilinear"
+    )[0]
+    processor = CascadeClipImageProcessor(mask_size=64)
+    result = processor.post_process_semantic_segmentation(Outputs, [(50, 70)], return_segmentation_scores=True)[0]
+    torch.testing.assert_close(result.segmentation_scores, expected, rtol=0, atol=1e-6)
+    assert torch.equal(result.segmentation, expected.argmax(dim=0))
+    straight = CascadeClipImageProcessor().post_process_semantic_segmentation(
+        Outputs, [(50, 70)], return_segmentation_scores=True
+    )[0]
+    assert (straight.segmentation_scores - expected).abs().max() > 1e-3
