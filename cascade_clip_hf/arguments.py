@@ -12,6 +12,47 @@ from .errors import one_line
 from .presets import BENCHMARKS
 
 
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A number in [0, 1] (an opacity)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    """A device this torch can run on: `cpu`, or `cuda`/`cuda:N`/`mps` where present."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(
+            f"{text}: this torch sees {torch.cuda.device_count()} CUDA device(s); use cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda, cuda:N or mps")
+    return text
+
+
 def comma_separated_ints(text: str) -> list[int]:
     """`"0,1,2"` -> `[0, 1, 2]`."""
     try:
@@ -27,8 +68,9 @@ FILE_LIKE_SUFFIXES = (".csv", ".tsv", ".lst", ".yaml", ".yml", ".names")
 
 def class_names_argument(text: str) -> list[str]:
     """
-    Class names as `"cat,dog,sky"`, or a `.txt` (one per line) or `.json` (a list) file. A value that names such
-    a file must be one: a missing or unreadable file is an error, never a class named after it.
+    Class names as `"cat,dog,sky"`, or a `.txt` (one per line; lines starting with `#` are comments) or `.json`
+    (a list) file. A value that names such a file must be one: a missing or unreadable file is an error, never a
+    class named after it.
     """
     path = Path(text)
     suffix = path.suffix.lower()
@@ -39,12 +81,15 @@ def class_names_argument(text: str) -> list[str]:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text}: no such file of class names")
     try:
-        content = path.read_text(encoding="utf-8")
+        # utf-8-sig: files saved by Windows editors start with a byte-order mark, which is not part of a name.
+        content = path.read_text(encoding="utf-8-sig")
         names = json.loads(content) if suffix == ".json" else content.splitlines()
     except (OSError, ValueError) as error:
         raise argparse.ArgumentTypeError(f"{text}: cannot be read as class names ({one_line(error)})") from error
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise argparse.ArgumentTypeError(f"{text}: a .json file of class names must hold a list of strings")
+    if suffix == ".txt":
+        names = [name for name in names if not name.lstrip().startswith("#")]
     return [name.strip() for name in names if name.strip()]
 
 

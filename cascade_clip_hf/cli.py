@@ -7,9 +7,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import PIL.Image
 from transformers.utils import logging as transformers_logging
 
-from .arguments import class_names_argument, comma_separated_ints
+from .arguments import class_names_argument, comma_separated_ints, positive_int, torch_device, unit_interval
 from .atomic import check_output_folder, output_files
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
@@ -93,7 +94,10 @@ def run_parity(args) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# Every format PIL can open (.ppm, .jfif, .tga, ...), by its own registry rather than a list of ours.
+IMAGE_SUFFIXES = {
+    suffix for suffix, format_name in PIL.Image.registered_extensions().items() if format_name in PIL.Image.OPEN
+}
 
 
 def add_segment_parser(subparsers) -> None:
@@ -113,12 +117,14 @@ def add_segment_parser(subparsers) -> None:
     )
     parser.add_argument("--labels", type=class_names_argument, help='"cat,grass,sky" or a .txt/.json file')
     parser.add_argument("--output", required=True, help="folder for the results")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--crop-size", type=int, help="sliding-window size (default: the model's)")
-    parser.add_argument("--stride", type=int, help="sliding-window stride (default: the model's)")
-    parser.add_argument("--window-batch-size", type=int, help="windows per forward pass (default: all)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    parser.add_argument("--crop-size", type=positive_int, help="sliding-window size (default: the model's)")
+    parser.add_argument("--stride", type=positive_int, help="sliding-window stride (default: the model's)")
+    parser.add_argument("--window-batch-size", type=positive_int, help="windows per forward pass (default: all)")
+    parser.add_argument(
+        "--alpha", type=unit_interval, default=0.5, help="opacity of the class colours in the overlay, 0 to 1"
+    )
     parser.set_defaults(run=run_segment)
 
 
@@ -192,7 +198,9 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
     from .modeling_cascade_clip import check_window
 
     config = segmenter.model.config
-    check_window(crop_size or config.slide_crop_size, stride or config.slide_stride)
+    crop_size = crop_size if crop_size is not None else config.slide_crop_size
+    stride = stride if stride is not None else config.slide_stride
+    check_window(crop_size, stride, config.vision_config.patch_size)
     if labels is not None:
         text = segmenter.processor(text=labels)
         with torch.no_grad():
@@ -213,8 +221,6 @@ def run_segment(args) -> int:
 
     if args.labels is not None:
         check_class_names(args.labels)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
     paths = image_paths(args.inputs)
     if not paths:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
@@ -283,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         logger.error(f"error: {one_line(error)}")
         return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted: outputs written so far are complete; nothing half-written is left")
+        return 130
 
 
 if __name__ == "__main__":

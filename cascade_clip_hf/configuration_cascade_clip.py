@@ -222,6 +222,14 @@ class CascadeClipConfig(PreTrainedConfig):
                 f"cascade_stages must name distinct layers in [0, {num_layers - 2}] (the last layer, "
                 f"{num_layers - 1}, is always its own stage), got {self.cascade_stages}."
             )
+        heads = {
+            "vision_config.num_attention_heads": self.vision_config.num_attention_heads,
+            "text_config.num_attention_heads": self.text_config.num_attention_heads,
+            "decoder_num_attention_heads": self.decoder_num_attention_heads,
+        }
+        for name, count in heads.items():
+            if count < 1:
+                raise ValueError(f"{name} must be at least 1, got {count}.")
         if self.projection_dim % self.decoder_num_attention_heads != 0:
             raise ValueError(
                 f"The decoders' width ({self.projection_dim}) is not a multiple of decoder_num_attention_heads "

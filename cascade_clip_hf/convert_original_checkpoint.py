@@ -120,6 +120,8 @@ def count_indexed(state_dict: dict[str, torch.Tensor], pattern: str) -> int:
 def heads_for(width: int, heads: int | None, what: str, flag: str) -> int:
     """The attention head count: given, or width / 64 as CLIP's towers use; checked to divide the width."""
     heads = heads if heads is not None else max(width // 64, 1)
+    if heads < 1:
+        raise CheckpointError(f"The {what} needs at least one attention head, got {heads}: pass {flag} 1 or more.")
     if width % heads != 0:
         raise CheckpointError(f"The {what} is {width} wide, which {heads} heads do not divide: pass {flag}.")
     return heads

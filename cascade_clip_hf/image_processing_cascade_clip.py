@@ -82,7 +82,8 @@ def integer_to_uint8(array: np.ndarray) -> np.ndarray:
         return array
     if array.size and (array.min() < 0 or array.max() > 65535):
         raise ImageInputError(f"integer pixels must lie in 0..65535, found {array.min()}..{array.max()}.")
-    if array.dtype == np.uint16 or (array.size and array.max() > 255):
+    # By kind and size, so that big-endian 16-bit data (PIL's I;16B, numpy's >u2) is shifted too.
+    if (array.dtype.kind == "u" and array.dtype.itemsize == 2) or (array.size and array.max() > 255):
         return (array.astype(np.uint32) >> 8).astype(np.uint8)
     return array.astype(np.uint8)
 
@@ -106,8 +107,12 @@ def to_hwc_array(image, input_data_format: str | ChannelDimension | None = None)
     A numpy or torch image as an (height, width, channels) or (height, width) array. Without `input_data_format`,
     channels-first is recognised by a first axis of 1 to 4 entries and a last axis of more.
     """
+    if image is None:
+        raise ImageInputError("got None instead of an image.")
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+        image = image.detach().cpu()
+        # numpy has no bfloat16: half-precision floats are widened first.
+        image = (image.float() if image.is_floating_point() else image).numpy()
     array = np.asarray(image)
     if array.ndim == 3:
         if input_data_format is not None:

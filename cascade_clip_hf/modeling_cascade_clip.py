@@ -782,6 +782,12 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 f"sequence_length), got {tuple(input_ids.shape)}."
             )
         sequence_length = input_ids.shape[-1]
+        context_length = self.config.text_config.max_position_embeddings
+        if sequence_length > context_length:
+            raise ValueError(
+                f"The class prompts are {sequence_length} tokens long, but the text tower reads at most "
+                f"{context_length}: shorten the longest class names or templates."
+            )
         flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
         text_embeds = self.get_text_features(input_ids.reshape(-1, sequence_length), flat_mask).pooler_output
         class_embeds = F.normalize(text_embeds, dim=-1)
@@ -1035,9 +1041,11 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             raise ValueError(f"Got {len(output_sizes)} output sizes for {len(images)} images.")
         if isinstance(pixel_values, torch.Tensor) and len({tuple(size) for size in output_sizes}) > 1:
             raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
-        crop_size = crop_size or self.config.slide_crop_size
-        stride = stride or self.config.slide_stride
-        check_window(crop_size, stride)
+        crop_size = crop_size if crop_size is not None else self.config.slide_crop_size
+        stride = stride if stride is not None else self.config.slide_stride
+        check_window(crop_size, stride, self.config.vision_config.patch_size)
+        if window_batch_size is not None and window_batch_size < 1:
+            raise ValueError(f"window_batch_size must be at least 1, got {window_batch_size}.")
         class_embeds, seen_class_mask = self.resolve_class_embeds(
             input_ids, attention_mask, class_embeds, seen_class_mask
         )
@@ -1086,10 +1094,12 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results
 
 
-def check_window(crop_size: int, stride: int) -> None:
+def check_window(crop_size: int, stride: int, patch_size: int = 1) -> None:
     """Refuses a sliding window that would leave pixels uncovered (the original asserts full coverage)."""
     if crop_size <= 0 or stride <= 0:
         raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
+    if crop_size < patch_size:
+        raise ValueError(f"crop_size ({crop_size}) is smaller than one {patch_size}x{patch_size} patch.")
     if stride > crop_size:
         raise ValueError(
             f"stride ({stride}) is larger than crop_size ({crop_size}): the windows would leave pixels between them "

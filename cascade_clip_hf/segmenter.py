@@ -1,10 +1,12 @@
 """Loading a model for inference, as the command line, the demo app and the zero-shot pipeline built here use it."""
 
+import json
 import os
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from .configuration_cascade_clip import CascadeClipConfig
 from .errors import INPUT_ERRORS, one_line
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
@@ -24,6 +26,14 @@ def looks_like_a_path(model_name: str) -> bool:
         or model_name.count("/") > 1
         or "\\" in model_name
     )
+
+
+def read_model_type(config_file: Path) -> str | None:
+    """The `model_type` a model folder's `config.json` names; None when there is no readable one."""
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def damaged_weights_file(folder: Path) -> Path | None:
@@ -54,6 +64,11 @@ def load_for_inference(model_name: str) -> tuple[CascadeClipForZeroShotSegmentat
     folder = Path(model_name).expanduser()
     if looks_like_a_path(model_name) and not folder.exists():
         raise ValueError(f"{model_name}: no such model folder.")
+    if folder.is_file():
+        raise ValueError(f"{model_name}: a file; pass the model's folder (with config.json and the weights).")
+    model_type = read_model_type(folder / "config.json") if folder.is_dir() else None
+    if model_type not in (None, CascadeClipConfig.model_type):
+        raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json says model_type {model_type!r}).")
     try:
         # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
         model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(

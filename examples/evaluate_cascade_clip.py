@@ -19,13 +19,13 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, data_source
+from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, data_source, positive_int
 from cascade_clip_hf.atomic import output_files
 from cascade_clip_hf.data import load_segmentation_data
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.presets import BENCHMARKS, benchmark_facts
+from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.vocabulary import load_class_embeddings
 
 
@@ -38,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default="val")
     parser.add_argument("--output", default="results.json", help="where to write the results (JSON)")
     parser.add_argument("--batch_size", type=int, default=1, help="images per process and step")
-    parser.add_argument("--window_batch_size", type=int, help="sliding windows per forward pass (default: all)")
+    parser.add_argument(
+        "--window_batch_size", type=positive_int, help="sliding windows per forward pass (default: all)"
+    )
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--max_samples", type=int, help="evaluate only the first N images")
     parser.add_argument("--class_embeddings", help=".npy of the dataset classes' embeddings (cross-dataset)")
@@ -55,8 +57,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = Accelerator()
-    model = CascadeClipForZeroShotSegmentation.from_pretrained(args.model).to(accelerator.device).eval()
-    processor = CascadeClipProcessor.from_pretrained(args.model)
+    model, processor = load_for_inference(args.model)
+    model = model.to(accelerator.device)
     data = load_segmentation_data(data_source(args), args.split)
 
     cross_dataset = model.config.class_names != data.class_names

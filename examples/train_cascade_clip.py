@@ -36,6 +36,7 @@ from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results
 from cascade_clip_hf.hub import push_folder
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
+from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
     AugmentedSegmentation,
     parameter_groups,
@@ -133,8 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
     """A model whose default vocabulary is the dataset's classes, frozen as the original trains it."""
     if args.init_from:
-        model = CascadeClipForZeroShotSegmentation.from_pretrained(args.init_from)
-        processor = CascadeClipProcessor.from_pretrained(args.init_from)
+        model, processor = load_for_inference(args.init_from)
         model.config.setting = args.setting
     else:
         preset = args.dataset if args.dataset in BENCHMARKS and not args.dataset_name else None

@@ -86,6 +86,10 @@ CLI_CASES = {
     "truncated-weights": model_case("truncated", "model.safetensors: damaged or incomplete weights file"),
     "zero-byte-weights": model_case("zero-bytes", "model.safetensors: damaged or incomplete weights file"),
     "missing-model-folder": option_case(["--model", "./no/such/model"], "no such model folder"),
+    "model-is-a-weights-file": option_case(["--model", str(DEMO_MODEL / "model.safetensors")], "a file; pass"),
+    "labels-longer-than-the-text-tower": option_case(
+        ["--labels", "sand," + " ".join(["plain"] * 40)], "but the text tower reads at most"
+    ),
     "folder-without-weights": option_case(["--model", str(EXAMPLES / "scenes")], "cannot load the model"),
     "stride-larger-than-window": option_case(["--crop-size", "32", "--stride", "80"], "stride (80) is larger"),
     "missing-labels-file": labels_file_case("missing.txt", None, "missing.txt: no such file of class names"),
@@ -96,8 +100,15 @@ CLI_CASES = {
     "labels-only-whitespace": option_case(["--labels", " , "], "are empty"),
     "duplicate-labels-by-case-and-space": option_case(["--labels", "sand,Sand ,stone"], "Duplicate class names"),
     "labels-the-tokenizer-cannot-read": option_case(["--labels", "class 0,class 1,class 2"], "same text embedding"),
-    "negative-batch-size": option_case(["--batch-size", "0"], "--batch-size must be at least 1"),
-    "batch-size-not-a-number": option_case(["--batch-size", "two"], "invalid int value"),
+    "zero-batch-size": option_case(["--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    "negative-window-batch-size": option_case(["--window-batch-size", "-1"], "must be at least 1, got -1"),
+    "zero-stride": option_case(["--stride", "0"], "argument --stride: must be at least 1"),
+    "window-smaller-than-a-patch": option_case(["--crop-size", "1", "--stride", "1"], "smaller than one 8x8 patch"),
+    "alpha-above-one": option_case(["--alpha", "1.5"], "argument --alpha: must lie in [0, 1]"),
+    "alpha-not-a-number": option_case(["--alpha", "nan"], "must lie in [0, 1]"),
+    "device-without-cuda": option_case(["--device", "cuda"], "CUDA device(s); use cpu"),
+    "device-nonsense": option_case(["--device", "nonsense"], "'nonsense' is not a device"),
+    "batch-size-not-a-number": option_case(["--batch-size", "two"], "expected a whole number"),
 }
 
 
@@ -290,4 +301,60 @@ def test_training_script_names_the_option_a_shallow_clip_needs(tmp_path, hub_dat
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(errors) == 1 and "set cascade_stages" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_clip_folder_is_not_taken_for_a_cascade_clip_model(tmp_path):
+    clip = save_clip(tmp_path / "clip")
+    with pytest.raises(ValueError, match="not a Cascade-CLIP model .*model_type 'clip'"):
+        load_segmenter(str(clip))
+
+
+def test_label_files_drop_byte_order_marks_and_comments(tmp_path):
+    from cascade_clip_hf.arguments import class_names_argument
+
+    names = tmp_path / "names.txt"
+    names.write_bytes("\ufeffcat\r\n# animals above, ground below\r\n grass \r\n".encode())
+    assert class_names_argument(str(names)) == ["cat", "grass"]
+    listed = tmp_path / "names.json"
+    listed.write_bytes('\ufeff["cat", "grass"]'.encode())
+    assert class_names_argument(str(listed)) == ["cat", "grass"]
+
+
+@pytest.mark.parametrize("heads", ["--vision-heads", "--text-heads", "--decoder-heads"])
+def test_convert_refuses_zero_attention_heads_in_one_line(heads, tmp_path, caplog):
+    meta = json.loads((OFFICIAL_TINY / "meta.json").read_text(encoding="utf-8"))
+    architecture = meta["architecture"]
+    given = {
+        "--vision-heads": architecture["vision_heads"],
+        "--text-heads": architecture["text_heads"],
+        "--decoder-heads": architecture["decoder_heads"],
+        heads: 0,
+    }
+    arguments = ["convert", str(OFFICIAL_TINY / "checkpoint.pth"), "--output-dir", str(tmp_path / "out")]
+    arguments += ["--class-names", ",".join(meta["class_names"]), "--tokenizer", str(CLIP_TOKENIZER)]
+    for flag, value in given.items():
+        arguments += [flag, str(value)]
+    with caplog.at_level("ERROR", logger="cascade_clip_hf"):
+        assert main(arguments) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "at least" in errors[0] and "1" in errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["evaluate", "demo"])
+def test_scripts_refuse_a_damaged_model_in_one_line(script, tmp_path, hub_dataset):
+    model = broken_model(tmp_path, "truncated")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CASCADE_CLIP_MODEL": str(model)}
+    if script == "demo":
+        command = [sys.executable, str(EXAMPLES.parent / "demo" / "app.py")]
+    else:
+        dataset, id2label = hub_dataset
+        command = [sys.executable, str(EXAMPLES / "evaluate_cascade_clip.py"), "--model", str(model)]
+        command += ["--dataset_name", str(dataset), "--id2label", str(id2label), "--split", "validation"]
+        command += ["--output", str(tmp_path / "results.json"), "--num_workers", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(errors) == 1 and "damaged or incomplete weights file" in errors[0]
     assert "Traceback" not in result.stderr

@@ -402,3 +402,23 @@ def test_post_processing_upsamples_through_the_models_mask_size_like_the_model()
         Outputs, [(50, 70)], return_segmentation_scores=True
     )[0]
     assert (straight.segmentation_scores - expected).abs().max() > 1e-3
+
+
+def test_sixteen_bit_images_read_alike_in_either_byte_order():
+    values = np.random.RandomState(0).randint(0, 65536, (6, 7)).astype(np.uint16)
+    little = PIL.Image.fromarray(values, mode="I;16")
+    big = PIL.Image.frombytes("I;16B", (7, 6), values.astype(">u2").tobytes())
+    processor = CascadeClipImageProcessor(do_resize=False)
+    expected = processor(little)["pixel_values"]
+    assert torch.equal(processor(big)["pixel_values"], expected)
+    assert torch.equal(processor(values.astype(">u2"))["pixel_values"], expected)
+    assert torch.equal(processor(torch.from_numpy(values.astype(np.int32)))["pixel_values"], expected)
+
+
+def test_half_precision_tensors_and_none():
+    image = torch.rand(3, 8, 9)
+    processor = CascadeClipImageProcessor(do_resize=False)
+    expected = processor(image)["pixel_values"]
+    assert processor(image.to(torch.bfloat16))["pixel_values"].shape == expected.shape
+    with pytest.raises(ValueError, match="None instead of an image"):
+        processor(None)
