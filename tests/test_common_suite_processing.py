@@ -48,3 +48,11 @@ class CascadeClipProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     )
     def test_subprocessor_defaults_0_text(self):
         pass
+
+    @unittest.skip(
+        reason="The suite pairs each text of a batch with that sample's own images, some samples without images. Here "
+        "the text is one vocabulary of class names shared by every image, with no samples to pair (the suite's batch, "
+        "one name repeated, is refused as duplicate classes)."
+    )
+    def test_processor_text_has_no_visual(self):
+        pass
