@@ -89,8 +89,10 @@ def install() -> Path:
 def fetch_suites(version: str) -> Path:
     """The cache folder of transformers `version`'s suites, downloaded and unpacked first if it does not exist."""
     target = cache_dir(version)
-    if target.is_dir():
+    if (target / "tests" / MODELING_SUITE).is_file():
         return target
+    if target.exists():  # not built here (those are complete): emptied by hand
+        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # What a killed run left behind; a run in progress now is younger than an hour.
     for leftover in target.parent.glob(f".{target.name}-*"):
@@ -104,7 +106,7 @@ def fetch_suites(version: str) -> Path:
         try:
             build.rename(target)
         except OSError:
-            if not target.is_dir():  # not a concurrent run that finished first
+            if not (target / "tests" / MODELING_SUITE).is_file():  # not a concurrent run that finished first
                 raise
     return target
 
