@@ -1,4 +1,4 @@
-"""The tests' shared pytest fixtures; the builders and constants they use live in helpers.py."""
+"""The tests' shared pytest fixtures and hooks; the builders and constants they use live in helpers.py."""
 
 import json
 from pathlib import Path
@@ -10,8 +10,23 @@ from transformers import CLIPModel, CLIPTokenizer
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation
 from cascade_clip_hf.fixture_parity import convert_fixture
 
+from . import transformers_suites
 from .helpers import CLIP_TOKENIZER, HUB_CLASSES, OFFICIAL_TINY, save_tiny_cascade, tiny_cascade, tiny_clip_config
 from .synthetic import write_hub_dataset, write_voc
+
+
+def pytest_collectstart(collector):
+    """Before a module that imports transformers' common suites is imported, make them importable: downloaded from
+    PyPI for the installed transformers on the first run, cached from then on. Without them the run stops here, with
+    one message, instead of failing every such module."""
+    if isinstance(collector, pytest.Module) and transformers_suites.imports_suites(collector.path.read_text("utf-8")):
+        try:
+            tests = transformers_suites.install()
+        except transformers_suites.SuitesUnavailable as error:
+            pytest.exit(str(error))
+        known = {line.split(":")[0].split("(")[0].strip() for line in collector.config.getini("markers")}
+        for name in sorted(transformers_suites.markers(tests) - known):
+            collector.config.addinivalue_line("markers", f"{name}: a marker of transformers' test suites")
 
 
 @pytest.fixture(scope="session")

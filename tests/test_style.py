@@ -1,5 +1,6 @@
 """The tree is clean under the project's ruff configuration (pyproject.toml), so CI fails on a finding; and test
-modules share code through tests/helpers.py, never by importing `conftest.py` or one another."""
+modules share code through tests/helpers.py, never by importing `conftest.py` or one another. transformers' common
+suites, the package `transformers_tests` (tests/transformers_suites.py), are not this project's test modules."""
 
 import ast
 import subprocess
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from .transformers_suites import PACKAGE as TRANSFORMERS_SUITES
 
 
 ROOT = Path(__file__).parent.parent
@@ -36,11 +39,12 @@ def imported_modules(source: str) -> list[str]:
 
 
 def forbidden_imports(source: str) -> list[str]:
-    """The imports of `source` that name `conftest` or a `test_*` module."""
+    """The imports of `source` that name `conftest` or a `test_*` module of this project."""
     return [
         module
         for module in imported_modules(source)
-        if any(part == "conftest" or part.startswith("test_") for part in module.split("."))
+        if module.split(".")[0] != TRANSFORMERS_SUITES
+        and any(part == "conftest" or part.startswith("test_") for part in module.split("."))
     ]
 
 
@@ -56,6 +60,9 @@ def forbidden_imports(source: str) -> list[str]:
         ("from .helpers import random_image, tiny_config", False),
         ("from . import helpers, synthetic", False),
         ("from cascade_clip_hf.training import parameter_groups", False),
+        ("from transformers_tests.test_modeling_common import ModelTesterMixin", False),
+        ("import transformers_tests.test_processing_common", False),
+        ("from .transformers_tests.test_modeling_common import ModelTesterMixin", True),
     ],
 )
 def test_the_import_rule_sees_every_spelling(source, forbidden):
