@@ -211,7 +211,9 @@ class CascadeClipVisionEncoder(nn.Module):
         class_embeds = (embeddings.class_embedding + positions[0]).expand(batch_size, 1, hidden_size)
         return torch.cat([class_embeds, patch_embeds + grid_positions], dim=1), (height, width)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int]]:
+    def forward(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int], torch.Tensor]:
         """
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`).
@@ -220,7 +222,8 @@ class CascadeClipVisionEncoder(nn.Module):
             - one `(batch_size, grid_height * grid_width, projection_dim)` feature map per tapped layer, then one
               for the final layer, all L2-normalised;
             - the L2-normalised global image embedding, `(batch_size, projection_dim)`;
-            - the grid `(grid_height, grid_width)`.
+            - the grid `(grid_height, grid_width)`;
+            - the last layer's output, `(batch_size, sequence_length, hidden_size)`.
         """
         vision_model = self.clip.vision_model
         hidden_states, grid = self.embed(pixel_values)
@@ -247,7 +250,7 @@ class CascadeClipVisionEncoder(nn.Module):
         final_tokens = self.clip.visual_projection(vision_model.post_layernorm(self.prompt_layernorm(final_tokens)))
         features.append(F.normalize(final_tokens[:, 1:], dim=-1))
         image_embeds = F.normalize(final_tokens[:, 0], dim=-1)
-        return features, image_embeds, grid
+        return features, image_embeds, grid, hidden_states
 
 
 class CascadeClipNeighborhoodGaussianAggregation(nn.Module):
@@ -735,7 +738,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             attentions=text_outputs.attentions,
         )
 
-    @can_return_tuple
+    @capture_outputs(tie_last_hidden_states=False)
     def get_image_features(
         self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> BaseModelOutputWithPooling:
@@ -746,13 +749,14 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`).
 
         Returns:
-            [`BaseModelOutputWithPooling`] whose `last_hidden_state`, of shape `(batch_size, num_patches,
-            projection_dim)`, holds the final layer's L2-normalised patch features and whose `pooler_output`, of
-            shape `(batch_size, projection_dim)`, the L2-normalised global image embedding.
+            [`BaseModelOutputWithPooling`] whose `last_hidden_state`, of shape `(batch_size, sequence_length,
+            hidden_size)`, is the last layer's output and whose `pooler_output`, of shape
+            `(batch_size, projection_dim)`, is the L2-normalised global image embedding; `hidden_states` and
+            `attentions` with `output_hidden_states` / `output_attentions`.
         """
         self.check_pixel_values(pixel_values)
-        features, image_embeds, _ = self.vision_encoder(pixel_values)
-        return BaseModelOutputWithPooling(last_hidden_state=features[-1], pooler_output=image_embeds)
+        _, image_embeds, _, last_hidden_state = self.vision_encoder(pixel_values)
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=image_embeds)
 
     def get_class_embeddings(
         self,
@@ -762,13 +766,15 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
     ) -> torch.Tensor:
         """
         The class embeddings of a vocabulary from its tokenized class prompts: each prompt's text embedding is
-        L2-normalised, a class's templates are averaged and normalised again. Checked to tell every class apart.
+        L2-normalised, a class's templates are averaged and normalised again. Given the class names, checked to tell
+        every class apart (a tokenizer that cannot read the names gives them one embedding).
 
         Args:
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
                 `(num_classes, num_templates, sequence_length)`): one prompt per class, or one per class and template.
             attention_mask (`torch.LongTensor` of the same shape, *optional*).
-            class_names (`list[str]`, *optional*): the classes' names, for the error message.
+            class_names (`list[str]`, *optional*): the classes' names; with them, classes whose embeddings coincide
+                are refused by name.
 
         Returns:
             `torch.FloatTensor` of shape `(num_classes, projection_dim)`, L2-normalised.
@@ -793,7 +799,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         class_embeds = F.normalize(text_embeds, dim=-1)
         if input_ids.dim() == 3:
             class_embeds = F.normalize(class_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
-        check_distinct_class_embeddings(class_embeds, class_names)
+        if class_names is not None:
+            check_distinct_class_embeddings(class_embeds, class_names)
         return class_embeds
 
     @torch.no_grad()
@@ -969,7 +976,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         score_shift = seen_score_shift(
             seen_class_mask, self.config.setting, self.config.seen_score_shift, class_embeds.dtype
         )
-        layer_features, image_embeds, grid = self.vision_encoder(pixel_values)
+        layer_features, image_embeds, grid, _ = self.vision_encoder(pixel_values)
         class_embeds = class_embeds.to(image_embeds.dtype)
         decoder_logits = self.decode_head(layer_features, class_embeds, image_embeds, grid)
         logits = sum(decoder_logits)

@@ -56,3 +56,32 @@ class CascadeClipProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     )
     def test_processor_text_has_no_visual(self):
         pass
+
+    THREE_DIMENSIONAL_TEXT = (
+        "The suite measures the text's length as len(input_ids[0]); the processor's input_ids are (classes, "
+        "templates, tokens), so that is the number of templates. tests/test_processing.py checks max_length and "
+        "padding on the last axis."
+    )
+
+    @unittest.skip(reason=THREE_DIMENSIONAL_TEXT)
+    def test_kwargs_overrides_default_subprocessor_kwargs_0_images(self):
+        pass
+
+    @unittest.skip(reason=THREE_DIMENSIONAL_TEXT)
+    def test_subprocessor_defaults_preserved_by_kwargs_0_images(self):
+        pass
+
+    AUTO_MAP = (
+        "The processor is registered for AutoProcessor so that a saved model loads with trust_remote_code where this "
+        "package is not installed; transformers then writes auto_map into what it saves and drops it on loading, so "
+        "the saved and loaded dicts differ by auto_map alone. tests/test_hub.py and tests/test_pipelines.py check the "
+        "round trip, remote code included."
+    )
+
+    @unittest.skip(reason=AUTO_MAP)
+    def test_processor_from_and_save_pretrained(self):
+        pass
+
+    @unittest.skip(reason=AUTO_MAP)
+    def test_processor_from_and_save_pretrained_as_nested_dict(self):
+        pass

@@ -352,7 +352,7 @@ def test_standard_feature_methods(tiny_model, clip_tokenizer):
     assert per_prompt.pooler_output.shape == (4, 16) and per_prompt.hidden_states is not None
     averaged = F.normalize(F.normalize(per_prompt.pooler_output, dim=-1).view(2, 2, -1).mean(dim=1), dim=-1)
     torch.testing.assert_close(class_embeds, averaged)
-    assert image.pooler_output.shape == (2, 16) and image.last_hidden_state.shape == (2, 16, 16)
+    assert image.pooler_output.shape == (2, 16) and image.last_hidden_state.shape == (2, 1 + 3 + 16, 32)
     assert tiny_model.get_input_embeddings() is tiny_model.text_encoder.text_model.embeddings.token_embedding
 
 
@@ -364,3 +364,20 @@ def test_builds_on_the_meta_device_and_warns_about_the_old_hidden_states_name(ti
         outputs = tiny_model(pixel_values=torch.randn(1, 3, 64, 64), output_hidden_states=True)
     with pytest.warns(FutureWarning, match="hidden_states"):
         assert outputs.vision_hidden_states is outputs.hidden_states
+
+
+def test_loads_in_bfloat16_and_with_a_device_map(tiny_model_dir):
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.randn(1, 3, 64, 64))
+        scores = model.sliding_window_inference(torch.randn(1, 3, 64, 80))
+    assert outputs.logits.dtype == torch.bfloat16 and torch.isfinite(outputs.logits.float()).all()
+    assert torch.isfinite(scores.float()).all()
+    mapped = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_model_dir, device_map="auto").eval()
+    reference = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_model_dir).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            mapped(pixel_values=pixel_values).logits, reference(pixel_values=pixel_values).logits
+        )
