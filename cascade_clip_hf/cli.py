@@ -1,6 +1,7 @@
 """The `cascade-clip` command line."""
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -11,7 +12,7 @@ import PIL.Image
 from transformers.utils import logging as transformers_logging
 
 from .arguments import class_names_argument, comma_separated_ints, positive_int, torch_device, unit_interval
-from .atomic import check_output_folder, output_files
+from .atomic import check_output_folder, output_files, recorded_names, shown
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .errors import INPUT_ERRORS, one_line
@@ -184,8 +185,25 @@ def segment_each(segmenter, images: list, **options) -> list:
 
 def skip_message(path: Path, error: Exception) -> str:
     """The one line reporting a skipped image: the file, then why (errors of reading name the file already)."""
-    reason = one_line(error)
-    return f"error: {reason}" if reason.startswith(str(path)) else f"error: {path}: {reason}"
+    name = shown(path)
+    # A name with a newline is written as Python writes it, so that the message stays one line.
+    reason = one_line(type(error)(str(error).replace(str(path), name))) if name != str(path) else one_line(error)
+    return f"error: {reason}" if reason.startswith(name) else f"error: {name}: {reason}"
+
+
+# Errors of writing a file that only its name causes: that image's results are skipped, the run goes on.
+UNWRITABLE_NAME = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+
+
+def own_outputs_left_out(paths: list[Path], output: Path) -> list[Path]:
+    """`paths` without the results an earlier run wrote into `output`, when `output` is also an input folder."""
+    if not output.is_dir():
+        return paths
+    recorded, folder = recorded_names(output), output.resolve()
+    kept = [path for path in paths if not (path.name in recorded and path.parent.resolve() == folder)]
+    if len(kept) < len(paths):
+        logger.info(f"Leaving out {len(paths) - len(kept)} files cascade-clip wrote into {shown(output)} itself.")
+    return kept
 
 
 def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | None, stride: int | None) -> None:
@@ -221,12 +239,12 @@ def run_segment(args) -> int:
 
     if args.labels is not None:
         check_class_names(args.labels)
-    paths = image_paths(args.inputs)
+    paths = own_outputs_left_out(image_paths(args.inputs), Path(args.output))
     if not paths:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
     output, stems = Path(args.output), set()
     # Before any work; the names are exact when every image is readable, and each write checks its own again.
-    check_output_folder(output, [name for path in paths for name in segmentation_files(unique_stem(path, stems))])
+    check_output_folder(args.output, [name for path in paths for name in segmentation_files(unique_stem(path, stems))])
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device)
     check_run_settings(segmenter, args.labels, args.crop_size, args.stride)
     class_names = vocabulary(segmenter, args.labels)
@@ -258,7 +276,15 @@ def run_segment(args) -> int:
                     failures += 1
                 else:
                     image = PIL.Image.fromarray(pixels)
-                    write_segmentation(image, segments, class_names, output, unique_stem(path, used_stems), args.alpha)
+                    try:
+                        write_segmentation(
+                            image, segments, class_names, output, unique_stem(path, used_stems), args.alpha
+                        )
+                    except OSError as error:
+                        if error.errno not in UNWRITABLE_NAME:
+                            raise  # a full disk, a read-only folder: no later image could be written either
+                        logger.error(f"error: {shown(path)}: its results cannot be written ({one_line(error)})")
+                        failures += 1
                 progress.update()
     logger.info(f"Segmented {len(paths) - failures} of {len(paths)} images into {output}.")
     return 1 if failures else 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .atomic import output_files
+from .atomic import FILES, output_files
 from .configuration_cascade_clip import CascadeClipConfig
 from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
 
@@ -166,8 +166,11 @@ def build_model_card(
     )
 
 
-def write_model_card(output_dir: str | os.PathLike, card: ModelCard) -> Path:
-    """`output_dir`/README.md; one this program did not write is refused (`OutputFolderError`)."""
-    with output_files(output_dir) as staging:
+def write_model_card(output_dir: str | os.PathLike, card: ModelCard, kind: str = FILES) -> Path:
+    """
+    `output_dir`/README.md; one this program did not write is refused (`OutputFolderError`). `kind`: `MODEL` when
+    the card is part of a model folder (see `cascade_clip_hf.atomic.output_files`).
+    """
+    with output_files(output_dir, kind) as staging:
         card.save(staging / "README.md")
     return Path(output_dir) / "README.md"

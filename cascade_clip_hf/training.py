@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .atomic import output_files, publish_directory
+from .atomic import MODEL, OutputFolderError, output_files, publish_directory, read_record, record_staging
 from .configuration_cascade_clip import SETTINGS
 from .data import SegmentationData
 from .image_processing_cascade_clip import ImageInputError
@@ -152,14 +152,23 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
     output_dir = Path(output_dir)
     staging, target = output_dir / f".checkpoint-{step}.partial", output_dir / f"checkpoint-{step}"
     if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # Recorded before it exists: only a recorded staging folder is the program's to remove after a kill.
+        if os.path.lexists(staging) and staging.name not in read_record(output_dir).staging:
+            raise OutputFolderError(
+                f"refusing to write into {output_dir}: it holds {staging.name}, which "
+                f"cascade-clip did not write (move {staging.name} away)"
+            )
+        record_staging(output_dir, staging.name, MODEL)
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / TRAINING_STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
         publish_directory(staging, target)
+        record_staging(output_dir, staging.name, MODEL, add=False)
     accelerator.wait_for_everyone()
     return target
 
@@ -170,17 +179,20 @@ def save_final(accelerator, model, processor, output_dir: str | os.PathLike) -> 
     written into a hidden staging folder, then each file renamed into place (see `cascade_clip_hf.atomic`).
     """
     if accelerator.is_main_process:
-        with output_files(output_dir) as staging:
+        with output_files(output_dir, MODEL) as staging:
             accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
             processor.save_pretrained(staging)
     accelerator.wait_for_everyone()
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
-    """Deletes what interrupted saves left behind."""
-    for path in Path(output_dir).glob(".checkpoint-*.partial"):
-        logger.warning(f"Removing the interrupted checkpoint save {path}.")
-        shutil.rmtree(path, ignore_errors=True)
+    """Deletes what interrupted saves left behind: the staging folders the record names, never a user's file."""
+    for name in sorted(read_record(output_dir).staging):
+        path = Path(output_dir) / name
+        if path.exists():
+            logger.warning(f"Removing the interrupted checkpoint save {path}.")
+            shutil.rmtree(path, ignore_errors=True)
+        record_staging(output_dir, name, MODEL, add=False)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -34,7 +34,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
 from cascade_clip_hf.arguments import check_output_argument
-from cascade_clip_hf.atomic import atomic_directory, output_files
+from cascade_clip_hf.atomic import MODEL, atomic_directory, output_files
 from cascade_clip_hf.evaluation import markdown_summary
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.toy_world import (
@@ -102,7 +102,7 @@ def write_scene_datasets(folder: Path, seed: int, train_scenes: int, test_scenes
     data = datasets.DatasetDict({"train": split(seed + 1, train_scenes), "test": split(seed + 2, test_scenes)})
     with atomic_directory(folder / "scenes") as staging:
         data.save_to_disk(str(staging))
-    with output_files(folder) as staging:
+    with output_files(folder, MODEL) as staging:  # part of the build folder, which a rebuild checks whole
         (staging / "id2label.json").write_text(json.dumps(dict(enumerate(CLASS_NAMES)), indent=2))
     return folder / "scenes"
 
@@ -327,7 +327,7 @@ def main(argv=None) -> None:
         "single_decoder": single,
         "best_constant_baseline": baseline,
     }
-    with output_files(folder) as staging:
+    with output_files(folder, MODEL) as staging:
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_card_and_report(folder / "cascade", report)
     if args.scenes_dir:
@@ -365,8 +365,8 @@ def write_card_and_report(model_dir: Path, report: dict) -> None:
         limitations=DEMO_LIMITATIONS,
         recipe=demo_recipe(report),
     )
-    write_model_card(model_dir, card)
-    with output_files(model_dir) as staging:
+    write_model_card(model_dir, card, MODEL)
+    with output_files(model_dir, MODEL) as staging:
         (staging / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

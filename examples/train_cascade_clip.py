@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
 from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, comma_separated_ints, data_source
-from cascade_clip_hf.atomic import output_files, record_outputs
+from cascade_clip_hf.atomic import MODEL, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, load_segmentation_data
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
         existing = set(os.listdir(output_dir))
         accelerator.init_trackers("cascade_clip", config={k: v for k, v in vars(args).items() if v is not None})
         # What the trackers create here (TensorBoard's logs) is the run's own: a resumed run may write there again.
-        record_outputs(output_dir, set(os.listdir(output_dir)) - existing)
+        record_outputs(output_dir, set(os.listdir(output_dir)) - existing, MODEL)
     logger.info(
         f"Training {args.setting} on {len(data)} images, {len(vocabulary.class_ids)} classes, "
         f"{args.max_train_steps} steps of {args.train_batch_size} x {accelerator.num_processes} x "
@@ -316,7 +316,7 @@ def main(argv=None) -> None:
                 results = results_record(
                     metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=args.eval_split
                 )
-                with output_files(output_dir) as staging:
+                with output_files(output_dir, MODEL) as staging:
                     (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
                 logger.info("Evaluation:\n" + markdown_summary(results))
     if accelerator.is_main_process:
@@ -334,7 +334,7 @@ def main(argv=None) -> None:
                 "seed": args.seed,
             },
         )
-        write_model_card(output_dir, card)
+        write_model_card(output_dir, card, MODEL)
         if args.push_to_hub:
             url = push_folder(output_dir, args.hub_model_id, token=args.hub_token)
             logger.info(f"Pushed to {url}")

@@ -142,13 +142,45 @@ def segmented(tmp_path: Path) -> bool:
     return all((tmp_path / "out" / name).is_file() for name in SCENE_OUTPUTS)
 
 
+def scenes_folder(tmp_path: Path, names: list[str]) -> dict[str, bytes]:
+    """tmp_path/in holding the bundled scene under each of `names`; the user's files."""
+    return place(tmp_path, {f"in/{name}": SCENE.read_bytes() for name in names})
+
+
+LONG_NAME = "b" * 248 + ".png"  # its results' names are longer than a file system takes (255 bytes)
+NEWLINE_NAME = "new\nline.png"
+
+
+def segment_folder(fixture: Callable, folder: Path, output: Path | str) -> tuple[int, list[str]]:
+    return cascade_clip(fixture, "segment", folder, "--output", output)
+
+
+def segmented_with_newline(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    user_files = scenes_folder(tmp_path, [NEWLINE_NAME])
+    assert segment_folder(fixture, tmp_path / "in", tmp_path / "out") == (0, [])
+    return user_files
+
+
+def segmented_into_itself(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    user_files = scenes_folder(tmp_path, ["scene-0.png"])
+    assert segment_folder(fixture, tmp_path / "in", tmp_path / "in") == (0, [])
+    return user_files
+
+
+def in_empty_folder(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    """Runs from tmp_path/cwd, where an empty output path would write."""
+    (tmp_path / "cwd").mkdir()
+    fixture("monkeypatch").chdir(tmp_path / "cwd")
+    return scenes_folder(tmp_path, ["scene-0.png"])
+
+
 @dataclass
 class Situation:
     """
     An output folder as a user may hand it over (`arrange` lays it out and returns the user's own files), a writer
-    run on it (`act`: exit code and error lines), and what must come of it. A refusal prints one error line
-    matching `message` and changes nothing at all; a success leaves the user's files as they were and passes
-    `written`.
+    run on it (`act`: exit code and error lines), and what must come of it. An error line matching `message`
+    is the only one printed; a refusal (exit code 2) changes nothing at all; a success, or a partial one (exit code
+    1), leaves the user's files as they were and passes `written`.
     """
 
     arrange: Callable[[Path, Callable], dict[str, bytes]]
@@ -182,6 +214,73 @@ SITUATIONS = {
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         0,
         written=lambda tmp: "id2label" in json.loads((tmp / "out/config.json").read_text()),
+    ),
+    "convert into a folder holding the user's hidden .backup.old-20240101 folder": Situation(
+        lambda tmp, fixture: place(tmp, {"out/.backup.old-20240101/thesis.tex": b"x"}),
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"/out: it holds \.backup\.old-20240101/thesis\.tex, which cascade-clip did not write",
+    ),
+    "convert into a folder holding the user's hidden .notes.tmp-abcdefgh": Situation(
+        lambda tmp, fixture: place(tmp, {"out/.notes.tmp-abcdefgh": b"x"}),
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"/out: it holds \.notes\.tmp-abcdefgh, which cascade-clip did not write",
+    ),
+    "convert into a copy of the demo scenes": Situation(
+        lambda tmp, fixture: place(
+            tmp, {f"out/{path.name}": path.read_bytes() for path in (EXAMPLES / "scenes").iterdir()}
+        ),
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"refusing to replace .*/out whole: .* written by cascade-clip as files, does not say it is a model folder",
+    ),
+    "convert into a folder of segment results": Situation(
+        segmented_once,
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"refusing to replace .*/out whole",
+    ),
+    "convert into a folder with a record of an earlier version": Situation(
+        lambda tmp, fixture: place(tmp, {"out/.cascade-clip-outputs": b"config.json\n", "out/config.json": b"{}"}),
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"refusing to replace .*/out whole: .*an earlier version of cascade-clip.*delete .*/out or its record",
+    ),
+    "train into a folder holding the user's .checkpoint-3.partial": Situation(
+        lambda tmp, fixture: place(tmp, {"run/.checkpoint-3.partial/notes.txt": b"notes"}),
+        lambda tmp, fixture: script(
+            fixture, EXAMPLES / "train_cascade_clip.py", *training_arguments(fixture, tmp / "run")
+        ),
+        2,
+        r"/run: it holds \.checkpoint-3\.partial/notes\.txt, which cascade-clip did not write",
+    ),
+    "segment an image whose results' names are too long for the file system": Situation(
+        lambda tmp, fixture: scenes_folder(tmp, ["a.png", LONG_NAME, "c.png"]),
+        lambda tmp, fixture: segment_folder(fixture, tmp / "in", tmp / "out"),
+        1,
+        r"^error: .*/in/b{248}\.png: its results cannot be written \(\[Errno 36\] File name too long",
+        written=lambda tmp: {"a_overlay.png", "c_overlay.png"} <= {path.name for path in (tmp / "out").iterdir()},
+    ),
+    "segment an image with a newline in its name twice": Situation(
+        segmented_with_newline,
+        lambda tmp, fixture: segment_folder(fixture, tmp / "in", tmp / "out"),
+        0,
+        written=lambda tmp: (tmp / "out" / "new\nline_overlay.png").is_file(),
+    ),
+    "segment a folder into itself twice": Situation(
+        segmented_into_itself,
+        lambda tmp, fixture: segment_folder(fixture, tmp / "in", tmp / "in"),
+        0,
+        written=lambda tmp: (
+            sorted(path.name for path in (tmp / "in").glob("[!.]*")) == sorted(["scene-0.png", *SCENE_OUTPUTS])
+        ),
+    ),
+    "segment with an empty --output": Situation(
+        in_empty_folder,
+        lambda tmp, fixture: segment_folder(fixture, tmp / "in", ""),
+        2,
+        r"^error: refusing to write to an empty output path",
     ),
     "segment where the user made scene-0_overlay.png": Situation(
         lambda tmp, fixture: place(tmp, {"out/scene-0_overlay.png": b"my own drawing"}),
@@ -269,7 +368,8 @@ def test_hostile_output_folder(name, tmp_path, request):
     else:
         assert len(errors) == 1 and "\n" not in errors[0], errors
         assert re.search(situation.message, errors[0]), errors[0]
-        assert snapshot(tmp_path) == before  # nothing written: no output, no record, no debris
+    if situation.exit_code == 2:
+        assert snapshot(tmp_path) == before  # refused: no output, no record, no debris
     after = snapshot(tmp_path)
     assert {path: after.get(path) for path in user_files} == user_files
     assert situation.written(tmp_path)
