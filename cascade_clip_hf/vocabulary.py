@@ -190,9 +190,10 @@ def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Seq
     names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
     pairs = [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
     raise ValueError(
-        f"{len(pairs)} pairs of classes have the same text embedding, e.g. {'; '.join(pairs[:5])}: the tokenizer "
-        "reads their names the same (unknown characters, or a tokenizer without its vocabulary files). Rename them, "
-        "or use the model's own tokenizer."
+        f"{len(pairs)} pairs of classes have the same text embedding (cosine similarity of at least "
+        f"{SAME_CLASS_SIMILARITY}), e.g. {'; '.join(pairs[:5])}: the model cannot tell them apart. Most often the "
+        "tokenizer reads their names the same (unknown characters, or a tokenizer without its vocabulary files): "
+        "rename them, or use the model's own tokenizer."
     )
 
 
