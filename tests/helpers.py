@@ -160,3 +160,26 @@ def run_script(script: str, args: list[str], num_processes: int = 1, timeout: in
         f"{script} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     )
     return result
+
+
+def conversion_flags(meta: dict) -> list[str]:
+    """The `cascade-clip convert` flags for the official tiny checkpoint, with the settings of its meta.json."""
+    architecture = meta["architecture"]
+    return [
+        "--class-names",
+        ",".join(meta["class_names"]),
+        "--seen-class-ids",
+        ",".join(map(str, meta["seen_class_ids"])),
+        "--extract-layers",
+        ",".join(map(str, architecture["extract_layers"])),
+        "--templates",
+        meta["prompt_template"],
+        "--tokenizer",
+        str(CLIP_TOKENIZER),
+        "--vision-heads",
+        str(architecture["vision_heads"]),
+        "--text-heads",
+        str(architecture["text_heads"]),
+        "--decoder-heads",
+        str(architecture["decoder_heads"]),
+    ]

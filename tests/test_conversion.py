@@ -18,7 +18,7 @@ from cascade_clip_hf.convert_original_checkpoint import (
 )
 from cascade_clip_hf.presets import benchmark_facts
 
-from .helpers import CLIP_TOKENIZER, OFFICIAL_TINY
+from .helpers import CLIP_TOKENIZER, OFFICIAL_TINY, conversion_flags
 
 
 def full_size_state_dict() -> dict[str, torch.Tensor]:
@@ -161,31 +161,9 @@ def test_cli_convert_with_precomputed_embeddings(tmp_path, official_meta):
     embeddings = np.random.default_rng(0).standard_normal(shape).astype(np.float16)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     np.save(tmp_path / "embeddings.npy", embeddings)
-    architecture = official_meta["architecture"]
-    exit_code = main(
-        [
-            "convert",
-            str(OFFICIAL_TINY / "checkpoint.pth"),
-            "--output-dir",
-            str(tmp_path / "model"),
-            "--class-names",
-            ",".join(official_meta["class_names"]),
-            "--seen-class-ids",
-            ",".join(map(str, official_meta["seen_class_ids"])),
-            "--class-embeddings",
-            str(tmp_path / "embeddings.npy"),
-            "--templates",
-            official_meta["prompt_template"],
-            "--tokenizer",
-            str(CLIP_TOKENIZER),
-            "--vision-heads",
-            str(architecture["vision_heads"]),
-            "--text-heads",
-            str(architecture["text_heads"]),
-            "--decoder-heads",
-            str(architecture["decoder_heads"]),
-        ]
-    )
+    arguments = ["convert", str(OFFICIAL_TINY / "checkpoint.pth"), "--output-dir", str(tmp_path / "model")]
+    arguments += [*conversion_flags(official_meta), "--class-embeddings", str(tmp_path / "embeddings.npy")]
+    exit_code = main(arguments)
     assert exit_code == 0
     model = CascadeClipForZeroShotSegmentation.from_pretrained(tmp_path / "model")
     torch.testing.assert_close(model.class_embeddings, torch.from_numpy(embeddings.astype(np.float32)))

@@ -22,7 +22,14 @@ from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL, load_segmenter
 from cascade_clip_hf.vocabulary import SAME_CLASS_SIMILARITY, check_distinct_class_embeddings
 
-from .helpers import CLIP_TOKENIZER, EXAMPLES, OFFICIAL_TINY, TINY_TEXT_CONFIG, TINY_VISION_CONFIG
+from .helpers import (
+    CLIP_TOKENIZER,
+    EXAMPLES,
+    OFFICIAL_TINY,
+    TINY_TEXT_CONFIG,
+    TINY_VISION_CONFIG,
+    conversion_flags,
+)
 
 
 SCENE = EXAMPLES / "scenes" / "scene-0.png"
@@ -324,17 +331,8 @@ def test_label_files_drop_byte_order_marks_and_comments(tmp_path):
 @pytest.mark.parametrize("heads", ["--vision-heads", "--text-heads", "--decoder-heads"])
 def test_convert_refuses_zero_attention_heads_in_one_line(heads, tmp_path, caplog):
     meta = json.loads((OFFICIAL_TINY / "meta.json").read_text(encoding="utf-8"))
-    architecture = meta["architecture"]
-    given = {
-        "--vision-heads": architecture["vision_heads"],
-        "--text-heads": architecture["text_heads"],
-        "--decoder-heads": architecture["decoder_heads"],
-        heads: 0,
-    }
     arguments = ["convert", str(OFFICIAL_TINY / "checkpoint.pth"), "--output-dir", str(tmp_path / "out")]
-    arguments += ["--class-names", ",".join(meta["class_names"]), "--tokenizer", str(CLIP_TOKENIZER)]
-    for flag, value in given.items():
-        arguments += [flag, str(value)]
+    arguments += [*conversion_flags(meta), heads, "0"]  # the last value of a flag wins
     with caplog.at_level("ERROR", logger="cascade_clip_hf"):
         assert main(arguments) == 2
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]

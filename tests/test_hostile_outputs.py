@@ -20,7 +20,7 @@ from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL
 from cascade_clip_hf.training import save_checkpoint, save_final
 
-from .helpers import CLIP_TOKENIZER, EXAMPLES, OFFICIAL_TINY, run_script
+from .helpers import EXAMPLES, OFFICIAL_TINY, conversion_flags, run_script
 
 
 REPOSITORY = Path(__file__).parent.parent
@@ -40,29 +40,6 @@ def place(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return files
-
-
-def conversion_flags(meta: dict) -> list[str]:
-    """The `cascade-clip convert` flags for the official tiny checkpoint, with the settings of its meta.json."""
-    architecture = meta["architecture"]
-    return [
-        "--class-names",
-        ",".join(meta["class_names"]),
-        "--seen-class-ids",
-        ",".join(map(str, meta["seen_class_ids"])),
-        "--extract-layers",
-        ",".join(map(str, architecture["extract_layers"])),
-        "--templates",
-        meta["prompt_template"],
-        "--tokenizer",
-        str(CLIP_TOKENIZER),
-        "--vision-heads",
-        str(architecture["vision_heads"]),
-        "--text-heads",
-        str(architecture["text_heads"]),
-        "--decoder-heads",
-        str(architecture["decoder_heads"]),
-    ]
 
 
 def cascade_clip(fixture: Callable, *argv) -> tuple[int, list[str]]:
