@@ -156,8 +156,6 @@ def segmentation_files(stem: str) -> list[str]:
 
 
 def write_segmentation(image, segments: list[dict], class_names: list[str], output: Path, stem: str, alpha: float):
-    import PIL.Image
-
     from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
 
     segmentation = segmentation_from_masks(segments, class_names, image.size)
@@ -230,7 +228,6 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
 
 
 def run_segment(args) -> int:
-    import PIL.Image
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
