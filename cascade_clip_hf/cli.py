@@ -184,8 +184,7 @@ def segment_each(segmenter, images: list, **options) -> list:
 def skip_message(path: Path, error: Exception) -> str:
     """The one line reporting a skipped image: the file, then why (errors of reading name the file already)."""
     name = shown(path)
-    # A name with a newline is written as Python writes it, so that the message stays one line.
-    reason = one_line(type(error)(str(error).replace(str(path), name))) if name != str(path) else one_line(error)
+    reason = one_line(error, {str(path): name})
     return f"error: {reason}" if reason.startswith(name) else f"error: {name}: {reason}"
 
 

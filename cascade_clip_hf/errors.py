@@ -7,9 +7,18 @@ from huggingface_hub.errors import StrictDataclassError
 INPUT_ERRORS = (ValueError, OSError, StrictDataclassError)
 
 
-def one_line(error: BaseException) -> str:
-    """The first line of what went wrong; a configuration validator's error is unwrapped to its cause."""
+def one_line(error: BaseException, spellings: dict[str, str] | None = None) -> str:
+    """
+    The first line of what went wrong; a configuration validator's error is unwrapped to its cause.
+
+    Args:
+        spellings (`dict[str, str]`, *optional*): text to write otherwise before the cut, e.g. a file name that
+            holds a newline, as `repr` writes it, so that the line still names it.
+    """
     if isinstance(error, StrictDataclassError) and error.__cause__ is not None:
         error = error.__cause__
-    text = str(error).strip()
+    text = str(error)
+    for original, spelling in (spellings or {}).items():
+        text = text.replace(original, spelling)
+    text = text.strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -67,14 +67,15 @@ def load_for_inference(model_name: str) -> tuple[CascadeClipForZeroShotSegmentat
     if folder.is_file():
         raise ValueError(f"{model_name}: a file; pass the model's folder (with config.json and the weights).")
     model_type = read_model_type(folder / "config.json") if folder.is_dir() else None
+    source = str(folder) if folder.is_dir() else model_name
     if model_type not in (None, CascadeClipConfig.model_type):
         raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json says model_type {model_type!r}).")
     try:
         # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
         model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
-            str(folder) if folder.is_dir() else model_name, output_loading_info=True, ignore_mismatched_sizes=True
+            source, output_loading_info=True, ignore_mismatched_sizes=True
         )
-        processor = CascadeClipProcessor.from_pretrained(str(folder) if folder.is_dir() else model_name)
+        processor = CascadeClipProcessor.from_pretrained(source)
     except SafetensorError as error:
         damaged = damaged_weights_file(folder) if folder.is_dir() else None
         raise ValueError(

@@ -113,7 +113,8 @@ def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
         if tokenizer.unk_token_id in tokenizer(name.strip(), add_special_tokens=False)["input_ids"]
     ]
     if unreadable:
-        logger.warning(f"The tokenizer does not know some characters of these class names: {unreadable[:10]}.")
+        # Once per vocabulary: a run checks its vocabulary, then tokenizes it again for every batch.
+        logger.warning_once(f"The tokenizer does not know some characters of these class names: {unreadable[:10]}.")
 
 
 def tokenize_class_prompts(
