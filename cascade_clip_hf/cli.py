@@ -210,7 +210,7 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
     """
     import torch
 
-    from .modeling_cascade_clip import check_window
+    from .sliding_window import check_window
 
     config = segmenter.model.config
     crop_size = crop_size if crop_size is not None else config.slide_crop_size

@@ -107,16 +107,17 @@ def evaluate_split(
         num_unreadable += len(batch) - len(readable)
         areas = np.zeros((len(batch), 3, num_classes), dtype=np.int64)
         if readable:
-            scores = model.sliding_window_inference(
+            class_maps = model.sliding_window_inference(
                 [sample["pixel_values"].to(accelerator.device) for sample in readable],
                 output_size=[tuple(sample["labels"].shape) for sample in readable],
                 class_embeds=class_embeds,
                 seen_class_mask=seen_class_mask,
                 window_batch_size=window_batch_size,
+                output="segmentation",
             )
             readable_rows = [row for row, sample in enumerate(batch) if sample is not None]
-            for row, sample, image_scores in zip(readable_rows, readable, scores, strict=True):
-                prediction = image_scores.argmax(dim=0).cpu().numpy()
+            for row, sample, class_map in zip(readable_rows, readable, class_maps, strict=True):
+                prediction = class_map.segmentation.cpu().numpy()
                 areas[row] = metric.class_areas(prediction, sample["labels"].numpy(), num_classes, IGNORE_INDEX)
         gathered = accelerator.gather_for_metrics(torch.from_numpy(areas).to(accelerator.device))
         if accelerator.is_main_process:

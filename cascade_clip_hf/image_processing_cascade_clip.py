@@ -3,7 +3,7 @@
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import numpy as np
@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from .calibration import calibrated_scores, upsample_mask_logits
 from .labels import IGNORE_INDEX, reduce_zero_label
+from .sliding_window import resize_scores, segment_in_class_chunks
 
 
 logger = logging.get_logger(__name__)
@@ -629,18 +630,44 @@ class CascadeClipImageProcessor(PilBackend):
         for index, image_maps in enumerate(maps):
             image_maps = image_maps[None].float()
             size = tuple(target_sizes[index]) if target_sizes is not None else tuple(image_maps.shape[-2:])
-            if score_shift is not None:
-                scores = calibrated_scores(image_maps, score_shift[index].float(), size, self.mask_size)[0]
-            else:
-                scores = upsample_mask_logits(image_maps, size)[0]
-            results.append(
-                SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
-                )
+            class_map = segment_in_class_chunks(
+                image_maps.shape[1],
+                size,
+                self.class_scores_function(image_maps, None if score_shift is None else score_shift[index], size),
+                keep_class_scores=return_segmentation_scores,
             )
-        if return_segmentation_scores:
-            return results
-        return [result.segmentation for result in results]
+            if return_segmentation_scores:
+                results.append(
+                    SemanticSegmentationPostProcessorOutput(
+                        data={"segmentation": class_map.segmentation, "segmentation_scores": class_map.class_scores}
+                    )
+                )
+            else:
+                results.append(class_map.segmentation)
+        return results
+
+    def class_scores_function(
+        self, maps: torch.Tensor, score_shift: torch.Tensor | None, size: tuple[int, int]
+    ) -> Callable[[slice], torch.Tensor]:
+        """
+        What `post_process_semantic_segmentation` takes one image's classes' scores at `size` from, a few classes
+        at a time: calibrated scores (upsampled to `mask_size` for all classes at once, then resized per piece) or,
+        without `score_shift`, the logits resized.
+
+        Args:
+            maps (`torch.FloatTensor` of shape `(1, num_classes, height, width)`): mask logits or calibrated scores.
+            score_shift (`torch.Tensor` of shape `(num_classes,)`, *optional*).
+
+        Returns:
+            A function of a `slice` of classes to their `(len(slice), *size)` scores.
+        """
+        if score_shift is None:
+            return lambda classes: upsample_mask_logits(maps[:, classes], size)[0]
+        score_shift = score_shift.float()
+        if self.mask_size is None:
+            return lambda classes: calibrated_scores(maps[:, classes], score_shift[classes], size)[0]
+        mask_scores = calibrated_scores(maps, score_shift, (self.mask_size, self.mask_size), self.mask_size)[0]
+        return lambda classes: resize_scores(mask_scores[classes], size)
 
 
 __all__ = ["CascadeClipImageProcessor"]

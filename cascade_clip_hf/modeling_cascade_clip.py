@@ -8,7 +8,6 @@ pseudo-labels), the seen-class calibration (`calibration.py`) and the test-time 
 (`CascadeClipForZeroShotSegmentation.sliding_window_inference`).
 """
 
-import itertools
 import math
 import os
 import shutil
@@ -34,9 +33,10 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .calibration import calibrated_scores, seen_score_shift, upsample_mask_logits
+from .calibration import seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
+from .sliding_window import ClassMap, check_window, resize_scores, segment_scores, sliding_window_scores
 from .vocabulary import check_distinct_class_embeddings, seen_class_mask
 
 
@@ -1014,12 +1014,14 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         crop_size: int | None = None,
         stride: int | None = None,
         window_batch_size: int | None = None,
-    ) -> torch.Tensor | list[torch.Tensor]:
+        output: str = "scores",
+    ) -> torch.Tensor | list[torch.Tensor] | list[ClassMap]:
         """
-        Calibrated class scores for images of any size, as the original's test-time sliding window computes them:
-        each window's logits are upsampled to `image_size`, turned into scores (sigmoid minus the seen-class shift)
-        and resized to the window; the scores of overlapping windows are averaged and the result is resized
-        bilinearly to the output size. The windows of all images go through the model together.
+        Calibrated class scores, or the class map, for images of any size, as the original's test-time sliding
+        window computes them: each window's logits are upsampled to `image_size`, turned into scores (sigmoid minus
+        the seen-class shift) and resized to the window; the scores of overlapping windows are averaged (in float32,
+        whatever the model's dtype) and the result is resized bilinearly to the output size. The windows of all
+        images go through the model together.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, or a list of
@@ -1030,11 +1032,19 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             crop_size (`int`, *optional*): window size, `config.slide_crop_size` by default.
             stride (`int`, *optional*): window stride, `config.slide_stride` by default; at most `crop_size`.
             window_batch_size (`int`, *optional*): how many windows go through the model at once; all by default.
+            output (`str`, *optional*, defaults to `"scores"`): `"scores"` for every class's scores;
+                `"segmentation"` for the class map and the winning scores only, made a few classes at a time, so
+                that memory does not grow with the number of classes times the output's pixels.
 
         Returns:
-            For a tensor input, `torch.FloatTensor` of shape `(batch_size, num_classes, *output_size)`; for a list,
-            one `(num_classes, height, width)` tensor per image.
+            With `output="scores"`: for a tensor input, `torch.FloatTensor` of shape
+            `(batch_size, num_classes, *output_size)`; for a list, one `(num_classes, height, width)` tensor per
+            image. With `output="segmentation"`: one [`ClassMap`] per image, with `segmentation`
+            (`torch.LongTensor` of shape `(height, width)`: each pixel's best class, as `argmax` over the scores
+            takes it) and `scores` (`torch.FloatTensor` of shape `(height, width)`: that class's score).
         """
+        if output not in ("scores", "segmentation"):
+            raise ValueError(f'output must be "scores" or "segmentation", got {output!r}.')
         images = list(pixel_values)
         if not images:
             raise ValueError("No images were given.")
@@ -1051,73 +1061,27 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         crop_size = crop_size if crop_size is not None else self.config.slide_crop_size
         stride = stride if stride is not None else self.config.slide_stride
         check_window(crop_size, stride, self.config.vision_config.patch_size)
-        if window_batch_size is not None and window_batch_size < 1:
-            raise ValueError(f"window_batch_size must be at least 1, got {window_batch_size}.")
         class_embeds, seen_class_mask = self.resolve_class_embeds(
             input_ids, attention_mask, class_embeds, seen_class_mask
         )
-        score_shift = seen_score_shift(
-            seen_class_mask, self.config.setting, self.config.seen_score_shift, class_embeds.dtype
+        score_shift = seen_score_shift(seen_class_mask, self.config.setting, self.config.seen_score_shift)
+
+        def window_logits(crops: torch.Tensor) -> torch.Tensor:
+            return self(pixel_values=crops, class_embeds=class_embeds).logits
+
+        image_scores = sliding_window_scores(
+            images,
+            window_logits,
+            score_shift,
+            crop_size,
+            stride,
+            self.config.vision_config.image_size,
+            window_batch_size,
         )
-
-        scores, counts, windows = [], [], []
-        for index, image in enumerate(images):
-            height, width = image.shape[-2:]
-            scores.append(image.new_zeros(class_embeds.shape[0], height, width))
-            counts.append(image.new_zeros(1, height, width))
-            crop = (min(crop_size, height), min(crop_size, width))
-            windows += [
-                (crop, index, top, left)
-                for top in window_starts(height, crop_size, stride)
-                for left in window_starts(width, crop_size, stride)
-            ]
-        # Windows of one size can share a batch; sorting keeps them together.
-        windows.sort(key=lambda window: window[0])
-        window_batch_size = window_batch_size or len(windows)
-        image_size = self.config.vision_config.image_size
-        for start in range(0, len(windows), window_batch_size):
-            step_windows = windows[start : start + window_batch_size]
-            for crop, group in itertools.groupby(step_windows, key=lambda window: window[0]):
-                group = list(group)
-                crops = torch.stack(
-                    [images[index][:, top : top + crop[0], left : left + crop[1]] for _, index, top, left in group]
-                )
-                logits = self(pixel_values=crops, class_embeds=class_embeds).logits
-                # One crop at a time: only one full-resolution window of scores exists beside the sums.
-                for crop_logits, (_, index, top, left) in zip(logits.split(1), group, strict=True):
-                    crop_scores = calibrated_scores(crop_logits, score_shift, crop, image_size)
-                    scores[index][:, top : top + crop[0], left : left + crop[1]] += crop_scores[0]
-                    counts[index][:, top : top + crop[0], left : left + crop[1]] += 1
-
-        results = []
-        for image_scores, image_counts, size in zip(scores, counts, output_sizes, strict=True):
-            image_scores /= image_counts
-            if tuple(size) != tuple(image_scores.shape[-2:]):
-                image_scores = F.interpolate(
-                    image_scores[None], size=tuple(size), mode="bilinear", align_corners=False
-                )
-                image_scores = image_scores[0]
-            results.append(image_scores)
+        if output == "segmentation":
+            return [segment_scores(scores, size) for scores, size in zip(image_scores, output_sizes, strict=True)]
+        results = [resize_scores(scores, size) for scores, size in zip(image_scores, output_sizes, strict=True)]
         return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results
-
-
-def check_window(crop_size: int, stride: int, patch_size: int = 1) -> None:
-    """Refuses a sliding window that would leave pixels uncovered (the original asserts full coverage)."""
-    if crop_size <= 0 or stride <= 0:
-        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}.")
-    if crop_size < patch_size:
-        raise ValueError(f"crop_size ({crop_size}) is smaller than one {patch_size}x{patch_size} patch.")
-    if stride > crop_size:
-        raise ValueError(
-            f"stride ({stride}) is larger than crop_size ({crop_size}): the windows would leave pixels between them "
-            f"unsegmented; use a stride of at most {crop_size}."
-        )
-
-
-def window_starts(length: int, crop_size: int, stride: int) -> list[int]:
-    """Start offsets of sliding windows along one side; the last window is shifted back to end at the border."""
-    num_windows = max(length - crop_size + stride - 1, 0) // stride + 1
-    return [max(min(index * stride + crop_size, length) - crop_size, 0) for index in range(num_windows)]
 
 
 # Saved weights keep the layout of earlier releases (and of every published checkpoint): the decode head's

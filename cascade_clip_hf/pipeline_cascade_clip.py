@@ -92,7 +92,8 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             class_embeds = self.model.get_class_embeddings(
                 model_inputs["input_ids"], model_inputs["attention_mask"], class_names=model_inputs["class_names"]
             )
-        scores = self.model.sliding_window_inference(
+        # The class map and each pixel's winning score, not every class's scores at the image's size.
+        class_maps = self.model.sliding_window_inference(
             [image.to(self.model.dtype) for image in model_inputs["pixel_values"]],
             output_size=model_inputs["output_sizes"],
             class_embeds=class_embeds,
@@ -100,23 +101,22 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             crop_size=crop_size,
             stride=stride,
             window_batch_size=window_batch_size,
+            output="segmentation",
         )
-        return {
-            "scores": [image_scores.float() for image_scores in scores],
-            "class_names": model_inputs["class_names"],
-        }
+        return {"class_maps": class_maps, "class_names": model_inputs["class_names"]}
 
     def postprocess(self, model_outputs: dict) -> list[list[dict]]:
         results = []
-        for scores in model_outputs["scores"]:
-            segmentation = scores.argmax(dim=0)
+        for class_map in model_outputs["class_maps"]:
+            segmentation, winning_scores = class_map.segmentation, class_map.scores
             segments = []
             for class_index in segmentation.unique().tolist():
                 region = segmentation == class_index
                 segments.append(
                     {
                         "label": model_outputs["class_names"][class_index],
-                        "score": scores[class_index][region].mean().item(),
+                        # A class's scores over its own region are the winning scores there.
+                        "score": winning_scores[region].mean().item(),
                         "mask": PIL.Image.fromarray(region.numpy().astype(np.uint8) * 255),
                     }
                 )

@@ -10,8 +10,8 @@ from transformers import AutoModelForSemanticSegmentation, CLIPModel
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.image_processing_cascade_clip import CascadeClipImageProcessor
-from cascade_clip_hf.modeling_cascade_clip import window_starts
 from cascade_clip_hf.processing_cascade_clip import tokenize_class_prompts
+from cascade_clip_hf.sliding_window import window_starts
 
 from .helpers import TINY_TEXT_CONFIG, tiny_cascade, tiny_config
 
