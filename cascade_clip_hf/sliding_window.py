@@ -56,6 +56,14 @@ class Window(NamedTuple):
     height: int
     width: int
 
+    @property
+    def rows(self) -> slice:
+        return slice(self.top, self.top + self.height)
+
+    @property
+    def columns(self) -> slice:
+        return slice(self.left, self.left + self.width)
+
 
 def plan_windows(image_sizes: Sequence[tuple[int, int]], crop_size: int, stride: int) -> list[Window]:
     """
@@ -133,15 +141,13 @@ def sliding_window_scores(
     sums = [image.new_zeros(num_classes, *image.shape[-2:], dtype=torch.float32) for image in images]
     counts = [image.new_zeros(1, *image.shape[-2:], dtype=torch.float32) for image in images]
     for batch in batches:
-        crops = torch.stack(
-            [images[w.image_index][:, w.top : w.top + w.height, w.left : w.left + w.width] for w in batch]
-        )
+        crops = torch.stack([images[window.image_index][:, window.rows, window.columns] for window in batch])
         logits = torch.as_tensor(window_logits(crops), device=crops.device).float()
         # One window at a time: only one window of full-resolution scores exists beside the sums.
-        for crop_logits, w in zip(logits.split(1), batch, strict=True):
-            crop_scores = calibrated_scores(crop_logits, score_shift, (w.height, w.width), mask_size)[0]
-            sums[w.image_index][:, w.top : w.top + w.height, w.left : w.left + w.width] += crop_scores
-            counts[w.image_index][:, w.top : w.top + w.height, w.left : w.left + w.width] += 1
+        for crop_logits, window in zip(logits.split(1), batch, strict=True):
+            crop_scores = calibrated_scores(crop_logits, score_shift, (window.height, window.width), mask_size)
+            sums[window.image_index][:, window.rows, window.columns] += crop_scores[0]
+            counts[window.image_index][:, window.rows, window.columns] += 1
     return [image_sums.div_(image_counts) for image_sums, image_counts in zip(sums, counts, strict=True)]
 
 
@@ -170,11 +176,13 @@ class ClassMap:
     class_scores: torch.FloatTensor | None = None
 
 
-def class_chunk_size(num_classes: int, size: tuple[int, int], chunk_elements: int = RESIZE_CHUNK_ELEMENTS) -> int:
+def class_chunk_size(num_classes: int, size: tuple[int, int], chunk_elements: int | None = None) -> int:
     """
-    How many classes to resize to `size` at once for about `chunk_elements` values per piece (at least one class),
-    where each class's result is bit for bit what resizing all classes at once gives.
+    How many classes to resize to `size` at once for about `chunk_elements` (`RESIZE_CHUNK_ELEMENTS` by default)
+    values per piece, at least one class, such that each class's result is bit for bit what resizing all classes at
+    once gives.
     """
+    chunk_elements = RESIZE_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     height, width = size
     if (
         num_classes * height * width <= chunk_elements
@@ -192,7 +200,7 @@ def segment_in_class_chunks(
     num_classes: int,
     size: tuple[int, int],
     class_scores: Callable[[slice], torch.Tensor],
-    chunk_elements: int = RESIZE_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     keep_class_scores: bool = False,
 ) -> ClassMap:
     """
@@ -206,11 +214,14 @@ def segment_in_class_chunks(
         class_scores: maps a `slice` of class indices to those classes' scores, `(len(slice), *size)` float tensors,
             made with at most one bilinear resize to `size` (e.g. `lambda classes: resize_scores(scores[classes],
             size)`), so that pieces of any size give each class the same values.
-        chunk_elements (`int`): about how many score values one piece holds.
+        chunk_elements (`int`, *optional*): about how many score values one piece holds (`RESIZE_CHUNK_ELEMENTS`).
         keep_class_scores (`bool`): whether to keep every class's scores as well (`num_classes` times the memory).
 
     Returns:
         [`ClassMap`] of `size`.
+
+    Raises:
+        ValueError: for no classes.
     """
     if num_classes < 1:
         raise ValueError("There are no classes to segment into.")
@@ -238,7 +249,7 @@ def segment_in_class_chunks(
 def segment_scores(
     scores: torch.Tensor,
     size: tuple[int, int],
-    chunk_elements: int = RESIZE_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     keep_class_scores: bool = False,
 ) -> ClassMap:
     """
