@@ -103,12 +103,18 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             window_batch_size=window_batch_size,
             output="segmentation",
         )
-        return {"class_maps": class_maps, "class_names": model_inputs["class_names"]}
+        # Plain tensors in lists, which the pipeline moves to the CPU.
+        return {
+            "segmentations": [class_map.segmentation for class_map in class_maps],
+            "winning_scores": [class_map.scores for class_map in class_maps],
+            "class_names": model_inputs["class_names"],
+        }
 
     def postprocess(self, model_outputs: dict) -> list[list[dict]]:
         results = []
-        for class_map in model_outputs["class_maps"]:
-            segmentation, winning_scores = class_map.segmentation, class_map.scores
+        for segmentation, winning_scores in zip(
+            model_outputs["segmentations"], model_outputs["winning_scores"], strict=True
+        ):
             segments = []
             for class_index in segmentation.unique().tolist():
                 region = segmentation == class_index
