@@ -387,10 +387,11 @@ def check_vocabulary_fits(vocabulary: ClassVocabulary, model, processor, source:
             f"{projection_dim}: it was made for another model; {redo}."
         )
     if vocabulary.text_tower_fingerprint != text_tower_fingerprint(model):
+        dtype = str(vocabulary.class_embeds.dtype).removeprefix("torch.")
         raise ValueError(
-            f"{name}: embedded with other text-tower weights than this model's ({vocabulary.model_name or 'unknown'}"
-            f" model, {vocabulary.class_embeds.dtype}); {redo}, or load the model in the dtype the vocabulary was "
-            "made with."
+            f"{name}: embedded by other text-tower weights than this model's (made with "
+            f"{vocabulary.model_name or 'an unknown model'} in {dtype}); {redo}, or load the model in {dtype} if it "
+            "is the one the vocabulary was made with."
         )
     expected = processor.seen_class_mask(vocabulary.class_names)
     if not torch.equal(vocabulary.seen_class_mask, expected):
@@ -401,6 +402,6 @@ def check_vocabulary_fits(vocabulary: ClassVocabulary, model, processor, source:
         )
     if list(vocabulary.templates) != list(processor.templates):
         logger.warning(
-            f"{name} was embedded in {len(vocabulary.templates)} templates other than this model's "
-            f"{len(processor.templates)}; it is used as it is."
+            f"{name}: embedded in other templates ({len(vocabulary.templates)}) than this model's processor uses "
+            f"({len(processor.templates)}); used as it is."
         )
