@@ -116,7 +116,11 @@ def add_segment_parser(subparsers) -> None:
         help="a Cascade-CLIP model: folder or Hub id (default: the tiny toy-world demo model shipped in the package, "
         "which only knows toy-world scenes such as examples/scenes)",
     )
-    parser.add_argument("--labels", type=class_names_argument, help='"cat,grass,sky" or a .txt/.json file')
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument("--labels", type=class_names_argument, help='"cat,grass,sky" or a .txt/.json file')
+    classes.add_argument(
+        "--vocabulary", help="a .safetensors file of class names embedded once by `cascade-clip embed`"
+    )
     parser.add_argument("--output", required=True, help="folder for the results")
     parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
@@ -231,10 +235,12 @@ def run_segment(args) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .segmenter import DEMO_MODEL, load_segmenter, vocabulary
-    from .vocabulary import check_class_names
+    from .vocabulary import check_class_names, check_vocabulary_fits, load_vocabulary
 
     if args.labels is not None:
         check_class_names(args.labels)
+    own_vocabulary = load_vocabulary(args.vocabulary) if args.vocabulary is not None else None
+    labels = own_vocabulary.class_names if own_vocabulary is not None else args.labels
     paths = own_outputs_left_out(image_paths(args.inputs), Path(args.output))
     if not paths:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
@@ -242,11 +248,14 @@ def run_segment(args) -> int:
     # Before any work; the names are exact when every image is readable, and each write checks its own again.
     check_output_folder(args.output, [name for path in paths for name in segmentation_files(unique_stem(path, stems))])
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device)
+    if own_vocabulary is not None:
+        check_vocabulary_fits(own_vocabulary, segmenter.model, segmenter.processor, args.vocabulary)
     check_run_settings(segmenter, args.labels, args.crop_size, args.stride)
-    class_names = vocabulary(segmenter, args.labels)
+    class_names = vocabulary(segmenter, labels)
 
     options = {
-        "candidate_labels": args.labels,
+        "candidate_labels": labels,
+        "class_embeds": own_vocabulary.class_embeds if own_vocabulary is not None else None,
         "crop_size": args.crop_size,
         "stride": args.stride,
         "window_batch_size": args.window_batch_size,
@@ -286,6 +295,45 @@ def run_segment(args) -> int:
     return 1 if failures else 0
 
 
+def add_embed_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed class names once, for `segment --vocabulary`",
+        description="Runs class names (in the model's prompt templates) through the model's text tower once and "
+        "writes their embeddings, the names, templates, seen classes and a fingerprint of the text tower's weights "
+        "to a .safetensors file, which `cascade-clip segment --vocabulary` then uses without the text tower.",
+    )
+    parser.add_argument(
+        "--labels", type=class_names_argument, required=True, help='"cat,grass,sky" or a .txt/.json file'
+    )
+    parser.add_argument("--output", required=True, help="the .safetensors file to write")
+    parser.add_argument("--model", help="a Cascade-CLIP model: folder or Hub id (default: the demo model)")
+    parser.add_argument("--templates", nargs="+", help='prompt templates (default: the model\'s), e.g. "a {}."')
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.set_defaults(run=run_embed)
+
+
+def run_embed(args) -> int:
+    from .segmenter import DEMO_MODEL, load_for_inference
+    from .vocabulary import check_class_names, check_templates, embed_vocabulary, save_vocabulary
+
+    class_names = check_class_names(args.labels)
+    templates = check_templates(args.templates) if args.templates is not None else None
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"{shown(output)}: name the vocabulary file *.safetensors.")
+    check_output_folder(output.parent, [output.name])
+    model_name = args.model or str(DEMO_MODEL)
+    model, processor = load_for_inference(model_name)
+    model.to(args.device)
+    own_vocabulary = embed_vocabulary(model, processor, class_names, templates, model_name)
+    save_vocabulary(own_vocabulary, output)
+    logger.info(
+        f"Embedded {len(class_names)} classes in {len(own_vocabulary.templates)} templates into {shown(output)}."
+    )
+    return 0
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line, like every other error of the command line."""
 
@@ -299,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(subparsers)
     add_parity_parser(subparsers)
     add_segment_parser(subparsers)
+    add_embed_parser(subparsers)
     return parser
 
 

@@ -12,6 +12,8 @@ import math
 import os
 import shutil
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +39,19 @@ from .calibration import seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
 from .sliding_window import ClassMap, check_window, resize_scores, segment_scores, sliding_window_scores
-from .vocabulary import check_distinct_class_embeddings, seen_class_mask
+from .vocabulary import check_distinct_class_embeddings, digest_tensors, seen_class_mask
 
 
 logger = logging.get_logger(__name__)
 
 # The loss upsamples this many mask values (64 MiB of float32) at a time.
 LOSS_CHUNK_ELEMENTS = 2**24
+# Results of the text tower (class embeddings of this many vocabularies) kept while its weights stay the same.
+TEXT_TOWER_CACHE_SIZE = 8
+# Class prompts go through the text tower this many at a time, in batches of prompts of similar length.
+PROMPT_BATCH_SIZE = 256
+# Embedding more prompts than this shows a progress bar.
+PROGRESS_BAR_MIN_PROMPTS = 500
 
 
 @dataclass
@@ -639,7 +647,54 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         self.text_encoder = CLIPTextModelWithProjection._from_config(config.text_config)
         self.decode_head = CascadeClipCascadedDecoders(config)
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
+        self.clear_text_tower_cache()
         self.post_init()
+
+    def _apply(self, fn, *args, **kwargs):
+        # `.to()`, `.half()`, `.cuda()` swap the weights' data under the same tensor objects and version counters,
+        # and a round trip may even get the old addresses back: nothing computed from the old weights may survive.
+        self.clear_text_tower_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+    def clear_text_tower_cache(self) -> None:
+        """
+        Forgets the class embeddings (and other results of the text tower) kept by `text_tower_memo`. Needed only
+        after writing the text tower's weights behind autograd's back (through `.data`), which nothing else sees.
+        """
+        self._text_tower_cache = {"state": None, "results": OrderedDict()}
+
+    def text_tower_state(self) -> tuple:
+        """
+        What identifies the text tower's weights as they are now, without reading them: for every parameter and
+        buffer the tensor object, its address, autograd's count of its in-place changes (an optimizer step,
+        `copy_`, `load_state_dict`), dtype, device and shape; and the attention implementation.
+        """
+        tensors = itertools.chain(self.text_encoder.parameters(), self.text_encoder.buffers())
+        return (
+            self.text_encoder.config._attn_implementation,
+            *((id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+        )
+
+    def text_tower_memo(self, key, compute: Callable[[], object]):
+        """
+        `compute()`, remembered under `key` while the text tower's weights stay the same (see `text_tower_state`;
+        the last `TEXT_TOWER_CACHE_SIZE` keys). Every result of other weights is forgotten as soon as they change.
+        Tensors are copied in and out, so that neither `compute` nor the caller can change the remembered one.
+        """
+        state, cache = self.text_tower_state(), self._text_tower_cache
+        if cache["state"] != state:
+            cache["state"] = state
+            cache["results"].clear()
+        results = cache["results"]
+        if key in results:
+            results.move_to_end(key)
+        else:
+            value = compute()
+            results[key] = value.detach().clone() if isinstance(value, torch.Tensor) else value
+            if len(results) > TEXT_TOWER_CACHE_SIZE:
+                results.popitem(last=False)
+        value = results[key]
+        return value.clone() if isinstance(value, torch.Tensor) else value
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """
@@ -769,6 +824,11 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         L2-normalised, a class's templates are averaged and normalised again. Given the class names, checked to tell
         every class apart (a tokenizer that cannot read the names gives them one embedding).
 
+        A vocabulary is embedded once: the result is kept (see `text_tower_memo`) under its tokens (names, templates
+        and tokenizer) and the text tower's weights, and computed again whenever either differs. It is computed
+        afresh, and not kept, when it must carry gradients (gradients enabled and a text-tower parameter requiring
+        them) or the text tower's dropout is active.
+
         Args:
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
                 `(num_classes, num_templates, sequence_length)`): one prompt per class, or one per class and template.
@@ -777,7 +837,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 are refused by name.
 
         Returns:
-            `torch.FloatTensor` of shape `(num_classes, projection_dim)`, L2-normalised.
+            `torch.FloatTensor` of shape `(num_classes, projection_dim)`, L2-normalised: the caller's own copy.
 
         Raises:
             ValueError: when two classes have the same embedding (the tokenizer cannot read their names apart).
@@ -794,14 +854,62 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 f"The class prompts are {sequence_length} tokens long, but the text tower reads at most "
                 f"{context_length}: shorten the longest class names or templates."
             )
-        flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
-        text_embeds = self.get_text_features(input_ids.reshape(-1, sequence_length), flat_mask).pooler_output
-        class_embeds = F.normalize(text_embeds, dim=-1)
-        if input_ids.dim() == 3:
-            class_embeds = F.normalize(class_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
+
+        def compute() -> torch.Tensor:
+            flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
+            class_embeds = F.normalize(self.embed_prompts(input_ids.reshape(-1, sequence_length), flat_mask), dim=-1)
+            if input_ids.dim() == 3:
+                class_embeds = F.normalize(class_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
+            return class_embeds
+
+        needs_gradients = torch.is_grad_enabled() and any(p.requires_grad for p in self.text_encoder.parameters())
+        drops_out = self.text_encoder.training and self.text_encoder.config.attention_dropout > 0
+        if needs_gradients or drops_out:
+            class_embeds = compute()
+        else:
+            tokens = digest_tensors([("input_ids", input_ids), ("attention_mask", attention_mask)])
+            class_embeds = self.text_tower_memo(("class_embeds", tokens), compute)
         if class_names is not None:
             check_distinct_class_embeddings(class_embeds, class_names)
         return class_embeds
+
+    def embed_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        The projected text embeddings of many prompts, as fast as the text tower allows: sorted by their length
+        (up to their last attended token), in batches of `PROMPT_BATCH_SIZE`, each cut to its longest prompt. The
+        result is that of one batch padded to `sequence_length`: CLIP pools each prompt at its end-of-text token
+        under a causal mask, so the padding after it changes nothing. A progress bar (transformers' logging, see
+        `transformers.utils.logging.disable_progress_bar`) shows more than `PROGRESS_BAR_MIN_PROMPTS` prompts.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(num_prompts, sequence_length)`).
+            attention_mask (`torch.LongTensor` of the same shape, *optional*).
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_prompts, projection_dim)`, in the prompts' order, not normalised.
+        """
+        num_prompts, sequence_length = input_ids.shape
+        if attention_mask is None:
+            lengths = torch.full((num_prompts,), sequence_length, device=input_ids.device)
+        else:
+            positions = torch.arange(1, sequence_length + 1, device=attention_mask.device)
+            lengths = ((attention_mask != 0) * positions).amax(dim=-1).clamp(min=1)
+        lengths, order = torch.sort(lengths, stable=True)
+        batches = []
+        progress = logging.tqdm(
+            total=num_prompts,
+            desc="Embedding class prompts",
+            unit="prompt",
+            disable=num_prompts <= PROGRESS_BAR_MIN_PROMPTS,
+        )
+        with progress:
+            for start in range(0, num_prompts, PROMPT_BATCH_SIZE):
+                batch = order[start : start + PROMPT_BATCH_SIZE]
+                length = int(lengths[start : start + PROMPT_BATCH_SIZE].max())
+                batch_mask = attention_mask[batch, :length] if attention_mask is not None else None
+                batches.append(self.get_text_features(input_ids[batch, :length], batch_mask).pooler_output)
+                progress.update(len(batch))
+        return torch.cat(batches)[order.argsort()]
 
     @torch.no_grad()
     def set_vocabulary(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
+import torch
 from transformers import Pipeline
 
 
@@ -36,9 +37,16 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
     _load_feature_extractor = False
 
     def _sanitize_parameters(
-        self, candidate_labels=None, crop_size=None, stride=None, window_batch_size=None, timeout=None, **kwargs
+        self,
+        candidate_labels=None,
+        class_embeds=None,
+        crop_size=None,
+        stride=None,
+        window_batch_size=None,
+        timeout=None,
+        **kwargs,
     ):
-        preprocess_params = {"candidate_labels": candidate_labels, "timeout": timeout}
+        preprocess_params = {"candidate_labels": candidate_labels, "class_embeds": class_embeds, "timeout": timeout}
         forward_params = {"crop_size": crop_size, "stride": stride, "window_batch_size": window_batch_size}
         return preprocess_params, forward_params, {}
 
@@ -48,6 +56,10 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             images (`str`, `PIL.Image.Image`, `np.ndarray`, or a list of them): paths, URLs or images, read by
                 the image processor's `read_image` (any PIL mode, EXIF orientation applied).
             candidate_labels (`list[str]`, *optional*): class names; the model's default vocabulary when not given.
+            class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*): the embeddings
+                of `candidate_labels`, one row per name, computed once (e.g. `ClassVocabulary.class_embeds`, from
+                `cascade-clip embed`) instead of running the text tower; which classes were seen still comes from
+                the processor.
             batch_size (`int`, *optional*): images per forward pass (the pipeline's own `batch_size`, else 1).
             crop_size, stride, window_batch_size (`int`, *optional*): sliding-window options (model defaults).
             timeout (`float`, *optional*): seconds to wait for an image URL.
@@ -67,7 +79,7 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             results += self.postprocess(model_outputs, **postprocess_params)
         return results[0] if single else results
 
-    def preprocess(self, images: list, candidate_labels=None, timeout=None) -> dict:
+    def preprocess(self, images: list, candidate_labels=None, class_embeds=None, timeout=None) -> dict:
         # Not transformers' load_image: it converts to RGB first, which turns 16-bit and float pixels white or black.
         loaded = []
         for image in images:
@@ -76,17 +88,34 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             except (OSError, ValueError) as error:
                 raise ValueError(f"Cannot read image: {error}") from error
         if candidate_labels is None:
+            if class_embeds is not None:
+                raise ValueError("class_embeds need their class names: pass candidate_labels too, one per row.")
             class_names = self.model.config.class_names
             inputs = self.processor(images=loaded)
         else:
             class_names = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
-            inputs = self.processor(images=loaded, text=class_names)
+            if class_embeds is None:
+                inputs = self.processor(images=loaded, text=class_names)
+            else:
+                inputs = self.processor(images=loaded)
+                inputs["class_embeds"] = self.check_class_embeds(class_embeds, class_names)
+                inputs["seen_class_mask"] = self.processor.seen_class_mask(class_names)
         inputs["output_sizes"] = [image.shape[:2] for image in loaded]
         inputs["class_names"] = class_names
         return dict(inputs)
 
+    def check_class_embeds(self, class_embeds, class_names: list[str]) -> torch.Tensor:
+        """Raises a clear error unless `class_embeds` is a tensor of one `projection_dim` row per class name."""
+        expected = (len(class_names), self.model.config.projection_dim)
+        if not isinstance(class_embeds, torch.Tensor) or tuple(class_embeds.shape) != expected:
+            raise ValueError(
+                f"class_embeds must be a tensor of shape {expected} (one row per candidate label), got "
+                f"{tuple(class_embeds.shape) if hasattr(class_embeds, 'shape') else type(class_embeds).__name__}."
+            )
+        return class_embeds
+
     def _forward(self, model_inputs: dict, crop_size=None, stride=None, window_batch_size=None) -> dict:
-        class_embeds = None
+        class_embeds = model_inputs.get("class_embeds")
         if "input_ids" in model_inputs:
             # Embedded here rather than inside the model, so that an error names the classes it cannot tell apart.
             class_embeds = self.model.get_class_embeddings(

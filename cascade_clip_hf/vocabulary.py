@@ -1,12 +1,21 @@
-"""Class vocabularies: class names and prompt templates, which classes were seen in training, and class embeddings."""
+"""Class vocabularies: class names and prompt templates, which classes were seen in training, and class embeddings,
+embedded once and kept in files (`ClassVocabulary`, written by `cascade-clip embed`)."""
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 from transformers.utils import logging
+
+from .atomic import output_files, shown
 
 
 logger = logging.get_logger(__name__)
@@ -18,6 +27,8 @@ CLIP_CONTEXT_LENGTH = 77
 # Class embeddings this close (cosine similarity) are one class to the model. Distinct classes of the real CLIP stay
 # well below (e.g. "table" and "dining table": 0.97); a tokenizer that cannot read the names reaches 1.
 SAME_CLASS_SIMILARITY = 0.999
+# What a vocabulary file's metadata says it is, and the version of its layout.
+VOCABULARY_FORMAT = "cascade-clip-vocabulary/1"
 
 
 def normalize_class_name(name: str) -> str:
@@ -218,3 +229,179 @@ def load_class_embeddings(path: str | os.PathLike, num_classes: int, projection_
             f"{projection_dim} dimensions were expected."
         )
     return torch.from_numpy(embeddings.astype(np.float32))
+
+
+def digest_tensors(named_tensors: Iterable[tuple[str, torch.Tensor | None]]) -> str:
+    """A sha256 (hex) of named tensors: each name, dtype, shape and the bytes of its values; `None` counts as such."""
+    digest = hashlib.sha256()
+    for name, tensor in named_tensors:
+        if tensor is None:
+            digest.update(f"{name}:none;".encode())
+            continue
+        digest.update(f"{name}:{tensor.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def text_tower_fingerprint(model) -> str:
+    """
+    A sha256 (hex) of the text tower's weights: their names, dtypes, shapes and bytes. Computed once for each state
+    of the weights (see `CascadeClipForZeroShotSegmentation.text_tower_memo`): equal fingerprints, equal embeddings.
+    """
+    return model.text_tower_memo(
+        ("text_tower_fingerprint",), lambda: digest_tensors(sorted(model.text_encoder.state_dict().items()))
+    )
+
+
+@dataclass(frozen=True)
+class ClassVocabulary:
+    """
+    A vocabulary embedded once, for a model whose text tower has the weights `text_tower_fingerprint` names.
+
+    Args:
+        class_names (`list[str]`): the classes, in the order of the embeddings' rows.
+        class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`): L2-normalised.
+        templates (`list[str]`): the prompt templates the names were embedded in.
+        seen_classes (`list[str]`): those of `class_names` the model was trained on (its processor's word).
+        text_tower_fingerprint (`str`): see `text_tower_fingerprint`.
+        model_name (`str`): the model it was embedded with, for information.
+        tokenizer_name (`str`): its tokenizer, for information.
+    """
+
+    class_names: list[str]
+    class_embeds: torch.Tensor
+    templates: list[str]
+    seen_classes: list[str]
+    text_tower_fingerprint: str
+    model_name: str = ""
+    tokenizer_name: str = ""
+
+    @property
+    def seen_class_mask(self) -> torch.Tensor:
+        """`(num_classes,)` booleans: which classes were seen in training."""
+        return seen_class_mask(self.class_names, self.seen_classes)
+
+
+@torch.no_grad()
+def embed_vocabulary(
+    model, processor, class_names: Sequence[str], templates: Sequence[str] | None = None, model_name: str = ""
+) -> ClassVocabulary:
+    """
+    Embeds class names with a model's text tower, in its processor's templates unless `templates` are given.
+
+    Raises:
+        ValueError: for bad names or templates, or classes the model cannot tell apart.
+    """
+    class_names = check_class_names(class_names)
+    templates = check_templates(templates or processor.templates)
+    tokens = tokenize_class_prompts(processor.tokenizer, class_names, templates)
+    tokens = {name: tensor.to(model.device) for name, tensor in tokens.items()}
+    class_embeds = model.get_class_embeddings(**tokens, class_names=class_names)
+    seen = processor.seen_class_mask(class_names).tolist()
+    return ClassVocabulary(
+        class_names=class_names,
+        class_embeds=class_embeds.cpu(),
+        templates=templates,
+        seen_classes=[name for name, is_seen in zip(class_names, seen, strict=True) if is_seen],
+        text_tower_fingerprint=text_tower_fingerprint(model),
+        model_name=model_name,
+        tokenizer_name=str(processor.tokenizer.name_or_path),
+    )
+
+
+def save_vocabulary(vocabulary: ClassVocabulary, path: str | os.PathLike) -> None:
+    """
+    Writes a vocabulary to a safetensors file: the tensor `class_embeds` and the rest as metadata. The write is
+    atomic and replaces only a file this program wrote (see `cascade_clip_hf.atomic.output_files`).
+
+    Raises:
+        `OutputFolderError`: when `path` is a file this program did not write.
+    """
+    path = Path(path)
+    metadata = {
+        "format": VOCABULARY_FORMAT,
+        "class_names": json.dumps(vocabulary.class_names),
+        "templates": json.dumps(vocabulary.templates),
+        "seen_classes": json.dumps(vocabulary.seen_classes),
+        "text_tower_fingerprint": vocabulary.text_tower_fingerprint,
+        "model": vocabulary.model_name,
+        "tokenizer": vocabulary.tokenizer_name,
+    }
+    with output_files(path.parent) as staging:
+        save_file({"class_embeds": vocabulary.class_embeds.contiguous()}, staging / path.name, metadata=metadata)
+
+
+def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
+    """
+    Reads a vocabulary written by `save_vocabulary` (`cascade-clip embed`).
+
+    Raises:
+        ValueError: one line naming the file, when it is missing, damaged, or not such a vocabulary.
+    """
+    name = shown(path)
+    if not Path(path).is_file():
+        raise ValueError(f"{name}: no such vocabulary file (write one with `cascade-clip embed`).")
+    try:
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+            if metadata.get("format") != VOCABULARY_FORMAT:
+                raise ValueError("not written by `cascade-clip embed`")
+            class_embeds = file.get_tensor("class_embeds")
+        vocabulary = ClassVocabulary(
+            class_names=check_class_names(json.loads(metadata["class_names"])),
+            class_embeds=class_embeds,
+            templates=check_templates(json.loads(metadata["templates"])),
+            seen_classes=json.loads(metadata["seen_classes"]),
+            text_tower_fingerprint=metadata["text_tower_fingerprint"],
+            model_name=metadata.get("model", ""),
+            tokenizer_name=metadata.get("tokenizer", ""),
+        )
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+        reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise ValueError(
+            f"{name}: not a readable class vocabulary ({reason}); write it again with `cascade-clip embed`."
+        ) from error
+    if class_embeds.dim() != 2 or class_embeds.shape[0] != len(vocabulary.class_names):
+        raise ValueError(
+            f"{name}: holds class embeddings of shape {tuple(class_embeds.shape)} for "
+            f"{len(vocabulary.class_names)} class names; write it again with `cascade-clip embed`."
+        )
+    return vocabulary
+
+
+def check_vocabulary_fits(vocabulary: ClassVocabulary, model, processor, source: str | os.PathLike) -> None:
+    """
+    Refuses a vocabulary made for another model: its embeddings must have the model's `projection_dim` and come
+    from the same text-tower weights (fingerprint), and its seen classes must be those the model's processor names.
+    Templates other than the processor's only warn: the embeddings are still the model's own.
+
+    Raises:
+        ValueError: one line naming `source` and how to make a vocabulary that fits.
+    """
+    name = shown(source)
+    redo = "re-run `cascade-clip embed` with this model"
+    projection_dim = model.config.projection_dim
+    if vocabulary.class_embeds.shape[-1] != projection_dim:
+        raise ValueError(
+            f"{name}: its class embeddings have {vocabulary.class_embeds.shape[-1]} dimensions, this model's "
+            f"{projection_dim}: it was made for another model; {redo}."
+        )
+    if vocabulary.text_tower_fingerprint != text_tower_fingerprint(model):
+        dtype = str(vocabulary.class_embeds.dtype).removeprefix("torch.")
+        raise ValueError(
+            f"{name}: embedded by other text-tower weights than this model's (made with "
+            f"{vocabulary.model_name or 'an unknown model'} in {dtype}); {redo}, or load the model in {dtype} if it "
+            "is the one the vocabulary was made with."
+        )
+    expected = processor.seen_class_mask(vocabulary.class_names)
+    if not torch.equal(vocabulary.seen_class_mask, expected):
+        expected_names = [n for n, seen in zip(vocabulary.class_names, expected.tolist(), strict=True) if seen]
+        raise ValueError(
+            f"{name}: counts {vocabulary.seen_classes[:5]} as seen classes, this model's processor "
+            f"{expected_names[:5]}; {redo}."
+        )
+    if list(vocabulary.templates) != list(processor.templates):
+        logger.warning(
+            f"{name}: embedded in other templates ({len(vocabulary.templates)}) than this model's processor uses "
+            f"({len(processor.templates)}); used as it is."
+        )
