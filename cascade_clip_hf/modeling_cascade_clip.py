@@ -8,6 +8,7 @@ pseudo-labels), the seen-class calibration (`calibration.py`) and the test-time 
 (`CascadeClipForZeroShotSegmentation.sliding_window_inference`).
 """
 
+import itertools
 import math
 import os
 import shutil
