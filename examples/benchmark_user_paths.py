@@ -50,7 +50,7 @@ MEASUREMENTS = "abcdefgh"
 CURRENT_ONLY = "gh"
 TARGET_MEGAPIXELS = 12
 FOLDER_PHOTOS = 8
-# Toy-world scenes the demo model never saw: examples/build_demo_model.py draws its scenes with seeds 1 to 4.
+# Toy-world scenes the demo model never saw: examples/build_demo_model.py draws its scenes with seeds 0 to 4.
 HELD_OUT_SEED = 2024
 HELD_OUT_SCENES = 64
 HELD_OUT_SCENES_TINY = 8
@@ -90,6 +90,7 @@ def peak_rss_mib() -> float:
 
 
 def load_pipeline(model_dir: str, dtype=None):
+    """The zero-shot pipeline on a saved model, its weights cast to `dtype` (a torch dtype) when given."""
     import torch
 
     from cascade_clip_hf import (
@@ -301,7 +302,9 @@ def matmul_recorder():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten
+    # linear and matmul reach the mode only where composite ops are not decomposed first (under inference_mode).
     matmuls = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten._addmm_activation, aten.mv, aten.addmv}
+    matmuls |= {aten.linear, aten.matmul}
 
     def layout(tensor):
         return {"shape": tuple(tensor.shape), "stride": tuple(tensor.stride()), "dtype": tensor.dtype}
@@ -318,6 +321,16 @@ def matmul_recorder():
             super().__init__()
             self.calls = []
 
+        def record_matmul(self, rows: int, depth: int, columns: int, dtype, batch: int = 1):
+            """A `(rows, depth) @ (depth, columns)` product, as `batch` equal batched products when `batch` > 1."""
+            if batch == 1:
+                self.calls.append(
+                    (aten.mm.default, [contiguous((rows, depth), dtype), contiguous((depth, columns), dtype)], {})
+                )
+            else:
+                left, right = (batch, rows // batch, depth), (batch, depth, columns)
+                self.calls.append((aten.bmm.default, [contiguous(left, dtype), contiguous(right, dtype)], {}))
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             packet = func.overloadpacket
@@ -326,35 +339,14 @@ def matmul_recorder():
                 self.calls.append((func, spec, dict(kwargs)))
             elif "scaled_dot_product" in packet.__name__:
                 query, key, value = args[:3]
-                *batch, length, width = query.shape
-                pairs = math.prod(batch)
-                source, value_width = key.shape[-2], value.shape[-1]
-                dtype = query.dtype
-                self.calls.append(
-                    (
-                        aten.bmm.default,
-                        [contiguous((pairs, length, width), dtype), contiguous((pairs, width, source), dtype)],
-                        {},
-                    )
-                )
-                self.calls.append(
-                    (
-                        aten.bmm.default,
-                        [contiguous((pairs, length, source), dtype), contiguous((pairs, source, value_width), dtype)],
-                        {},
-                    )
-                )
-            elif packet is aten.convolution:
-                inputs, weight = args[0], args[1]
+                pairs, length, source = math.prod(query.shape[:-2]), query.shape[-2], key.shape[-2]
+                self.record_matmul(pairs * length, query.shape[-1], source, query.dtype, pairs)
+                self.record_matmul(pairs * length, source, value.shape[-1], query.dtype, pairs)
+            elif packet in (aten.convolution, aten.conv2d):
                 output = func(*args, **kwargs)
-                rows = output.shape[0] * math.prod(output.shape[2:])
-                depth = weight[0].numel()
-                self.calls.append(
-                    (
-                        aten.mm.default,
-                        [contiguous((rows, depth), inputs.dtype), contiguous((depth, weight.shape[0]), inputs.dtype)],
-                        {},
-                    )
+                weight = args[1]
+                self.record_matmul(
+                    output.shape[0] * math.prod(output.shape[2:]), weight[0].numel(), weight.shape[0], weight.dtype
                 )
                 return output
             return func(*args, **kwargs)
@@ -374,8 +366,12 @@ def floor_of(calls: list) -> tuple:
     replays, flop = [], 0
     for func, spec, kwargs in calls:
         args = [random_tensor(arg) if isinstance(arg, dict) else arg for arg in spec]
-        left, right = [arg for arg in args if isinstance(arg, torch.Tensor)][-2:]
-        flop += 2 * left.numel() * (right.shape[-1] if right.dim() > 1 else 1)
+        tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
+        if func.overloadpacket is torch.ops.aten.linear:
+            flop += 2 * tensors[0].numel() * tensors[1].shape[0]
+        else:
+            left, right = tensors[-2:]
+            flop += 2 * left.numel() * (right.shape[-1] if right.dim() > 1 else 1)
         replays.append((func, args, kwargs))
 
     def floor():
@@ -428,6 +424,7 @@ def forward_floor_worker(params: dict) -> dict:
             "forward_times_s": forward_times,
             "floor_times_s": floor_times,
         }
+        del floor  # its tensors, before the next dtype's
     results["bf16_speedup"] = results["float32"]["forward_s"] / results["bfloat16"]["forward_s"]
     results["window"] = side
     return results
@@ -443,10 +440,12 @@ def agreement_worker(params: dict) -> dict:
     fp32 = load_pipeline(str(DEMO_MODEL))
     bf16 = load_pipeline(str(DEMO_MODEL), torch.bfloat16)
     class_names = fp32.model.config.class_names
-    count = HELD_OUT_SCENES_TINY if params["tiny"] else HELD_OUT_SCENES
+    scene_count = HELD_OUT_SCENES_TINY if params["tiny"] else HELD_OUT_SCENES
     bundled = [PIL.Image.open(path).convert("RGB") for path in sorted((REPOSITORY / "examples/scenes").glob("*.png"))]
-    held_out = [PIL.Image.fromarray(image) for image, _, _ in scenes(HELD_OUT_SEED, count, objects=UNSEEN_OBJECTS)]
-    counts = {}
+    held_out = [
+        PIL.Image.fromarray(image) for image, _, _ in scenes(HELD_OUT_SEED, scene_count, objects=UNSEEN_OBJECTS)
+    ]
+    sets = {}
     for name, images in (("bundled", bundled), ("held_out", held_out)):
         equal = total = 0
         for image in images:
@@ -454,10 +453,10 @@ def agreement_worker(params: dict) -> dict:
             candidate = class_map(bf16(image), class_names, image.size)
             equal += int((reference == candidate).sum())
             total += reference.size
-        counts[name] = {"scenes": len(images), "pixels": total, "agreement": equal / total}
-    equal = sum(count["agreement"] * count["pixels"] for count in counts.values())
-    pixels = sum(count["pixels"] for count in counts.values())
-    return {**counts, "overall": equal / pixels, "held_out_seed": HELD_OUT_SEED, "held_out_objects": UNSEEN_OBJECTS}
+        sets[name] = {"scenes": len(images), "pixels": total, "equal_pixels": equal, "agreement": equal / total}
+    equal = sum(group["equal_pixels"] for group in sets.values())
+    pixels = sum(group["pixels"] for group in sets.values())
+    return {**sets, "overall": equal / pixels, "held_out_seed": HELD_OUT_SEED, "held_out_objects": UNSEEN_OBJECTS}
 
 
 WORKERS = {
@@ -563,7 +562,7 @@ class Runner:
         log_tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-6:]
         if stopped is None and process.returncode < 0:
             stopped = f"killed by signal {-process.returncode} (the system may have run out of memory)"
-        reason = stopped or (log_tail[-1] if log_tail else f"exited with {process.returncode}")
+        reason = stopped or (log_tail[-1][:160] if log_tail else f"exited with {process.returncode}")
         logger.warning(f"{worker} ({tree}) failed: {reason}")
         return {"failed": reason, "log_tail": log_tail, "watched_peak_mib": round(peak / 2**20, 1)}
 
@@ -575,9 +574,9 @@ class Runner:
             peak = max(peak, rss)
             stopped = None
             if rss > cap:
-                stopped = f"stopped: resident memory passed the cap of {self.args.memory_cap_gib:g} GiB"
+                stopped = f"resident memory over the {self.args.memory_cap_gib:g} GiB cap (--memory-cap-gib)"
             elif time.monotonic() - started > self.args.timeout:
-                stopped = f"stopped: still running after {self.args.timeout} s (--timeout)"
+                stopped = f"still running after {self.args.timeout} s (--timeout)"
             if stopped:
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
@@ -712,17 +711,18 @@ def target_rows(results: dict, machine: dict, scale: float) -> list[dict]:
     if number(stored, repeated):
         add("repeated own names <= 1.2x stored vocabulary", f"{repeated / stored:.2f}x", repeated / stored <= 1.2)
     size = f"{TARGET_MEGAPIXELS * scale:g}"
-    photo_now, photo_then = (
-        results.get("f", {}).get(size, {}).get("current"),
-        results.get("f", {}).get(size, {}).get("baseline"),
-    )
-    if photo_now and "failed" not in photo_now:
+    photo = results.get("f", {}).get(size, {})
+    photo_now, photo_then = photo.get("current"), photo.get("baseline")
+    photo_target = f"{size} MP photo, 171 classes: peak < 3 GiB, class map identical"
+    if photo_now and "failed" in photo_now:
+        add(photo_target, f"failed: {photo_now['failed']}", False)
+    elif photo_now:
         same = None
         if photo_then and "failed" not in photo_then:
             same = photo_now["class_map_sha1"] == photo_then["class_map_sha1"]
         identical = {True: "identical", False: "DIFFERENT", None: "no baseline map"}[same]
         add(
-            f"{size} MP photo, 171 classes: peak < 3 GiB, class map identical",
+            photo_target,
             f"{photo_now['peak_mib']:,.0f} MiB, {identical}",
             photo_now["peak_mib"] < 3 * 1024 and same is not False,
         )
