@@ -1,11 +1,13 @@
 """What the benchmark scripts share: timing with a warm-up, peak memory, the machine's description, the report."""
 
 import json
+import os
 import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -47,30 +49,51 @@ def time_runs(run: Callable[[], None], repeats: int, device: str) -> dict:
     }
 
 
-def machine_description(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
+# The CPU features that decide how fast fp32 and bf16 matmuls can be.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The value of the first `name` line of /proc/cpuinfo; None where there is no such file or line."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text(encoding="utf-8").splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
+    if not cpuinfo.exists():
+        return None
+    for line in cpuinfo.read_text(encoding="utf-8").splitlines():
+        if line.split(":", 1)[0].strip() == name:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def load_average() -> list[float]:
+    """The system's load average over 1, 5 and 15 minutes."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def machine_description(device: str) -> dict:
+    """The machine a figure was measured on: CPU, its matmul-relevant flags, cores, threads, versions and date."""
+    flags = set((cpuinfo_field("flags") or "").split())
     description = {
-        "cpu": cpu,
+        "cpu": cpuinfo_field("model name") or platform.processor() or platform.machine(),
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if device == "cuda":
         description["gpu"] = torch.cuda.get_device_name()
     return description
 
 
-def write_report(path: str | None, report: dict) -> None:
-    """Writes the report as JSON to `path`, when one is given (never over a file this program did not write)."""
+def write_text(path: str | None, text: str) -> None:
+    """Writes `text` to `path`, when one is given, atomically and never over a file this program did not write."""
     if path:
         with output_files(Path(path).parent) as staging:
-            (staging / Path(path).name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            (staging / Path(path).name).write_text(text, encoding="utf-8")
+
+
+def write_report(path: str | None, report: dict) -> None:
+    """Writes the report as JSON to `path`, when one is given (see `write_text`)."""
+    write_text(path, json.dumps(report, indent=2) + "\n")
