@@ -69,7 +69,7 @@ def load_for_inference(
         ValueError: one line naming the model (or the damaged file) and what is wrong, or an unknown `dtype`.
     """
     if dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(INFERENCE_DTYPES)}.")
+        raise ValueError(f"unknown dtype {dtype!r} for {model_name}: use one of {', '.join(INFERENCE_DTYPES)}.")
     folder = Path(model_name).expanduser()
     if looks_like_a_path(model_name) and not folder.exists():
         raise ValueError(f"{model_name}: no such model folder.")
