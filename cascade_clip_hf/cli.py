@@ -300,9 +300,11 @@ def background_thread(name: str) -> Iterator[ThreadPoolExecutor]:
 @contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Within the block, torch computes with `count` threads (None: as it is); the count is restored after."""
+    if count is None:
+        yield
+        return
     previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
