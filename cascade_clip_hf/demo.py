@@ -15,9 +15,12 @@ def parse_labels(text: str | None) -> list[str] | None:
     return check_class_names([name.strip() for name in text.split(",")])
 
 
-def build_demo(model_name: str, device: str = "cpu", example_labels: str = "") -> gr.Blocks:
-    """The app for one model (folder or Hub id); its `segment` endpoint takes an image and comma-separated names."""
-    segmenter = load_segmenter(model_name, device)
+def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", dtype: str = "float32") -> gr.Blocks:
+    """
+    The app for one model (folder or Hub id) in `dtype` (see `INFERENCE_DTYPES`); its `segment` endpoint takes an
+    image and comma-separated names.
+    """
+    segmenter = load_segmenter(model_name, device, dtype)
 
     def segment(image_path, labels_text):
         if image_path is None:
@@ -36,8 +39,8 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "") -
     with gr.Blocks(title="Cascade-CLIP zero-shot segmentation") as demo:
         gr.Markdown(
             "# Cascade-CLIP zero-shot segmentation\n"
-            f"Model: `{model_name}`. Name any classes, separated by commas; leave the box empty for the model's own "
-            "vocabulary. Each pixel goes to the class that scores best there."
+            f"Model: `{model_name}` ({dtype}). Name any classes, separated by commas; leave the box empty for the "
+            "model's own vocabulary. Each pixel goes to the class that scores best there."
         )
         with gr.Row():
             # The uploaded file as it is, read as the pipeline and the command line read it (any mode, EXIF).

@@ -16,6 +16,9 @@ from .processing_cascade_clip import CascadeClipProcessor
 # The tiny toy-world model shipped inside the package (built by examples/build_demo_model.py): the command line's
 # default, so that it works offline on a fresh machine. It only knows toy-world scenes, not photos.
 DEMO_MODEL = Path(__file__).parent / "demo_model"
+# The number formats a model can be loaded in for inference; float32, the first, is the default, for fidelity to the
+# original. Half precision runs on CPU too (torch computes float16 there, slowly where the CPU lacks it natively).
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def looks_like_a_path(model_name: str) -> bool:
@@ -47,20 +50,26 @@ def damaged_weights_file(folder: Path) -> Path | None:
     return None
 
 
-def load_for_inference(model_name: str) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
+def load_for_inference(
+    model_name: str, dtype: str = "float32"
+) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
     """
     A model and its processor for inference, loaded strictly: every weight the model needs must be in the files,
     and no other, so that a damaged or foreign checkpoint never segments with random layers.
 
     Args:
         model_name (`str`): a model folder or a Hub id.
+        dtype (`str`): one of `INFERENCE_DTYPES`, the format of the weights and the computation, whatever the
+            files hold.
 
     Returns:
         The model, in evaluation mode, and its processor.
 
     Raises:
-        ValueError: one line naming the model (or the damaged file) and what is wrong.
+        ValueError: one line naming the model (or the damaged file) and what is wrong, or an unknown `dtype`.
     """
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} for {model_name}: use one of {', '.join(INFERENCE_DTYPES)}.")
     folder = Path(model_name).expanduser()
     if looks_like_a_path(model_name) and not folder.exists():
         raise ValueError(f"{model_name}: no such model folder.")
@@ -73,7 +82,7 @@ def load_for_inference(model_name: str) -> tuple[CascadeClipForZeroShotSegmentat
     try:
         # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
         model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
-            source, output_loading_info=True, ignore_mismatched_sizes=True
+            source, output_loading_info=True, ignore_mismatched_sizes=True, dtype=dtype
         )
         processor = CascadeClipProcessor.from_pretrained(source)
     except SafetensorError as error:
@@ -98,9 +107,11 @@ def load_for_inference(model_name: str) -> tuple[CascadeClipForZeroShotSegmentat
     return model.eval(), processor
 
 
-def load_segmenter(model_name: str, device: str = "cpu") -> CascadeClipZeroShotSegmentationPipeline:
-    """The zero-shot pipeline for a model folder or Hub id, loaded strictly (see `load_for_inference`)."""
-    model, processor = load_for_inference(model_name)
+def load_segmenter(
+    model_name: str, device: str = "cpu", dtype: str = "float32"
+) -> CascadeClipZeroShotSegmentationPipeline:
+    """The zero-shot pipeline for a model folder or Hub id in `dtype`, loaded strictly (see `load_for_inference`)."""
+    model, processor = load_for_inference(model_name, dtype)
     return CascadeClipZeroShotSegmentationPipeline(model=model, processor=processor, device=device)
 
 

@@ -379,7 +379,7 @@ def check_vocabulary_fits(vocabulary: ClassVocabulary, model, processor, source:
         ValueError: one line naming `source` and how to make a vocabulary that fits.
     """
     name = shown(source)
-    redo = "re-run `cascade-clip embed` with this model"
+    redo = "re-run `cascade-clip embed` with this model (and the --dtype it runs in)"
     projection_dim = model.config.projection_dim
     if vocabulary.class_embeds.shape[-1] != projection_dim:
         raise ValueError(

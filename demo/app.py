@@ -1,7 +1,8 @@
 """Entry point of the Hugging Face Space: `python demo/app.py` runs the same app locally.
 
 The model comes from the CASCADE_CLIP_MODEL environment variable (a Hub id or a folder); without it, the tiny
-toy-world model shipped in the package, which works offline.
+toy-world model shipped in the package, which works offline. CASCADE_CLIP_DTYPE sets its number format: float32 (the
+default, the original's results), bfloat16 or float16 (faster where the hardware has them).
 """
 
 import os
@@ -9,13 +10,14 @@ import sys
 
 from cascade_clip_hf.demo import build_demo
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
-from cascade_clip_hf.segmenter import DEMO_MODEL
+from cascade_clip_hf.segmenter import DEMO_MODEL, INFERENCE_DTYPES
 
 
 if __name__ == "__main__":
     model_name = os.environ.get("CASCADE_CLIP_MODEL") or str(DEMO_MODEL)
+    dtype = os.environ.get("CASCADE_CLIP_DTYPE") or INFERENCE_DTYPES[0]
     try:
-        demo = build_demo(model_name, example_labels="cat, grass, sky")
+        demo = build_demo(model_name, example_labels="cat, grass, sky", dtype=dtype)
     except INPUT_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -1,8 +1,15 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
-from .helpers import free_port, random_image
+from cascade_clip_hf.segmenter import DEMO_MODEL
+
+from .helpers import EXAMPLES, free_port, random_image
 
 
 def test_demo_app_answers_a_request_through_gradio_client(tmp_path, tiny_hub_model_dir, monkeypatch):
@@ -28,3 +35,29 @@ def test_demo_app_answers_a_request_through_gradio_client(tmp_path, tiny_hub_mod
             client.predict(handle_file(tmp_path / "photo.png"), "ocean, Ocean", api_name="/segment")
     finally:
         demo.close()
+
+
+def test_demo_loads_the_model_in_the_dtype_asked(tiny_hub_model_dir, monkeypatch):
+    from cascade_clip_hf import demo
+
+    dtypes = []
+    load_segmenter = demo.load_segmenter
+
+    def recording_dtype(*args, **kwargs):
+        segmenter = load_segmenter(*args, **kwargs)
+        dtypes.append(segmenter.model.dtype)
+        return segmenter
+
+    monkeypatch.setattr(demo, "load_segmenter", recording_dtype)
+    demo.build_demo(str(tiny_hub_model_dir), dtype="bfloat16")
+    assert dtypes == [torch.bfloat16]
+
+
+def test_demo_app_refuses_an_unknown_dtype_in_one_line():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CASCADE_CLIP_DTYPE": "float64"}
+    command = [sys.executable, str(EXAMPLES.parent / "demo" / "app.py")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        f"error: unknown dtype 'float64' for {DEMO_MODEL}: use one of float32, bfloat16, float16."
+    ]
