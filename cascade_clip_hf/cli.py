@@ -241,7 +241,6 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
     Settings of the whole run (the sliding window, the vocabulary) fail it before any image is read, rather than
     failing every image one by one.
     """
-
     from .sliding_window import check_window
 
     config = segmenter.model.config
