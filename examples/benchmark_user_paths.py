@@ -780,20 +780,10 @@ def target_rows(results: dict, machine: dict, scale: float) -> list[dict]:
             f"{embedding:.2f} s vs {budget:.2f} s",
             embedding < budget,
         )
-    folder = current("e", "ratio")
-    if number(folder):
-        add(
-            "CLI folder, --labels (first embedding included), within 1.25x of 8 x model time",
-            f"{folder:.2f}x",
-            folder <= 1.25,
-        )
-    folder = current("e", "vocabulary_ratio")
-    if number(folder):
-        add(
-            "CLI folder, --vocabulary (embedded beforehand), within 1.25x of 8 x model time",
-            f"{folder:.2f}x",
-            folder <= 1.25,
-        )
+    for key, run in (("ratio", "--labels (first embedding included)"), ("vocabulary_ratio", "--vocabulary")):
+        folder = current("e", key)
+        if number(folder):
+            add(f"CLI folder, {run}, within 1.25x of 8 x model time", f"{folder:.2f}x", folder <= 1.25)
     forward = current("g", "float32", "ratio")
     if number(forward):
         add("fp32 forward <= 1.25x its matmul floor", f"{forward:.2f}x", forward <= 1.25)
