@@ -294,9 +294,7 @@ def embed_vocabulary(
     """
     class_names = check_class_names(class_names)
     templates = check_templates(templates or processor.templates)
-    tokens = tokenize_class_prompts(processor.tokenizer, class_names, templates)
-    tokens = {name: tensor.to(model.device) for name, tensor in tokens.items()}
-    class_embeds = model.get_class_embeddings(**tokens, class_names=class_names)
+    class_embeds = embed_class_names(model, processor.tokenizer, class_names, templates)
     seen = processor.seen_class_mask(class_names).tolist()
     return ClassVocabulary(
         class_names=class_names,
