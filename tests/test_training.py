@@ -21,6 +21,7 @@ from cascade_clip_hf.training import (
     DataPosition,
     parameter_groups,
     poly_schedule,
+    read_training_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
     training_vocabulary,
@@ -272,16 +273,17 @@ KILLED_SAVE = textwrap.dedent(
     """
     import os, signal, sys, torch
     from accelerate import Accelerator
-    from cascade_clip_hf.training import save_checkpoint
+    from cascade_clip_hf.training import DataPosition, save_checkpoint
 
-    output_dir = sys.argv[1]
+    output_dir, weights_file = sys.argv[1:]
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(64, 64)
     optimizer = torch.optim.AdamW(model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
     model(torch.randn(2, 64)).sum().backward()
     optimizer.step()
-    save_checkpoint(accelerator, output_dir, 2, {"epoch": 0})
+    save_checkpoint(accelerator, output_dir, 2, DataPosition(epoch=0, batches=2, batches_per_epoch=5))
+    torch.save(model.state_dict(), weights_file)
     real_save = accelerator.save_state
 
     def save_then_die(path):
@@ -290,16 +292,17 @@ KILLED_SAVE = textwrap.dedent(
 
     accelerator.save_state = save_then_die
     optimizer.step()
-    save_checkpoint(accelerator, output_dir, 4, {"epoch": 0})
+    save_checkpoint(accelerator, output_dir, 4, DataPosition(epoch=0, batches=4, batches_per_epoch=5))
     """
 )
 
 
-def test_a_killed_save_leaves_the_last_checkpoint_loadable(tmp_path):
+def test_a_killed_save_leaves_the_last_checkpoint_to_resume_from(tmp_path):
     script = tmp_path / "killed_save.py"
     script.write_text(KILLED_SAVE)
-    output = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(script), str(output)], capture_output=True, text=True, timeout=120)
+    output, weights_at_2 = tmp_path / "run", tmp_path / "weights-2.pt"
+    command = [sys.executable, str(script), str(output), str(weights_at_2)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert not (output / "checkpoint-4").exists()
     assert (output / ".checkpoint-4.partial").is_dir()
@@ -308,9 +311,11 @@ def test_a_killed_save_leaves_the_last_checkpoint_loadable(tmp_path):
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    accelerator.prepare(torch.nn.Linear(64, 64))
+    model = accelerator.prepare(torch.nn.Linear(64, 64))
     accelerator.load_state(str(latest))
-    assert json.loads((latest / "training_state.json").read_text())["step"] == 2
+    expected = torch.load(weights_at_2)
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    assert read_training_state(latest, batches_per_epoch=5, accumulation=1) == (2, DataPosition(0, 2, 5))
     remove_partial_checkpoints(output)
     assert not (output / ".checkpoint-4.partial").exists()
 
