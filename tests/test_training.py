@@ -220,15 +220,16 @@ def five_image_dataset(tmp_path_factory) -> tuple:
 
 
 @pytest.mark.parametrize(
-    ("dataset", "batch_size", "accumulation", "steps", "checkpoint_step"),
+    ("dataset", "num_processes", "batch_size", "accumulation", "steps", "checkpoint_step"),
     [
-        ("hub_dataset", 2, 1, 6, 3),  # mid-epoch
-        ("five_image_dataset", 1, 2, 6, 4),  # after an epoch that ended on an incomplete accumulation
-        ("five_image_dataset", 2, 3, 3, 2),  # accumulation longer than an epoch, saved at an epoch's end
+        ("hub_dataset", 1, 2, 1, 6, 3),  # mid-epoch
+        ("five_image_dataset", 1, 1, 2, 6, 4),  # after an epoch that ended on an incomplete accumulation
+        ("five_image_dataset", 1, 2, 3, 3, 2),  # accumulation longer than an epoch, saved at an epoch's end
+        ("hub_dataset", 2, 1, 3, 4, 3),  # 4 batches per process: 3, then 1 at the epoch's end
     ],
 )
 def test_resuming_continues_exactly(
-    tmp_path, request, tiny_hub_model_dir, dataset, batch_size, accumulation, steps, checkpoint_step
+    tmp_path, request, tiny_hub_model_dir, dataset, num_processes, batch_size, accumulation, steps, checkpoint_step
 ):
     dataset = request.getfixturevalue(dataset)
     extra = ["--gradient_accumulation_steps", str(accumulation), "--checkpointing_steps", str(checkpoint_step)]
@@ -236,11 +237,12 @@ def test_resuming_continues_exactly(
     run_script(
         "train_cascade_clip.py",
         train_args(dataset, straight, tiny_hub_model_dir, steps, batch_size, extra=[*extra, "--skip_eval"]),
+        num_processes=num_processes,
     )
     checkpoint = f"checkpoint-{checkpoint_step}"
     state = json.loads((straight / checkpoint / "training_state.json").read_text())
     num_images = len(hub_split(str(dataset[0]), "train", read_id2label(dataset[1])))
-    position = DataPosition.after_steps(checkpoint_step, num_images // batch_size, accumulation)
+    position = DataPosition.after_steps(checkpoint_step, num_images // batch_size // num_processes, accumulation)
     assert state == {"step": checkpoint_step, **asdict(position)}
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -257,6 +259,7 @@ def test_resuming_continues_exactly(
             batch_size,
             extra=[*extra, "--skip_eval", "--resume_from_checkpoint", "latest"],
         ),
+        num_processes=num_processes,
     )
     assert f"at step {checkpoint_step}, epoch {position.epoch}, batch {position.batches}." in result.stderr
     expected, actual = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
