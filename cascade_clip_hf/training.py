@@ -5,7 +5,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,34 @@ def training_vocabulary(num_classes: int, seen_class_ids: list[int] | None, sett
     return TrainingVocabulary(class_ids=list(range(num_classes)), label_lookup=lookup, unseen_class_ids=unseen)
 
 
+@dataclass(frozen=True)
+class DataPosition:
+    """
+    Where a run stands in its data: `batches` batches consumed, per process, of epoch `epoch`, whose data loader
+    yields `batches_per_epoch` per process (`0 <= batches < batches_per_epoch`).
+    """
+
+    epoch: int
+    batches: int
+    batches_per_epoch: int
+
+    def advance(self) -> "DataPosition":
+        """The position one batch later: the next epoch's start after the epoch's last batch."""
+        epoch, batches = divmod(self.batches + 1, self.batches_per_epoch)
+        return DataPosition(self.epoch + epoch, batches, self.batches_per_epoch)
+
+    @classmethod
+    def after_steps(cls, steps: int, batches_per_epoch: int, accumulation: int) -> "DataPosition":
+        """
+        Where `steps` optimizer steps from the start leave a run that accumulates gradients over `accumulation`
+        batches: Accelerate also steps at an epoch's last batch, on an incomplete accumulation, so an epoch takes
+        `ceil(batches_per_epoch / accumulation)` steps.
+        """
+        steps_per_epoch = -(-batches_per_epoch // accumulation)
+        epoch, steps_in_epoch = divmod(steps, steps_per_epoch)
+        return cls(epoch, steps_in_epoch * accumulation, batches_per_epoch)
+
+
 def checkpoint_dirs(output_dir: str | os.PathLike) -> dict[int, Path]:
     """Complete checkpoints under `output_dir`, by step. Partial saves (hidden `.checkpoint-*` folders) are not."""
     found = {}
@@ -144,10 +172,37 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from: str) -> Path 
     return path
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state: dict) -> Path:
+def read_training_state(checkpoint: Path, batches_per_epoch: int, accumulation: int) -> tuple[int, DataPosition]:
     """
-    `accelerator.save_state` into a hidden staging folder, then a rename to `checkpoint-{step}`: a crash or kill
-    during the save leaves the previous checkpoints as they were.
+    The optimizer steps a checkpoint was saved after and the data position to resume from, for a run whose data
+    loader yields `batches_per_epoch` per process. A checkpoint that records no position (saved by an earlier
+    version) gets the one its steps imply, exact if the run that saved it accumulated over `accumulation` batches
+    and had as many batches per epoch.
+    """
+    state = json.loads((checkpoint / TRAINING_STATE_FILE).read_text())
+    step = state["step"]
+    if "batches" not in state:
+        logger.warning(
+            f"{checkpoint} records no data position (saved by an earlier version): deriving it from the step count, "
+            "exact only if the batch size, number of processes and gradient accumulation are unchanged."
+        )
+        return step, DataPosition.after_steps(step, batches_per_epoch, accumulation)
+    batches = state["batches"]
+    if state["batches_per_epoch"] != batches_per_epoch:
+        batches = batches * batches_per_epoch // state["batches_per_epoch"]
+        logger.warning(
+            f"{checkpoint} was saved by a run of {state['batches_per_epoch']} batches per epoch and process, this one "
+            f"has {batches_per_epoch} (another batch size or number of processes): resuming at the same fraction of "
+            f"epoch {state['epoch']}, batch {batches}, in a data order that differs from the uninterrupted run's."
+        )
+    return step, DataPosition(state["epoch"], batches, batches_per_epoch)
+
+
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, position: DataPosition) -> Path:
+    """
+    `accelerator.save_state` into a hidden staging folder, with `training_state.json` recording the steps done and
+    the data position to resume from, then a rename to `checkpoint-{step}`: a crash or kill during the save leaves
+    the previous checkpoints as they were.
     """
     output_dir = Path(output_dir)
     staging, target = output_dir / f".checkpoint-{step}.partial", output_dir / f"checkpoint-{step}"
@@ -166,7 +221,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (staging / TRAINING_STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+        (staging / TRAINING_STATE_FILE).write_text(json.dumps({"step": step, **asdict(position)}, indent=2))
         publish_directory(staging, target)
         record_staging(output_dir, staging.name, MODEL, add=False)
     accelerator.wait_for_everyone()

@@ -39,8 +39,10 @@ from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, defa
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
     AugmentedSegmentation,
+    DataPosition,
     parameter_groups,
     poly_schedule,
+    read_training_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
@@ -222,17 +224,20 @@ def main(argv=None) -> None:
     class_embeds = unwrapped.class_embeddings[vocabulary.class_ids]
     seen_class_mask = vocabulary.seen_class_mask.to(accelerator.device)
 
-    completed_steps, resume_batches = 0, 0
+    completed_steps, position = 0, DataPosition(epoch=0, batches=0, batches_per_epoch=len(train_dataloader))
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
         if checkpoint is None:
             logger.info(f"No checkpoint in {output_dir} yet: starting from step 0.")
         else:
             accelerator.load_state(str(checkpoint))
-            completed_steps = json.loads((checkpoint / "training_state.json").read_text())["step"]
-            resume_batches = completed_steps * args.gradient_accumulation_steps
-            logger.info(f"Resumed from {checkpoint} at step {completed_steps}.")
-    epoch, resume_batches = divmod(resume_batches, len(train_dataloader))
+            completed_steps, position = read_training_state(
+                checkpoint, len(train_dataloader), args.gradient_accumulation_steps
+            )
+            logger.info(
+                f"Resumed from {checkpoint} at step {completed_steps}, epoch {position.epoch}, "
+                f"batch {position.batches}."
+            )
 
     if accelerator.is_main_process:
         existing = set(os.listdir(output_dir))
@@ -252,12 +257,13 @@ def main(argv=None) -> None:
     )
     model.train()
     while completed_steps < args.max_train_steps:
-        train_dataset.set_epoch(epoch)
-        train_dataloader.set_epoch(epoch)
+        train_dataset.set_epoch(position.epoch)
+        train_dataloader.set_epoch(position.epoch)
         batches = (
-            accelerator.skip_first_batches(train_dataloader, resume_batches) if resume_batches else train_dataloader
+            accelerator.skip_first_batches(train_dataloader, position.batches)
+            if position.batches
+            else train_dataloader
         )
-        resume_batches = 0
         for batch in batches:
             with accelerator.accumulate(model):
                 # Transductive labels hide unseen classes' pixels; the model pseudo-labels them before the loss.
@@ -271,6 +277,8 @@ def main(argv=None) -> None:
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
+            # Counted as the data loader yields them: Accelerate also steps on an epoch's incomplete accumulation.
+            position = position.advance()
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -289,10 +297,9 @@ def main(argv=None) -> None:
                     step=completed_steps,
                 )
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, completed_steps, {"epoch": epoch})
+                save_checkpoint(accelerator, output_dir, completed_steps, position)
             if completed_steps >= args.max_train_steps:
                 break
-        epoch += 1
     progress.close()
 
     save_final(accelerator, model, processor, output_dir)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -17,14 +18,17 @@ from cascade_clip_hf.data import hub_split, read_id2label
 from cascade_clip_hf.labels import HIDDEN_LABEL, IGNORE_INDEX
 from cascade_clip_hf.modeling_cascade_clip import fill_pseudo_labels, segmentation_loss
 from cascade_clip_hf.training import (
+    DataPosition,
     parameter_groups,
     poly_schedule,
+    read_training_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
     training_vocabulary,
 )
 
-from .helpers import run_script, save_tiny_cascade
+from .helpers import HUB_CLASSES, run_script, save_tiny_cascade
+from .synthetic import write_hub_dataset
 
 
 def test_parameter_groups_follow_the_original(tiny_model):
@@ -205,33 +209,63 @@ def test_training_lowers_the_loss_and_writes_a_model(tmp_path, hub_dataset, tiny
     assert "Training: 100%" in result.stderr  # the progress bar
 
 
-def test_resuming_continues_exactly(tmp_path, hub_dataset, tiny_hub_model_dir):
+@pytest.fixture(scope="module")
+def five_image_dataset(tmp_path_factory) -> tuple:
+    """A save_to_disk dataset of 5 training images: no batch of 2 or accumulation of 2 or 3 divides an epoch."""
+    root = tmp_path_factory.mktemp("five_images")
+    id2label = root / "id2label.json"
+    id2label.write_text(json.dumps({str(i): name for i, name in enumerate(HUB_CLASSES)}))
+    sizes = (("train", 5), ("validation", 1))
+    return write_hub_dataset(root / "data", num_classes=len(HUB_CLASSES), sizes=sizes), id2label
+
+
+@pytest.mark.parametrize(
+    ("dataset", "num_processes", "batch_size", "accumulation", "steps", "checkpoint_step"),
+    [
+        ("hub_dataset", 1, 2, 1, 6, 3),  # mid-epoch
+        ("five_image_dataset", 1, 1, 2, 6, 4),  # after an epoch that ended on an incomplete accumulation
+        ("five_image_dataset", 1, 2, 3, 3, 2),  # accumulation longer than an epoch, saved at an epoch's end
+        ("hub_dataset", 2, 1, 3, 4, 3),  # 4 batches per process: 3, then 1 at the epoch's end
+    ],
+)
+def test_resuming_continues_exactly(
+    tmp_path, request, tiny_hub_model_dir, dataset, num_processes, batch_size, accumulation, steps, checkpoint_step
+):
+    dataset = request.getfixturevalue(dataset)
+    extra = ["--gradient_accumulation_steps", str(accumulation), "--checkpointing_steps", str(checkpoint_step)]
     straight = tmp_path / "straight"
     run_script(
         "train_cascade_clip.py",
-        train_args(hub_dataset, straight, tiny_hub_model_dir, 6, extra=["--checkpointing_steps", "3", "--skip_eval"]),
+        train_args(dataset, straight, tiny_hub_model_dir, steps, batch_size, extra=[*extra, "--skip_eval"]),
+        num_processes=num_processes,
     )
+    checkpoint = f"checkpoint-{checkpoint_step}"
+    state = json.loads((straight / checkpoint / "training_state.json").read_text())
+    num_images = len(hub_split(str(dataset[0]), "train", read_id2label(dataset[1])))
+    position = DataPosition.after_steps(checkpoint_step, num_images // batch_size // num_processes, accumulation)
+    assert state == {"step": checkpoint_step, **asdict(position)}
     resumed = tmp_path / "resumed"
     resumed.mkdir()
-    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
-    saved_optimizer = torch.load(resumed / "checkpoint-3" / "optimizer.bin", weights_only=False)
-    assert all(state["step"] == 3 for state in saved_optimizer["state"].values())
+    shutil.copytree(straight / checkpoint, resumed / checkpoint)
+    saved_optimizer = torch.load(resumed / checkpoint / "optimizer.bin", weights_only=False)
+    assert all(state["step"] == checkpoint_step for state in saved_optimizer["state"].values())
     result = run_script(
         "train_cascade_clip.py",
         train_args(
-            hub_dataset,
+            dataset,
             resumed,
             tiny_hub_model_dir,
-            6,
-            extra=["--checkpointing_steps", "3", "--skip_eval", "--resume_from_checkpoint", "latest"],
+            steps,
+            batch_size,
+            extra=[*extra, "--skip_eval", "--resume_from_checkpoint", "latest"],
         ),
+        num_processes=num_processes,
     )
-    assert "at step 3" in result.stderr
-    final_optimizer = torch.load(resumed / "checkpoint-6" / "optimizer.bin", weights_only=False)
-    assert all(state["step"] == 6 for state in final_optimizer["state"].values())
+    assert f"at step {checkpoint_step}, epoch {position.epoch}, batch {position.batches}." in result.stderr
     expected, actual = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
+    assert expected.keys() == actual.keys()
+    differences = {key: (actual[key] - expected[key]).abs().max().item() for key in expected}
+    assert max(differences.values()) == 0.0, differences
     reference = load_file(str(tiny_hub_model_dir / "model.safetensors"))
     assert not torch.equal(
         expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"]
@@ -242,16 +276,17 @@ KILLED_SAVE = textwrap.dedent(
     """
     import os, signal, sys, torch
     from accelerate import Accelerator
-    from cascade_clip_hf.training import save_checkpoint
+    from cascade_clip_hf.training import DataPosition, save_checkpoint
 
-    output_dir = sys.argv[1]
+    output_dir, weights_file = sys.argv[1:]
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(64, 64)
     optimizer = torch.optim.AdamW(model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
     model(torch.randn(2, 64)).sum().backward()
     optimizer.step()
-    save_checkpoint(accelerator, output_dir, 2, {"epoch": 0})
+    save_checkpoint(accelerator, output_dir, 2, DataPosition(epoch=0, batches=2, batches_per_epoch=5))
+    torch.save(model.state_dict(), weights_file)
     real_save = accelerator.save_state
 
     def save_then_die(path):
@@ -260,16 +295,17 @@ KILLED_SAVE = textwrap.dedent(
 
     accelerator.save_state = save_then_die
     optimizer.step()
-    save_checkpoint(accelerator, output_dir, 4, {"epoch": 0})
+    save_checkpoint(accelerator, output_dir, 4, DataPosition(epoch=0, batches=4, batches_per_epoch=5))
     """
 )
 
 
-def test_a_killed_save_leaves_the_last_checkpoint_loadable(tmp_path):
+def test_a_killed_save_leaves_the_last_checkpoint_to_resume_from(tmp_path):
     script = tmp_path / "killed_save.py"
     script.write_text(KILLED_SAVE)
-    output = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(script), str(output)], capture_output=True, text=True, timeout=120)
+    output, weights_at_2 = tmp_path / "run", tmp_path / "weights-2.pt"
+    command = [sys.executable, str(script), str(output), str(weights_at_2)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert not (output / "checkpoint-4").exists()
     assert (output / ".checkpoint-4.partial").is_dir()
@@ -278,9 +314,11 @@ def test_a_killed_save_leaves_the_last_checkpoint_loadable(tmp_path):
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    accelerator.prepare(torch.nn.Linear(64, 64))
+    model = accelerator.prepare(torch.nn.Linear(64, 64))
     accelerator.load_state(str(latest))
-    assert json.loads((latest / "training_state.json").read_text())["step"] == 2
+    expected = torch.load(weights_at_2)
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    assert read_training_state(latest, batches_per_epoch=5, accumulation=1) == (2, DataPosition(0, 2, 5))
     remove_partial_checkpoints(output)
     assert not (output / ".checkpoint-4.partial").exists()
 
