@@ -195,7 +195,7 @@ def hub_id_of_clip(clip_model: str) -> str | None:
         validate_repo_id(name)
     except (OSError, ValueError, AttributeError):
         return None
-    return None if Path(name).exists() else name
+    return name if isinstance(name, str) and not Path(name).exists() else None
 
 
 def training_provenance(clip_model: str, init_from: str | None = None, license: str | None = None) -> dict:

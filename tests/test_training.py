@@ -204,6 +204,8 @@ def test_training_lowers_the_loss_and_writes_a_model(tmp_path, hub_dataset, tiny
     assert results["num_images"] == 4
     card = (output / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and f"{results['miou']}" in card
+    # Continued from a model without a card: no base model claimed, the original weights' terms assumed.
+    assert "base_model" not in card and "license: other" in card
     assert "Training: 100%" in result.stderr  # the progress bar
 
 
@@ -386,11 +388,13 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, hub_dataset, tiny_h
         "train_cascade_clip.py",
         train_args(hub_dataset, one, tiny_hub_model_dir, 8, batch_size=2, extra=["--checkpointing_steps", "0"]),
     )
-    run_script(
+    result = run_script(
         "train_cascade_clip.py",
         train_args(hub_dataset, two, tiny_hub_model_dir, 8, batch_size=1, extra=["--checkpointing_steps", "0"]),
         num_processes=2,
     )
+    assert result.stderr.count("Training inductive on 8 images") == 1  # logged by the main process only
+    assert result.stderr.count("Evaluation:") == 1
     weights_one, weights_two = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     for key in weights_one:
         torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=0)
