@@ -12,6 +12,13 @@ from .errors import one_line
 from .presets import BENCHMARKS
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def positive_int(text: str) -> int:
     """A whole number of at least 1 (sizes, counts)."""
     try:
@@ -59,6 +66,27 @@ def comma_separated_ints(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def trackers_argument(text: str) -> list[str]:
+    """
+    `--report_to`: `none`, `all` (every installed tracker), or Accelerate trackers separated by commas
+    (`tensorboard,wandb`), each of which must be installed: a run finds out now, not after its first steps.
+    """
+    # Accelerate comes with the training extra only; the command line must not need it.
+    from accelerate import utils
+    from accelerate.utils import LoggerType
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names in (["none"], ["all"]):
+        return names
+    known = [tracker.value for tracker in LoggerType if tracker != LoggerType.ALL]
+    for name in names:
+        if name not in known:
+            raise argparse.ArgumentTypeError(f"unknown tracker {name!r}; use none, all, or some of {', '.join(known)}")
+        if not getattr(utils, f"is_{name}_available")():
+            raise argparse.ArgumentTypeError(f"{name} is not installed: pip install {name}, or report to another")
+    return names
 
 
 # Files of class names the command line reads, and suffixes that name a file rather than a class.

@@ -30,7 +30,8 @@ STAGING = ".cascade-clip-staging"
 
 
 class OutputFolderError(ValueError):
-    """Writing an output would lose a file this program did not write, or one of the run's inputs."""
+    """Writing an output would lose a file this program did not write or one of the run's inputs, or the output
+    folder is not a writable folder."""
 
 
 @dataclass
@@ -137,8 +138,8 @@ def check_output_folder(
     kind: str = MODEL,
 ) -> None:
     """
-    Checks that writing into `folder` loses nothing this program did not write. A missing or empty folder always
-    passes.
+    Checks that writing into `folder` loses nothing this program did not write, and that it can be written (the
+    folder, or where it will be created, is a writable folder). A missing or empty writable folder always passes.
 
     Args:
         folder: the output folder.
@@ -163,12 +164,17 @@ def check_output_folder(
                     f"refusing to write {shown(target)}: that would replace the input {shown(source)} "
                     "(choose another output folder)"
                 )
-    if not os.path.lexists(folder):
-        return
-    if not folder.is_dir():
+    existing = next(path for path in (folder, *folder.absolute().parents) if os.path.lexists(path))
+    if not existing.is_dir():
         raise OutputFolderError(
-            f"refusing to write into {shown(folder)}: it is a file, not a folder (choose another one)"
+            f"refusing to write into {shown(folder)}: {shown(existing)} is a file, not a folder (choose another one)"
         )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"cannot write into {shown(folder)}: {shown(existing)} is not writable (choose another)"
+        )
+    if existing != folder:
+        return
     if names is None:
         found = foreign_entry(folder)
         record = read_record(folder)

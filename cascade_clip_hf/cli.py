@@ -16,7 +16,14 @@ import PIL.Image
 import torch
 from transformers.utils import logging as transformers_logging
 
-from .arguments import class_names_argument, comma_separated_ints, positive_int, torch_device, unit_interval
+from .arguments import (
+    OneLineErrorParser,
+    class_names_argument,
+    comma_separated_ints,
+    positive_int,
+    torch_device,
+    unit_interval,
+)
 from .atomic import check_output_folder, output_files, recorded_names, shown
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
@@ -437,13 +444,6 @@ def run_embed(args) -> int:
         f"Embedded {len(class_names)} classes in {len(own_vocabulary.templates)} templates into {shown(output)}."
     )
     return 0
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line, like every other error of the command line."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

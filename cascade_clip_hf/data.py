@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .errors import one_line
 from .image_processing_cascade_clip import ImageInputError, to_label_array, to_rgb_uint8
 from .labels import LOOKUP_SIZE, identity_lookup, raw_coco_lookup, reduce_zero_lookup
 from .presets import BENCHMARKS, benchmark_facts
@@ -149,9 +150,20 @@ def benchmark_split(
 
 
 def read_id2label(path: str | os.PathLike) -> list[str]:
-    """Class names from an `id2label.json` (`{"0": "cat", ...}`), in id order; ids must run from 0 without gaps."""
-    mapping = json.loads(Path(path).read_text(encoding="utf-8"))
-    ids = sorted(int(key) for key in mapping)
+    """
+    Class names from an `id2label.json` (`{"0": "cat", ...}`), in id order; ids must run from 0 without gaps.
+
+    Raises:
+        DatasetLayoutError: naming `path` when it is missing, not such a JSON object, or has gaps in its ids.
+    """
+    try:
+        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+        ids = sorted(int(key) for key in mapping)
+    except (OSError, ValueError, TypeError) as error:
+        reason = "no such file" if isinstance(error, FileNotFoundError) else one_line(error)
+        raise DatasetLayoutError(
+            f'{path}: cannot read class names ({reason}); expected a JSON object {{"0": "cat", ...}}'
+        ) from error
     if ids != list(range(len(ids))):
         raise DatasetLayoutError(f"{path}: ids must run 0..{len(ids) - 1} without gaps, got {ids[:10]}...")
     return [mapping[str(class_id)] for class_id in ids]
@@ -172,12 +184,18 @@ def hub_split(
     """
     if Path(dataset_name_or_path).is_dir():
         loaded = datasets.load_from_disk(dataset_name_or_path)
+        if isinstance(loaded, datasets.DatasetDict) and split not in loaded:
+            raise DatasetLayoutError(
+                f"{dataset_name_or_path} has no split {split!r}; its splits are {', '.join(loaded)}."
+            )
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     else:
         dataset = datasets.load_dataset(dataset_name_or_path, split=split)
     for column in (image_column, label_column):
         if column not in dataset.column_names:
-            raise DatasetLayoutError(f"{dataset_name_or_path} has no column {column!r}: {dataset.column_names}.")
+            raise DatasetLayoutError(
+                f"{dataset_name_or_path} has no column {column!r} in its {split!r} split: {dataset.column_names}."
+            )
     dataset = dataset.select_columns([image_column, label_column])
     dataset = dataset.rename_columns({image_column: "image", label_column: "label"})
     dataset = dataset.add_column(
@@ -250,3 +268,33 @@ def load_segmentation_data(source: DataSource, split: str) -> SegmentationData:
     return benchmark_split(
         source.benchmark, source.data_dir, split, setting=source.setting, label_dir=source.label_dir
     )
+
+
+# The names Hugging Face datasets give the split to evaluate on; a benchmark folder's is `val`.
+EVALUATION_SPLITS = ("validation", "val")
+
+
+def evaluation_split(source: DataSource) -> str:
+    """
+    The split to evaluate on when none is named: `val` for a benchmark folder; for a Hugging Face dataset, the one
+    of `validation` and `val` it has.
+
+    Raises:
+        DatasetLayoutError: a Hugging Face dataset with both or neither, listing its splits.
+    """
+    if not source.dataset_name:
+        return "val"
+    if Path(source.dataset_name).is_dir():
+        loaded = datasets.load_from_disk(source.dataset_name)
+        if not isinstance(loaded, datasets.DatasetDict):
+            return "val"  # one split, which `hub_split` serves under any name
+        names = list(loaded)
+    else:
+        names = datasets.get_dataset_split_names(source.dataset_name)
+    found = [name for name in EVALUATION_SPLITS if name in names]
+    if len(found) != 1:
+        raise DatasetLayoutError(
+            f"{source.dataset_name} has the splits {', '.join(names)}: name the one to evaluate on "
+            "(--eval_split, or --skip_eval)."
+        )
+    return found[0]

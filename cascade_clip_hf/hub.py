@@ -4,12 +4,33 @@ import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+
+from .errors import one_line
 
 
 # Training leaves resumable state and interrupted saves beside the model; they do not belong on the Hub.
 NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", ".*", ".*/**", "*.partial/**"]
+
+
+def check_push(repo_id: str, token: str | None = None) -> None:
+    """
+    Checks, without the network, what an upload at the end of a long run will need: a valid repository id
+    (`org/name`, or `name` in the token's namespace), a token (passed, in `HF_TOKEN`, or saved by
+    `hf auth login`), and the Hub not switched off.
+
+    Raises:
+        ValueError: with one line saying what is missing.
+    """
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise ValueError(f"{repo_id!r} is not a Hub repository id: {one_line(error)}") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("HF_HUB_OFFLINE is set: the Hub cannot be reached to upload to (unset it, or do not push)")
+    if not (token or get_token()):
+        raise ValueError("no Hub token to upload with: run `hf auth login`, set HF_TOKEN, or pass one")
 
 
 def push_folder(

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 
 from .atomic import FILES, output_files
 from .configuration_cascade_clip import CascadeClipConfig
@@ -20,6 +22,9 @@ DATASET_NAMES = {
     "pascal-voc-2012": "PASCAL VOC 2012",
     "pascal-context-59": "PASCAL Context 59",
 }
+# A card's `license: other` names the original release's terms; models trained here from CLIP default to the code's.
+ORIGINAL_LICENSE, ORIGINAL_LICENSE_NAME = "other", "cascade-clip-non-commercial"
+TRAINED_FROM_CLIP_LICENSE = "apache-2.0"
 ORIGINAL_WEIGHTS_LICENSE = (
     "The original Cascade-CLIP release states that its code and weights are for non-commercial use only. Weights "
     "converted from that release, and models trained with its recipe from its checkpoints, carry that restriction. "
@@ -112,8 +117,9 @@ def build_model_card(
     training: dict | None = None,
     summary: str | None = None,
     license_note: str = ORIGINAL_WEIGHTS_LICENSE,
-    license: str = "other",
+    license: str = ORIGINAL_LICENSE,
     base_model: str | None = BASE_MODEL,
+    origin: str | None = None,
     widget: list[dict] | None = WIDGET_EXAMPLES,
     example_image: str = "photo.jpg",
     example_folder: str = "photos/",
@@ -125,12 +131,13 @@ def build_model_card(
     A model card for a Cascade-CLIP checkpoint, with `results` (a `results.json` record) in its model-index.
     The defaults describe a checkpoint of the original recipe (CLIP ViT-B/16, the original's non-commercial
     weights, photos); a model of another kind passes its own license, base model, usage example, limitations and
-    `recipe` (markdown for the Training section, instead of the original recipe's).
+    `recipe` (markdown for the Training section, instead of the original recipe's). `origin`: a sentence opening
+    the Training section, naming what the model was trained from (see `training_provenance`).
     """
     num_seen = len(config.seen_class_ids) if config.seen_class_ids is not None else config.num_labels
     card_data = ModelCardData(
         license=license,
-        license_name="cascade-clip-non-commercial" if license == "other" else None,
+        license_name=ORIGINAL_LICENSE_NAME if license == ORIGINAL_LICENSE else None,
         library_name="transformers",
         pipeline_tag="image-segmentation",
         base_model=base_model,
@@ -155,7 +162,7 @@ def build_model_card(
         num_unseen=config.num_labels - num_seen,
         setting=config.setting,
         seen_score_shift=config.seen_score_shift,
-        training=recipe or training_markdown(config, dataset, training),
+        training="\n\n".join(filter(None, [origin, recipe or training_markdown(config, dataset, training)])),
         results=results_markdown(results, dataset, config.setting),
         license_note=license_note,
         example_image=example_image,
@@ -164,6 +171,69 @@ def build_model_card(
         example_labels_list=json.dumps(list(example_labels)),
         limitations=limitations.rstrip("\n"),
     )
+
+
+def card_data_of(model_name_or_path: str) -> ModelCardData | None:
+    """The metadata of a model's card: a local folder's README.md, or a Hub model's (None when there is none)."""
+    path = Path(model_name_or_path)
+    try:
+        card = ModelCard.load(path / "README.md" if path.is_dir() else model_name_or_path)
+    except (OSError, ValueError, EntryNotFoundError):  # no card, or the Hub cannot be reached
+        return None
+    return card.data
+
+
+def hub_id_of_clip(clip_model: str) -> str | None:
+    """
+    The Hub id of the CLIP checkpoint `clip_model` names: itself, or for a local folder the id its `config.json`
+    records as `_name_or_path` (transformers before 5 wrote it when saving a downloaded model); None otherwise.
+    """
+    if not Path(clip_model).is_dir():
+        return clip_model
+    try:
+        name = json.loads((Path(clip_model) / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+        validate_repo_id(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and not Path(name).exists() else None
+
+
+def training_provenance(clip_model: str, init_from: str | None = None, license: str | None = None) -> dict:
+    """
+    What the card of a model trained here says it came from: the `base_model`, `license`, `license_note` and
+    `origin` arguments of `build_model_card`.
+
+    Args:
+        clip_model: the CLIP checkpoint (Hub id or folder) a new model was built from.
+        init_from: the Cascade-CLIP model (Hub id or folder) training continued from instead, if any.
+        license: the licence the trainer gives the model (a Hub licence id; `other` means the original release's
+            non-commercial terms). By default: the licence of `init_from`'s card, the original's terms when it has
+            none (converted weights carry them), and Apache-2.0 for a model trained from CLIP.
+    """
+    if init_from:
+        parent = card_data_of(init_from)
+        base_model = init_from if not Path(init_from).is_dir() else parent and parent.base_model
+        origin = f"Training continued from the Cascade-CLIP model `{init_from}`."
+        license = license or (parent and parent.license) or ORIGINAL_LICENSE
+        inherited = f"the licence of `{init_from}`, which it continues" if parent and parent.license else None
+    else:
+        base_model = hub_id_of_clip(clip_model)
+        if base_model == clip_model:
+            origin = f"Trained from the CLIP checkpoint [`{clip_model}`](https://huggingface.co/{clip_model})."
+        else:
+            origin = f"Trained from the CLIP checkpoint in the local folder `{clip_model}`" + (
+                f", saved from `{base_model}`." if base_model else "."
+            )
+        license = license or TRAINED_FROM_CLIP_LICENSE
+        inherited = None
+    if license == ORIGINAL_LICENSE:
+        note = ORIGINAL_WEIGHTS_LICENSE
+    else:
+        note = (
+            f"{license}, {inherited or 'as stated by whoever trained it'}. The cascade-clip-hf code is Apache-2.0; "
+            "the CLIP weights inside keep their own terms."
+        )
+    return {"base_model": base_model or None, "license": license, "license_note": note, "origin": origin}
 
 
 def write_model_card(output_dir: str | os.PathLike, card: ModelCard, kind: str = FILES) -> Path:

@@ -27,14 +27,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
-from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, comma_separated_ints, data_source
+from cascade_clip_hf.arguments import (
+    OneLineErrorParser,
+    add_data_arguments,
+    check_output_argument,
+    comma_separated_ints,
+    data_source,
+    trackers_argument,
+)
 from cascade_clip_hf.atomic import MODEL, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
-from cascade_clip_hf.data import DatasetLayoutError, load_segmentation_data
+from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segmentation_data
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
-from cascade_clip_hf.hub import push_folder
-from cascade_clip_hf.model_card import build_model_card, write_model_card
+from cascade_clip_hf.hub import check_push, push_folder
+from cascade_clip_hf.model_card import build_model_card, training_provenance, write_model_card
 from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
@@ -56,7 +63,7 @@ logger = logging.getLogger("train_cascade_clip")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--clip_model", default="openai/clip-vit-base-patch16", help="CLIP checkpoint to start from")
@@ -106,16 +113,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train.add_argument("--checkpointing_steps", type=int, default=2000, help="save state every N steps (0: never)")
     train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
-    train.add_argument("--report_to", default="none", help="tensorboard, wandb, all or none")
+    train.add_argument(
+        "--report_to",
+        type=trackers_argument,
+        default="none",
+        help="trackers, comma-separated (tensorboard, wandb, ...; each must be installed), all or none",
+    )
     train.add_argument("--logging_steps", type=int, default=10)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--num_workers", type=int, default=2, help="data loading processes per training process")
     evaluation = parser.add_argument_group("evaluation at the end")
     evaluation.add_argument("--skip_eval", action="store_true")
-    evaluation.add_argument("--eval_split", default="val")
+    evaluation.add_argument(
+        "--eval_split",
+        help="default: val for a benchmark folder; the one of validation and val a Hugging Face dataset has",
+    )
     evaluation.add_argument("--eval_batch_size", type=int, default=1)
     evaluation.add_argument("--max_eval_samples", type=int)
-    hub = parser.add_argument_group("hub")
+    hub = parser.add_argument_group("model card and hub")
+    hub.add_argument(
+        "--license",
+        help="the model's licence, a Hub licence id (other: the original release's non-commercial terms); default: "
+        "apache-2.0 from CLIP, the licence of --init_from's card (the original's terms without one)",
+    )
     hub.add_argument("--push_to_hub", action="store_true")
     hub.add_argument("--hub_model_id", help="org/name of the Hub repository")
     hub.add_argument("--hub_token")
@@ -128,6 +148,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.max_train_steps = default_train_steps(args.dataset, args.setting)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.push_to_hub:
+        try:
+            check_push(args.hub_model_id, args.hub_token)
+        except ValueError as error:
+            parser.error(f"--push_to_hub: {error}")
     # The model's file names depend on it and on transformers: the folder may hold only this program's outputs.
     check_output_argument(parser, args.output_dir)
     return args
@@ -175,21 +200,32 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=None if args.report_to == ["none"] else args.report_to,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
+    # Every process runs this script: information once, from the main process; warnings and errors from all,
+    # since some befall one process only.
+    logging.basicConfig(
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    # Pre-flight: what the run needs after its last step (the evaluation split and its columns, what the card
+    # says) is read before its first, so that a mistake costs seconds, not a run.
+    source = data_source(args)
+    data = load_segmentation_data(source, "train")
+    eval_split = None if args.skip_eval else args.eval_split or evaluation_split(source)
+    eval_data = None if args.skip_eval else load_segmentation_data(source, eval_split)
+    provenance = training_provenance(args.clip_model, args.init_from, args.license)
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output_dir)
     accelerator.wait_for_everyone()
 
-    data = load_segmentation_data(data_source(args), "train")
     model, processor = build_model_and_processor(args, data)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
@@ -304,35 +340,30 @@ def main(argv=None) -> None:
 
     save_final(accelerator, model, processor, output_dir)
     results = None
-    if not args.skip_eval:
-        try:
-            eval_data = load_segmentation_data(data_source(args), args.eval_split)
-        except (DatasetLayoutError, FileNotFoundError, ValueError) as error:
-            logger.warning(f"No evaluation: the {args.eval_split!r} split cannot be loaded ({error}).")
-        else:
-            metrics = evaluate_split(
-                accelerator,
-                unwrapped,
-                processor,
-                eval_data,
-                batch_size=args.eval_batch_size,
-                num_workers=args.num_workers,
-                max_samples=args.max_eval_samples,
+    if eval_data is not None:
+        metrics = evaluate_split(
+            accelerator,
+            unwrapped,
+            processor,
+            eval_data,
+            batch_size=args.eval_batch_size,
+            num_workers=args.num_workers,
+            max_samples=args.max_eval_samples,
+        )
+        if accelerator.is_main_process:
+            results = results_record(
+                metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=eval_split
             )
-            if accelerator.is_main_process:
-                results = results_record(
-                    metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=args.eval_split
-                )
-                with output_files(output_dir, MODEL) as staging:
-                    (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-                logger.info("Evaluation:\n" + markdown_summary(results))
+            with output_files(output_dir, MODEL) as staging:
+                (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+            logger.info("Evaluation:\n" + markdown_summary(results))
     if accelerator.is_main_process:
         card = build_model_card(
             unwrapped.config,
             repo_id=args.hub_model_id or output_dir.name,
             dataset=args.dataset,
             results=results,
-            split=args.eval_split,
+            split=eval_split,
             training={
                 "steps": args.max_train_steps,
                 "batch": f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}",
@@ -340,6 +371,7 @@ def main(argv=None) -> None:
                 "learning rate": args.learning_rate,
                 "seed": args.seed,
             },
+            **provenance,
         )
         write_model_card(output_dir, card, MODEL)
         if args.push_to_hub:

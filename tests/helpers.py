@@ -3,6 +3,8 @@
 Test modules import these from here, never from `conftest.py` (which holds only fixtures) or from one another.
 """
 
+import functools
+import importlib.util
 import os
 import socket
 import subprocess
@@ -115,6 +117,15 @@ def reference_segmentation(model_dir, image, class_names=None) -> np.ndarray:
             seen_class_mask=inputs.get("seen_class_mask"),
         )
     return processor.post_process_semantic_segmentation(scores)[0].numpy()
+
+
+@functools.cache
+def load_script(path: Path):
+    """An example script as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

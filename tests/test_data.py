@@ -15,7 +15,14 @@ from cascade_clip_hf.augmentation import (
     RandomRescale,
     training_augmentation,
 )
-from cascade_clip_hf.data import DatasetLayoutError, benchmark_split, hub_split, read_id2label
+from cascade_clip_hf.data import (
+    DatasetLayoutError,
+    DataSource,
+    benchmark_split,
+    evaluation_split,
+    hub_split,
+    read_id2label,
+)
 from cascade_clip_hf.presets import benchmark_facts
 from cascade_clip_hf.training import AugmentedSegmentation
 
@@ -74,14 +81,33 @@ def test_hub_dataset_from_disk(hub_dataset):
     image, labels = data.load(0)
     assert image.shape == (48, 64, 3) and labels.shape == (48, 64)
     assert set(np.unique(labels)) <= set(range(len(names)))
-    with pytest.raises(DatasetLayoutError, match="no column 'mask'"):
+    with pytest.raises(DatasetLayoutError, match="no column 'mask' in its 'validation' split"):
         hub_split(str(path), "validation", names, label_column="mask")
+    with pytest.raises(DatasetLayoutError, match="has no split 'val'; its splits are train, validation"):
+        hub_split(str(path), "val", names)
+
+
+def test_the_evaluation_split_by_default(tmp_path, hub_dataset):
+    assert evaluation_split(DataSource(benchmark="pascal-voc-2012", data_dir=tmp_path)) == "val"
+    assert evaluation_split(DataSource(dataset_name=str(hub_dataset[0]))) == "validation"
+    import datasets
+
+    both = datasets.load_from_disk(str(hub_dataset[0]))
+    both["val"] = both["validation"]
+    both.save_to_disk(str(tmp_path / "both"))
+    with pytest.raises(DatasetLayoutError, match="splits train, validation, val: name the one to evaluate on"):
+        evaluation_split(DataSource(dataset_name=str(tmp_path / "both")))
 
 
 def test_id2label_must_be_complete(tmp_path):
     path = tmp_path / "id2label.json"
     path.write_text(json.dumps({"0": "cat", "2": "dog"}))
     with pytest.raises(DatasetLayoutError, match="without gaps"):
+        read_id2label(path)
+    with pytest.raises(DatasetLayoutError, match=r"missing.json: cannot read class names \(no such file\)"):
+        read_id2label(tmp_path / "missing.json")
+    path.write_text("cat,dog")
+    with pytest.raises(DatasetLayoutError, match="id2label.json: cannot read class names"):
         read_id2label(path)
 
 

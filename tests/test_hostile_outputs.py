@@ -1,8 +1,6 @@
 """Nothing a user owns is lost: every writer refuses to write over what it did not write, never leaves a half-written
 output, and writes with the permissions the umask gives (see `cascade_clip_hf.atomic`)."""
 
-import functools
-import importlib.util
 import json
 import logging
 import os
@@ -20,7 +18,7 @@ from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL
 from cascade_clip_hf.training import save_checkpoint, save_final
 
-from .helpers import EXAMPLES, OFFICIAL_TINY, conversion_flags, run_script
+from .helpers import EXAMPLES, OFFICIAL_TINY, conversion_flags, load_script, run_script
 
 
 REPOSITORY = Path(__file__).parent.parent
@@ -74,15 +72,6 @@ def refused_training(fixture: Callable, output_dir: Path) -> tuple[int, list[str
     result = run_script("train_cascade_clip.py", training_arguments(fixture, output_dir), returncode=2)
     errors = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
     return result.returncode, errors
-
-
-@functools.cache
-def load_script(path: Path):
-    """An example script as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def script(fixture: Callable, path: Path, *argv) -> tuple[int, list[str]]:

@@ -13,7 +13,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.hub import push_model_to_hub
-from cascade_clip_hf.model_card import build_model_card
+from cascade_clip_hf.model_card import build_model_card, training_provenance
 
 from .helpers import random_image
 
@@ -177,3 +177,41 @@ def test_shipped_model_cards_are_the_generators_output(tmp_path):
             f"{shipped} is stale: rerun model_cards/generate_model_cards.py"
         )
     assert CascadeClipConfig.from_preset("pascal-voc-2012", "inductive").setting == "inductive"
+
+
+def card_yaml(provenance: dict) -> dict:
+    card = build_model_card(CascadeClipConfig.from_preset("pascal-voc-2012", "inductive"), "org/run", **provenance)
+    return yaml.safe_load(str(card).split("---")[1]), card.text
+
+
+def test_cards_of_trained_models_name_their_clip_and_licence(tmp_path, tiny_clip_dir):
+    metadata, text = card_yaml(training_provenance(str(tiny_clip_dir)))
+    assert "base_model" not in metadata  # a local CLIP folder that names no Hub model
+    assert metadata["license"] == "apache-2.0" and "license_name" not in metadata
+    assert f"local folder `{tiny_clip_dir}`" in text and "non-commercial" not in text
+
+    saved_from_hub = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, saved_from_hub)
+    config = json.loads((saved_from_hub / "config.json").read_text())
+    (saved_from_hub / "config.json").write_text(
+        json.dumps({**config, "_name_or_path": "openai/clip-vit-large-patch14"})
+    )
+    metadata, _ = card_yaml(training_provenance(str(saved_from_hub), license="mit"))
+    assert metadata["base_model"] == "openai/clip-vit-large-patch14" and metadata["license"] == "mit"
+
+    metadata, _ = card_yaml(training_provenance("openai/clip-vit-base-patch16"))
+    assert metadata["base_model"] == "openai/clip-vit-base-patch16" and metadata["license"] == "apache-2.0"
+
+
+def test_continued_models_keep_their_parents_licence(tmp_path, tiny_model_dir):
+    metadata, text = card_yaml(training_provenance("openai/clip-vit-base-patch16", init_from=str(tiny_model_dir)))
+    assert metadata["license"] == "other" and metadata["license_name"] == "cascade-clip-non-commercial"
+    assert "base_model" not in metadata and "non-commercial" in text  # no card: converted weights' terms assumed
+
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_model_dir, parent)
+    card = build_model_card(CascadeClipConfig(), "org/parent", **training_provenance("openai/clip-vit-base-patch16"))
+    card.save(parent / "README.md")
+    metadata, text = card_yaml(training_provenance("openai/clip-vit-base-patch16", init_from=str(parent)))
+    assert metadata["license"] == "apache-2.0" and metadata["base_model"] == "openai/clip-vit-base-patch16"
+    assert f"the licence of `{parent}`" in text

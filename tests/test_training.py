@@ -1,11 +1,13 @@
 """The training recipe and the training script: groups, schedule, labels per setting, checkpoints, processes."""
 
+import importlib.util
 import json
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -27,7 +29,7 @@ from cascade_clip_hf.training import (
     training_vocabulary,
 )
 
-from .helpers import HUB_CLASSES, run_script, save_tiny_cascade
+from .helpers import EXAMPLES, HUB_CLASSES, load_script, run_script, save_tiny_cascade
 from .synthetic import write_hub_dataset
 
 
@@ -206,7 +208,57 @@ def test_training_lowers_the_loss_and_writes_a_model(tmp_path, hub_dataset, tiny
     assert results["num_images"] == 4
     card = (output / "README.md").read_text()
     assert "pipeline_tag: image-segmentation" in card and f"{results['miou']}" in card
+    # Continued from a model without a card: no base model claimed, the original weights' terms assumed.
+    assert "base_model" not in card and "license: other" in card
     assert "Training: 100%" in result.stderr  # the progress bar
+
+
+def assert_refused_before_training(result, output, expected: str, started: float) -> None:
+    """Exit code 2 (checked by `run_script`), one line naming the problem, fast, and nothing trained or written."""
+    lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-3000:]
+    assert "Training" not in result.stderr
+    assert not (output / "model.safetensors").exists() and not list(output.glob("checkpoint-*"))
+    assert time.monotonic() - started < 60
+
+
+def test_a_missing_evaluation_split_is_refused_before_the_first_step(tmp_path, hub_dataset, tiny_hub_model_dir):
+    """The split is read before training: a run of days no longer ends in a KeyError after its last step."""
+    output = tmp_path / "run"
+    started = time.monotonic()
+    args = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=["--eval_split", "val"])
+    result = run_script("train_cascade_clip.py", args, returncode=2)
+    assert_refused_before_training(result, output, "has no split 'val'; its splits are train, validation", started)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--report_to", "tensorbord"], "unknown tracker 'tensorbord'"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--push_to_hub", "--hub_model_id", "org/bad name"], "'org/bad name' is not a Hub repository id"),
+        (["--output_dir", "{tmp_path}/a_file/run"], "a_file is a file, not a folder"),
+    ],
+)
+def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
+    tmp_path, hub_dataset, tiny_hub_model_dir, capsys, extra, expected
+):
+    (tmp_path / "a_file").write_text("mine")
+    argv = train_args(hub_dataset, tmp_path / "run", tiny_hub_model_dir, 2, extra=extra)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(EXAMPLES / "train_cascade_clip.py").parse_args([arg.format(tmp_path=tmp_path) for arg in argv])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_tracker_that_is_not_installed_is_refused(tmp_path, hub_dataset, tiny_hub_model_dir, capsys):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    argv = train_args(hub_dataset, tmp_path / "run", tiny_hub_model_dir, 2, extra=["--report_to", "wandb"])
+    with pytest.raises(SystemExit):
+        load_script(EXAMPLES / "train_cascade_clip.py").parse_args(argv)
+    assert "wandb is not installed: pip install wandb" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -374,11 +426,13 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, hub_dataset, tiny_h
         "train_cascade_clip.py",
         train_args(hub_dataset, one, tiny_hub_model_dir, 8, batch_size=2, extra=["--checkpointing_steps", "0"]),
     )
-    run_script(
+    result = run_script(
         "train_cascade_clip.py",
         train_args(hub_dataset, two, tiny_hub_model_dir, 8, batch_size=1, extra=["--checkpointing_steps", "0"]),
         num_processes=2,
     )
+    assert result.stderr.count("Training inductive on 8 images") == 1  # logged by the main process only
+    assert result.stderr.count("Evaluation:") == 1
     weights_one, weights_two = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     for key in weights_one:
         torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=0)
