@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection, PreTrainedModel
 from transformers import initialization as init
@@ -53,6 +54,34 @@ TEXT_TOWER_CACHE_SIZE = 8
 PROMPT_BATCH_SIZE = 256
 # Embedding more prompts than this shows a progress bar.
 PROGRESS_BAR_MIN_PROMPTS = 500
+
+
+class OptimizerStepCount:
+    """
+    How many optimizer steps this process has taken, counted by a hook on every `torch.optim.Optimizer`. Fused
+    steps (e.g. `AdamW(fused=True)`) write the weights without touching their version counters: the text tower's
+    cache (see `CascadeClipForZeroShotSegmentation.text_tower_state`) forgets after any step.
+    """
+
+    steps = 0
+
+    @classmethod
+    def count(cls, optimizer, args, kwargs) -> None:
+        cls.steps += 1
+
+
+register_optimizer_step_post_hook(OptimizerStepCount.count)
+
+
+def in_place_changes(tensor: torch.Tensor) -> int | tuple[float, float]:
+    """
+    What changes when `tensor` is written in place: autograd's version counter, or, for an inference tensor (which
+    has none), the float64 sum and L2 norm of its values.
+    """
+    if tensor.is_inference():
+        values = tensor if tensor.is_floating_point() else tensor.double()
+        return values.sum(dtype=torch.float64).item(), torch.linalg.vector_norm(values, dtype=torch.float64).item()
+    return tensor._version
 
 
 @dataclass
@@ -666,14 +695,16 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
 
     def text_tower_state(self) -> tuple:
         """
-        What identifies the text tower's weights as they are now, without reading them: for every parameter and
-        buffer the tensor object, its address, autograd's count of its in-place changes (an optimizer step,
-        `copy_`, `load_state_dict`), dtype, device and shape; and the attention implementation.
+        What identifies the text tower's weights as they are now: the attention implementation, the number of
+        optimizer steps taken in this process (see `OptimizerStepCount`), and for every parameter and buffer the
+        tensor object, its address, dtype, device, shape and what its in-place changes change (see
+        `in_place_changes`: `copy_`, `load_state_dict`, an unfused optimizer step).
         """
         tensors = itertools.chain(self.text_encoder.parameters(), self.text_encoder.buffers())
         return (
             self.text_encoder.config._attn_implementation,
-            *((id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+            OptimizerStepCount.steps,
+            *((id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape), in_place_changes(t)) for t in tensors),
         )
 
     def text_tower_memo(self, key, compute: Callable[[], object]):

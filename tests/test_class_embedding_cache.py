@@ -97,13 +97,26 @@ def change_with_load_state_dict(model):
     model.text_encoder.load_state_dict(state)
 
 
-def change_with_an_optimizer_step(model):
-    weight = model.text_encoder.text_projection.weight
-    weight.requires_grad_(True)
-    optimizer = torch.optim.SGD([weight], lr=0.5)
-    weight.grad = torch.randn_like(weight)
-    optimizer.step()
-    weight.requires_grad_(False)
+def optimizer_step(make_optimizer):
+    def change_with_an_optimizer_step(model):
+        weight = model.text_encoder.text_projection.weight
+        weight.requires_grad_(True)
+        optimizer = make_optimizer([weight])
+        weight.grad = torch.randn_like(weight)
+        optimizer.step()
+        weight.requires_grad_(False)
+
+    return change_with_an_optimizer_step
+
+
+# Fused steps write the weights without counting a version: the cache must notice them all the same.
+OPTIMIZER_STEPS = [
+    optimizer_step(lambda weights: torch.optim.SGD(weights, lr=0.5)),
+    optimizer_step(lambda weights: torch.optim.SGD(weights, lr=0.5, fused=True)),
+    optimizer_step(lambda weights: torch.optim.AdamW(weights, lr=0.5, fused=True)),
+    optimizer_step(lambda weights: torch.optim.Adam(weights, lr=0.5, foreach=True)),
+    optimizer_step(lambda weights: torch.optim.Adagrad(weights, lr=0.5, fused=True)),
+]
 
 
 def change_with_a_dtype_round_trip(model):
@@ -113,18 +126,38 @@ def change_with_a_dtype_round_trip(model):
 
 @pytest.mark.parametrize(
     "change",
-    [change_with_copy, change_with_load_state_dict, change_with_an_optimizer_step, change_with_a_dtype_round_trip],
+    [change_with_copy, change_with_load_state_dict, *OPTIMIZER_STEPS, change_with_a_dtype_round_trip],
+    ids=["copy", "load_state_dict", "sgd", "sgd_fused", "adamw_fused", "adam_foreach", "adagrad_fused", "dtype"],
 )
 def test_changed_weights_miss(tiny_model, clip_tokenizer, change):
     torch.manual_seed(0)
     tokens = tokenize_class_prompts(clip_tokenizer, NAMES, TEMPLATES)
     before = cached_class_embeddings(tiny_model, tokens)
+    fingerprint_before = text_tower_fingerprint(tiny_model)
     runs = count_text_tower_runs(tiny_model)
     change(tiny_model)
     after = cached_class_embeddings(tiny_model, tokens)
     assert len(runs) == 1
     assert not torch.allclose(after, before, rtol=0, atol=1e-6)
     torch.testing.assert_close(after, unbatched_class_embeddings(tiny_model, tokens), rtol=0, atol=1e-6)
+    assert text_tower_fingerprint(tiny_model) != fingerprint_before
+
+
+def test_a_model_made_in_inference_mode_caches_and_sees_its_weights_change(tiny_model, clip_tokenizer):
+    # Inference tensors count no versions: the cache must still work, and still notice a write.
+    tokens = tokenize_class_prompts(clip_tokenizer, NAMES, TEMPLATES)
+    with torch.inference_mode():
+        model = CascadeClipForZeroShotSegmentation(tiny_model.config).eval()
+        model.load_state_dict(tiny_model.state_dict())
+        assert model.text_encoder.text_projection.weight.is_inference()
+        runs = count_text_tower_runs(model)
+        first = cached_class_embeddings(model, tokens)
+        again = cached_class_embeddings(model, tokens)
+        assert len(runs) == 1 and torch.equal(first, again)
+        change_with_load_state_dict(model)
+        changed = cached_class_embeddings(model, tokens)
+    assert len(runs) == 2
+    assert not torch.allclose(changed, first, rtol=0, atol=1e-6)
 
 
 def test_a_conversion_round_trip_misses_even_where_the_weights_get_their_old_addresses_back(
