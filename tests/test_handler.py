@@ -165,9 +165,9 @@ def test_the_contract_without_the_package(tmp_path, tiny_hub_model_dir):
         assert message in error and "\n" not in error and "Traceback" not in error, (name, error)
 
 
-def handler_module():
-    """The handler module as the saved model's file, imported in this process."""
-    spec = importlib.util.spec_from_file_location("cascade_clip_handler", PACKAGE_HANDLER)
+def handler_module(model_dir: Path):
+    """The handler module saved beside the model in `model_dir`, imported in this process."""
+    spec = importlib.util.spec_from_file_location("cascade_clip_handler", model_dir / "handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -217,7 +217,7 @@ def test_urls_when_allowed_stream_within_the_limits(tmp_path, tiny_hub_model_dir
     monkeypatch.setenv("CASCADE_CLIP_MAX_IMAGE_BYTES", str(2**18))
     monkeypatch.setenv("CASCADE_CLIP_URL_TIMEOUT", "0.5")
     try:
-        handler = handler_module().EndpointHandler(str(tiny_hub_model_dir))
+        handler = handler_module(tiny_hub_model_dir).EndpointHandler(str(tiny_hub_model_dir))
         answer = handler({"inputs": f"{base}/image.png", "parameters": {"candidate_labels": LABELS}})
         refusals = {
             path: handler({"inputs": f"{base}/{path}"})["error"]
@@ -234,16 +234,19 @@ def test_urls_when_allowed_stream_within_the_limits(tmp_path, tiny_hub_model_dir
     assert "cannot download the image URL (HTTP Error 404" in refusals["missing"]
 
 
-def test_a_failure_inside_the_model_is_one_line_and_bad_settings_stop_the_start(tiny_hub_model_dir, monkeypatch):
-    module = handler_module()
-    handler = module.EndpointHandler(str(tiny_hub_model_dir))
+def test_pil_images_the_default_folder_and_failures_inside_the_model(tiny_hub_model_dir, monkeypatch):
+    module = handler_module(tiny_hub_model_dir)
+    handler = module.EndpointHandler()  # the folder the handler lies in
+    image = random_image(30, 20, seed=8)
+    answer = handler({"inputs": image, "parameters": {"candidate_labels": LABELS}})  # as the toolkit passes files
+    assert_same_segments(answer, handler.segmenter(image, candidate_labels=LABELS), image.size)
 
     def fail(*args, **kwargs):
         raise RuntimeError("out of memory\nwhile segmenting")
 
     handler.segmenter = fail
     png = io.BytesIO()
-    random_image(20, 20).save(png, format="PNG")
+    image.save(png, format="PNG")
     assert handler({"inputs": png.getvalue()}) == {
         "error": "segmentation failed (RuntimeError: out of memory while segmenting); see the endpoint's logs"
     }
