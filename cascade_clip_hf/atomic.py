@@ -202,6 +202,33 @@ def current_umask() -> int:
     return umask
 
 
+def write_unless_taken(folder: str | os.PathLike, name: str, content: bytes) -> bool:
+    """
+    Writes `content` as the file `name` in `folder` (a staging file, renamed into place), unless that name holds
+    something else this program did not write (see its record), which is kept. Unlike `output_files`, it leaves
+    the folder's record as it is, so that it can write into a folder another writer is staging.
+
+    Returns:
+        `bool`: whether `folder / name` holds `content` afterwards.
+    """
+    target = Path(folder) / name
+    if os.path.lexists(target):
+        if target.is_file() and not target.is_symlink() and target.read_bytes() == content:
+            return True
+        if name not in recorded_names(Path(folder)):
+            return False
+    handle, temporary = tempfile.mkstemp(prefix=f"{STAGING}-file.", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
 def give_ordinary_modes(path: Path) -> None:
     """
     Gives `path`, and everything under it, the permissions an ordinary write would: files `0o666`, folders `0o777`,

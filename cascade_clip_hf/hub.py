@@ -6,12 +6,17 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
+from transformers.utils import logging
 
 from .errors import one_line
 
 
+logger = logging.get_logger(__name__)
+
 # Training leaves resumable state and interrupted saves beside the model; they do not belong on the Hub.
 NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", ".*", ".*/**", "*.partial/**"]
+# The Inference Endpoints handler every save_pretrained writes beside the model.
+HANDLER_FILE = Path(__file__).with_name("handler.py")
 
 
 def check_push(repo_id: str, token: str | None = None) -> None:
@@ -42,17 +47,31 @@ def push_folder(
 ) -> str:
     """
     Uploads a `save_pretrained` folder (weights, config, processor, code, model card) in one commit and returns
-    the commit's URL. (`HfApi.upload_folder` may split a folder over several commits.)
+    the commit's URL. (`HfApi.upload_folder` may split a folder over several commits.) The package's own
+    `handler.py` does not replace a different one the repository already holds.
     """
     folder = Path(folder)
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-    operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
-        for name in filter_repo_objects(files, ignore_patterns=NOT_PUBLISHED)
-    ]
+    names = list(filter_repo_objects(files, ignore_patterns=NOT_PUBLISHED))
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if HANDLER_FILE.name in names and keeps_its_handler(api, repo_id, folder / HANDLER_FILE.name):
+        logger.warning(
+            f"Kept the handler.py in {repo_id}, which differs from cascade-clip's Inference Endpoints handler; "
+            "delete it from the repository and push again to get cascade-clip's."
+        )
+        names = [name for name in names if name != HANDLER_FILE.name]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names]
     return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message).commit_url
+
+
+def keeps_its_handler(api: HfApi, repo_id: str, handler: Path) -> bool:
+    """Whether `repo_id` holds a `handler.py` of its own that the package's `handler` (a file) would replace."""
+    if handler.read_bytes() != HANDLER_FILE.read_bytes() or not api.file_exists(repo_id, HANDLER_FILE.name):
+        return False
+    with tempfile.TemporaryDirectory() as download:
+        existing = api.hf_hub_download(repo_id, HANDLER_FILE.name, local_dir=download)
+        return Path(existing).read_bytes() != handler.read_bytes()
 
 
 def push_model_to_hub(

@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from .atomic import write_unless_taken
 from .calibration import seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
@@ -732,14 +733,23 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         """
         `PreTrainedModel.save_pretrained`, also writing the zero-shot segmentation pipeline's code and naming it in
         `config.custom_pipelines`, so that `pipeline("zero-shot-image-segmentation", model=...,
-        trust_remote_code=True)` works where this package is not installed. (The model's own code and `auto_map`
-        are written by transformers because the package registers its classes for the Auto classes.)
+        trust_remote_code=True)` works where this package is not installed, and the Inference Endpoints handler
+        (`handler.py`), unless the folder holds a different `handler.py` this package did not write, which is kept.
+        (The model's own code and `auto_map` are written by transformers because the package registers its classes
+        for the Auto classes.)
         """
         from .pipeline_cascade_clip import zero_shot_pipeline_entry
 
         os.makedirs(save_directory, exist_ok=True)
         pipeline_file = Path(__file__).with_name("pipeline_cascade_clip.py")
         shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
+        handler_file = Path(__file__).with_name("handler.py")
+        # A copy of this module loaded as remote code has no handler beside it, and saves none.
+        if handler_file.is_file() and not write_unless_taken(save_directory, "handler.py", handler_file.read_bytes()):
+            logger.warning(
+                f"Kept the handler.py in {save_directory}, which cascade-clip did not write; the model's Inference "
+                "Endpoints handler is not saved there (move that file away to get it)."
+            )
         self.config.custom_pipelines = zero_shot_pipeline_entry()
         return super().save_pretrained(save_directory, *args, **kwargs)
 

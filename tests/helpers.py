@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,27 @@ def run_script(script: str, args: list[str], num_processes: int = 1, timeout: in
         f"{script} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     )
     return result
+
+
+def python_without_package(folder: Path) -> list[str]:
+    """
+    The command that starts the python of a new virtualenv in `folder`, which sees this environment's libraries
+    but not this package, as on a machine that runs a saved model's remote code without the package installed.
+    It runs isolated (`-I`): `PYTHONPATH` (which may name this checkout) and the current folder stay out too.
+    """
+    venv = folder / "venv"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    site_packages = subprocess.run(
+        [python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # A path line in a .pth adds the directory without running that directory's own .pth files, so the
+    # package's editable-install hook stays out.
+    (venv / site_packages.split("/venv/", 1)[1] / "libraries.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return [python, "-I"]
 
 
 def conversion_flags(meta: dict) -> list[str]:

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard
+from transformers.testing_utils import CaptureLogger
 
-from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor, hub
 from cascade_clip_hf.hub import push_model_to_hub
 from cascade_clip_hf.model_card import build_model_card, training_provenance
 
@@ -55,9 +56,24 @@ with torch.no_grad():
 
 
 @pytest.fixture
-def intercepted_hub(monkeypatch):
-    """Replaces the Hub's repository and commit endpoints; records each commit's files and their bytes."""
+def hub_repository() -> dict[str, bytes]:
+    """The files the intercepted Hub's repository holds before an upload, by name."""
+    return {}
+
+
+@pytest.fixture
+def intercepted_hub(monkeypatch, hub_repository):
+    """Replaces the Hub's repository, file and commit endpoints (the repository holds `hub_repository`); records
+    each commit's files and their bytes."""
     commits = []
+
+    def file_exists(self, repo_id, filename, **kwargs):
+        return filename in hub_repository
+
+    def hf_hub_download(self, repo_id, filename, local_dir, **kwargs):
+        path = Path(local_dir) / filename
+        path.write_bytes(hub_repository[filename])
+        return str(path)
 
     def create_repo(self, repo_id, **kwargs):
         return f"https://huggingface.co/{repo_id}"
@@ -76,6 +92,8 @@ def intercepted_hub(monkeypatch):
         )
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "file_exists", file_exists)
+    monkeypatch.setattr(HfApi, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     return commits
 
@@ -99,7 +117,9 @@ def test_push_to_hub_uploads_everything_in_one_commit(tiny_hub_model_dir, interc
         "modeling_cascade_clip.py",
         "configuration_cascade_clip.py",
         "pipeline_cascade_clip.py",
+        "handler.py",
     } <= set(files)
+    assert files["handler.py"] == (REPOSITORY / "cascade_clip_hf" / "handler.py").read_bytes()
     from safetensors.torch import load
 
     uploaded = load(files["model.safetensors"])
@@ -130,6 +150,19 @@ def test_training_pushes_its_output_folder_in_one_commit(tmp_path, tiny_hub_mode
     assert len(intercepted_hub) == 1
     assert "model.safetensors" in intercepted_hub[0]["files"]
     assert not any(name.startswith("checkpoint-") for name in intercepted_hub[0]["files"])
+
+
+def test_push_keeps_a_handler_the_repository_holds(tiny_hub_model_dir, intercepted_hub, hub_repository):
+    model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir)
+    processor = CascadeClipProcessor.from_pretrained(tiny_hub_model_dir)
+    hub_repository["handler.py"] = (REPOSITORY / "cascade_clip_hf" / "handler.py").read_bytes()
+    push_model_to_hub(model, processor, "org/same-handler")
+    hub_repository["handler.py"] = b"class EndpointHandler: ...\n"
+    with CaptureLogger(hub.logger) as captured:
+        push_model_to_hub(model, processor, "org/own-handler")
+    assert "handler.py" in intercepted_hub[0]["files"]
+    assert "handler.py" not in intercepted_hub[1]["files"] and "config.json" in intercepted_hub[1]["files"]
+    assert "Kept the handler.py in org/own-handler" in captured.out
 
 
 def test_model_cards_of_the_six_settings(tmp_path):

@@ -1,7 +1,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from cascade_clip_hf import (
     CascadeClipZeroShotSegmentationPipeline,
 )
 
-from .helpers import HUB_CLASSES, random_image, reference_segmentation
+from .helpers import HUB_CLASSES, python_without_package, random_image, reference_segmentation
 
 
 def index_map(segments, class_names, size) -> np.ndarray:
@@ -96,21 +95,7 @@ def test_zero_shot_pipeline_from_the_package_class(tiny_hub_model_dir):
 
 def test_remote_code_without_the_package_gives_the_same_outputs(tmp_path, tiny_hub_model_dir):
     """A virtualenv that sees this environment's libraries but not the package loads the model as remote code."""
-    python = tmp_path / "venv" / "bin" / "python"
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
-    site_packages = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # A path line in a .pth adds the directory without running that directory's own .pth files, so the
-    # package's editable-install hook stays out.
-    import sysconfig
-
-    (tmp_path / "venv" / site_packages.split("/venv/", 1)[1] / "libraries.pth").write_text(
-        sysconfig.get_paths()["purelib"] + "\n"
-    )
+    python = python_without_package(tmp_path)
     image = random_image(50, 80, seed=5)
     image.save(tmp_path / "image.png")
     script = f"""
@@ -129,7 +114,7 @@ segmenter = pipeline("zero-shot-image-segmentation", model={str(tiny_hub_model_d
 print(json.dumps([segment["label"] for segment in segmenter(image, candidate_labels=["bicycle", "red thing"])]))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run([*python, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
     model = CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir).eval()
