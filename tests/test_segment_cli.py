@@ -8,7 +8,6 @@ import PIL.Image
 import pytest
 
 from cascade_clip_hf.cli import main
-from cascade_clip_hf.visualization import class_palette, overlay_with_legend
 
 from .helpers import random_image, reference_segmentation
 
@@ -120,29 +119,3 @@ def test_segment_names_an_unknown_model_in_one_line(tmp_path, photos):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot load the model 'org/no-such-model'" in errors[0]
     assert "Traceback" not in result.stderr
-
-
-def two_class_overlay(min_side: int) -> np.ndarray:
-    """The overlay of a black 20x10 image: class "a" on the left half, "c" on the right, colours at full weight."""
-    image = PIL.Image.new("RGB", (20, 10), "black")
-    segmentation = np.zeros((10, 20), dtype=np.int64)
-    segmentation[:, 10:] = 2
-    return np.asarray(overlay_with_legend(image, segmentation, ["a", "b", "c"], alpha=1.0, min_side=min_side))
-
-
-def test_overlay_colours_each_class_and_lists_only_present_ones():
-    overlay = two_class_overlay(min_side=10)
-    palette = class_palette(3)
-    assert (overlay[:10, :10] == palette[0]).all() and (overlay[:10, 10:20] == palette[2]).all()
-    legend = overlay[:, 20:].reshape(-1, 3)
-    assert (legend == palette[0]).all(axis=1).any() and (legend == palette[2]).all(axis=1).any()
-    assert not (legend == palette[1]).all(axis=1).any()
-    assert len({tuple(colour) for colour in class_palette(50)}) == 50
-
-
-def test_small_images_are_enlarged_in_whole_blocks_in_the_overlay():
-    overlay = two_class_overlay(min_side=64)
-    palette = class_palette(3)
-    # The shorter side (10) needs a factor of 7 to reach 64: each pixel becomes a 7x7 block.
-    assert overlay.shape[0] == 70 and overlay.shape[1] > 140
-    assert (overlay[:70, :70] == palette[0]).all() and (overlay[:70, 70:140] == palette[2]).all()
