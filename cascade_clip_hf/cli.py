@@ -249,19 +249,15 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
     failing every image one by one.
     """
     from .sliding_window import check_window
+    from .vocabulary import embed_class_names
 
     config = segmenter.model.config
     crop_size = crop_size if crop_size is not None else config.slide_crop_size
     stride = stride if stride is not None else config.slide_stride
     check_window(crop_size, stride, config.vision_config.patch_size)
     if labels is not None:
-        text = segmenter.processor(text=labels)
-        with torch.no_grad():
-            segmenter.model.get_class_embeddings(
-                text["input_ids"].to(segmenter.model.device),
-                text["attention_mask"].to(segmenter.model.device),
-                class_names=labels,
-            )
+        # Embedded once here (the model keeps them), so that classes it cannot tell apart fail the run now.
+        embed_class_names(segmenter.model, segmenter.processor.tokenizer, labels, segmenter.processor.templates)
 
 
 def read_ahead(read: Callable, paths: list[Path], reader: ThreadPoolExecutor, ahead: int) -> Iterator[tuple]:
