@@ -349,7 +349,7 @@ def run_segment(args) -> int:
     from .vocabulary import check_class_names, check_vocabulary_fits, load_vocabulary
 
     if args.labels is not None:
-        check_class_names(args.labels)
+        check_class_names(args.labels, "--labels")
     own_vocabulary = load_vocabulary(args.vocabulary) if args.vocabulary is not None else None
     labels = own_vocabulary.class_names if own_vocabulary is not None else args.labels
     paths = own_outputs_left_out(image_paths(args.inputs), Path(args.output))
@@ -425,8 +425,8 @@ def run_embed(args) -> int:
     from .segmenter import DEMO_MODEL, load_for_inference
     from .vocabulary import check_class_names, check_templates, embed_vocabulary, save_vocabulary
 
-    class_names = check_class_names(args.labels)
-    templates = check_templates(args.templates) if args.templates is not None else None
+    class_names = check_class_names(args.labels, "--labels")
+    templates = check_templates(args.templates, "--templates") if args.templates is not None else None
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise ValueError(f"{shown(output)}: name the vocabulary file *.safetensors.")

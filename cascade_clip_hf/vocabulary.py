@@ -4,9 +4,10 @@ embedded once and kept in files (`ClassVocabulary`, written by `cascade-clip emb
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 
 import numpy as np
 import torch
@@ -36,19 +37,41 @@ def normalize_class_name(name: str) -> str:
     return " ".join(name.split()).lower()
 
 
-def check_class_names(class_names: str | Sequence[str]) -> list[str]:
-    """Returns the class names as a list, or raises a clear error for empty, non-string or duplicate names."""
-    if isinstance(class_names, str):
-        class_names = [class_names]
-    class_names = list(class_names)
-    if not class_names:
-        raise ValueError("No class names were given: pass at least one, e.g. text=['cat', 'grass'].")
-    not_strings = [name for name in class_names if not isinstance(name, str)]
+def string_list(values, source: str, example: str) -> list[str]:
+    """
+    `values` as a list of strings (one string is a list of one), or a clear error naming `source` and giving
+    `example` of what it should hold.
+    """
+    if isinstance(values, str):
+        return [values]
+    if not isinstance(values, Iterable) or isinstance(values, Mapping):
+        raise ValueError(f"{source} must be a list of strings, e.g. {example}; got {shown_value(values)}.")
+    values = list(values)
+    not_strings = [value for value in values if not isinstance(value, str)]
     if not_strings:
-        raise ValueError(f"Class names must be strings, got {not_strings[:5]}.")
+        raise ValueError(
+            f"The entries of {source} must be strings, e.g. {example}; got {shown_value(not_strings[0])} among them."
+        )
+    return values
+
+
+def shown_value(value) -> str:
+    """A value as an error shows it: its type, and its start when it is long."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def check_class_names(class_names: str | Sequence[str], source: str = "class_names") -> list[str]:
+    """
+    Returns the class names as a list, or raises a clear error naming `source` (the argument, option or field
+    they came from) for empty, non-string or duplicate names.
+    """
+    class_names = string_list(class_names, source, "['cat', 'grass']")
+    if not class_names:
+        raise ValueError(f"No class names were given in {source}: pass at least one, e.g. ['cat', 'grass'].")
     empty = [index for index, name in enumerate(class_names) if not name.strip()]
     if empty:
-        raise ValueError(f"Class names at positions {empty} are empty.")
+        raise ValueError(f"Class names at positions {empty} of {source} are empty: name those classes or drop them.")
     seen, duplicates = set(), []
     for name in class_names:
         key = normalize_class_name(name)
@@ -56,21 +79,48 @@ def check_class_names(class_names: str | Sequence[str]) -> list[str]:
             duplicates.append(name)
         seen.add(key)
     if duplicates:
-        raise ValueError(f"Duplicate class names (compared ignoring case and spacing): {duplicates}.")
+        raise ValueError(
+            f"Duplicate class names in {source} (compared ignoring case and spacing): {duplicates}; keep one of each."
+        )
     return class_names
 
 
-def check_templates(templates: str | Sequence[str]) -> list[str]:
-    """Returns the templates as a list, or raises a clear error if one lacks exactly one '{}'."""
-    if isinstance(templates, str):
-        templates = [templates]
-    templates = list(templates)
+def check_templates(templates: str | Sequence[str], source: str = "templates") -> list[str]:
+    """
+    Returns the prompt templates as a list, or raises a clear error naming `source` and the first bad template:
+    each needs exactly one `{}` where the class name goes, and no other replacement field (`{0}`, `{x}`) or lone
+    brace (a literal brace is written twice, `{{`).
+    """
+    templates = string_list(templates, source, "['a photo of a {}.']")
     if not templates:
-        raise ValueError("At least one template is needed, e.g. ['a photo of a {}.'].")
-    bad = [template for template in templates if not isinstance(template, str) or template.count("{}") != 1]
-    if bad:
-        raise ValueError(f"Every template needs exactly one '{{}}' where the class name goes: {bad}.")
+        raise ValueError(f"No templates were given in {source}: pass at least one, e.g. ['a photo of a {{}}.'].")
+    for template in templates:
+        try:
+            fields = [field[1:] for field in Formatter().parse(template) if field[1] is not None]
+        except ValueError:  # a lone '{' or '}'
+            fields = None
+        if fields != [("", "", None)]:
+            raise ValueError(
+                f"Template {template!r} in {source} needs exactly one '{{}}' where the class name goes and no other "
+                "braces (write a literal brace twice, '{{' or '}}'), e.g. 'a photo of a {}.'."
+            )
     return templates
+
+
+def check_seen_classes(
+    seen_classes: Sequence[str], class_names: Sequence[str] | None = None, source: str = "seen_classes"
+) -> list[str]:
+    """
+    Returns the names of the classes seen in training as a list, or raises a clear error naming `source` when they
+    are not strings or, given `class_names`, not among them (compared ignoring case and spacing).
+    """
+    seen_classes = string_list(seen_classes, source, "['cat', 'grass']")
+    if class_names is not None:
+        known = {normalize_class_name(name) for name in class_names}
+        unknown = [name for name in seen_classes if normalize_class_name(name) not in known]
+        if unknown:
+            raise ValueError(f"{source} names classes that are not class names: {unknown[:5]}.")
+    return seen_classes
 
 
 def seen_class_names(class_names: Sequence[str], seen_class_ids: Sequence[int] | None) -> list[str]:
