@@ -17,6 +17,7 @@ from transformers import CLIPTokenizer
 from transformers.utils import logging
 
 from .atomic import output_files, shown
+from .pipeline_cascade_clip import check_class_embeds
 
 
 logger = logging.get_logger(__name__)
@@ -267,18 +268,14 @@ def load_class_embeddings(path: str | os.PathLike, num_classes: int, projection_
         `torch.FloatTensor` of shape `(num_classes, projection_dim)`.
 
     Raises:
-        ValueError: naming the file, when it cannot be read or its shape does not fit.
+        ValueError: naming the file, when it cannot be read or does not hold such embeddings (see
+            `check_class_embeds`).
     """
     try:
         embeddings = np.load(path)
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot be read as a .npy array ({error}).") from error
-    if embeddings.shape != (num_classes, projection_dim):
-        raise ValueError(
-            f"{path} holds embeddings of shape {embeddings.shape}, but {num_classes} classes of "
-            f"{projection_dim} dimensions were expected."
-        )
-    return torch.from_numpy(embeddings.astype(np.float32))
+    return check_class_embeds(embeddings, num_classes, projection_dim, source=f"{path}").float()
 
 
 def digest_tensors(named_tensors: Iterable[tuple[str, torch.Tensor | None]]) -> str:
