@@ -234,24 +234,33 @@ def embed_class_names(model, tokenizer, class_names: Sequence[str], templates: S
     return model.get_class_embeddings(**tokens, class_names=list(class_names))
 
 
-def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> None:
+def same_class_pairs(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> list[str]:
     """
-    Refuses a vocabulary in which two classes have the same embedding (cosine similarity of at least
-    `SAME_CLASS_SIMILARITY`): the model could not tell them apart, and one would win every pixel of both.
+    The pairs of classes whose embeddings the model cannot tell apart (cosine similarity of at least
+    `SAME_CLASS_SIMILARITY`), as `"'a' and 'b'"`.
 
     Args:
-        class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`): L2-normalised.
+        class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`).
         class_names (`list[str]`, *optional*): to name the classes; their positions otherwise.
+    """
+    unit_embeds = torch.nn.functional.normalize(class_embeds.float(), dim=-1)
+    similarity = unit_embeds @ unit_embeds.T
+    first, second = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=1).nonzero(as_tuple=True)
+    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
+    return [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
+
+
+def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> None:
+    """
+    Refuses a vocabulary in which two classes have the same embedding (see `same_class_pairs`): the model could
+    not tell them apart, and one would win every pixel of both.
 
     Raises:
         ValueError: naming up to five such pairs.
     """
-    similarity = class_embeds.float() @ class_embeds.float().T
-    first, second = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=1).nonzero(as_tuple=True)
-    if first.numel() == 0:
+    pairs = same_class_pairs(class_embeds, class_names)
+    if not pairs:
         return
-    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
-    pairs = [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
     raise ValueError(
         f"{len(pairs)} pairs of classes have the same text embedding (cosine similarity of at least "
         f"{SAME_CLASS_SIMILARITY}), e.g. {'; '.join(pairs[:5])}: the model cannot tell them apart. Most often the "
@@ -323,6 +332,28 @@ class ClassVocabulary:
     model_name: str = ""
     tokenizer_name: str = ""
 
+    def __post_init__(self):
+        """
+        Checks every field, whatever made the vocabulary (`embed_vocabulary`, a file, a caller).
+
+        Raises:
+            ValueError: one line naming the field that is wrong.
+        """
+        class_names = check_class_names(self.class_names)
+        checked = {
+            "class_names": class_names,
+            "class_embeds": check_class_embeds(self.class_embeds, len(class_names)),
+            "templates": check_templates(self.templates),
+            "seen_classes": check_seen_classes(self.seen_classes, class_names),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if not isinstance(self.text_tower_fingerprint, str) or not self.text_tower_fingerprint:
+            raise ValueError(
+                "text_tower_fingerprint must be the text tower's fingerprint (see `text_tower_fingerprint`), got "
+                f"{shown_value(self.text_tower_fingerprint)}."
+            )
+
     @property
     def seen_class_mask(self) -> torch.Tensor:
         """`(num_classes,)` booleans: which classes were seen in training."""
@@ -378,10 +409,12 @@ def save_vocabulary(vocabulary: ClassVocabulary, path: str | os.PathLike) -> Non
 
 def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
     """
-    Reads a vocabulary written by `save_vocabulary` (`cascade-clip embed`).
+    Reads a vocabulary written by `save_vocabulary` (`cascade-clip embed`), every field checked (see
+    `ClassVocabulary`). Classes the model cannot tell apart only warn: the file holds what the model made.
 
     Raises:
-        ValueError: one line naming the file, when it is missing, damaged, or not such a vocabulary.
+        ValueError: one line naming the file and what is wrong in it (the field, for metadata or embeddings that do
+            not make a vocabulary), when it is missing, damaged, or not such a vocabulary.
     """
     name = shown(path)
     if not Path(path).is_file():
@@ -391,27 +424,45 @@ def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
             metadata = file.metadata() or {}
             if metadata.get("format") != VOCABULARY_FORMAT:
                 raise ValueError("not written by `cascade-clip embed`")
+            if "class_embeds" not in file.keys():
+                raise ValueError("it has no class_embeds tensor")
             class_embeds = file.get_tensor("class_embeds")
         vocabulary = ClassVocabulary(
-            class_names=check_class_names(json.loads(metadata["class_names"])),
+            class_names=metadata_json(metadata, "class_names"),
             class_embeds=class_embeds,
-            templates=check_templates(json.loads(metadata["templates"])),
-            seen_classes=json.loads(metadata["seen_classes"]),
-            text_tower_fingerprint=metadata["text_tower_fingerprint"],
+            templates=metadata_json(metadata, "templates"),
+            seen_classes=metadata_json(metadata, "seen_classes"),
+            text_tower_fingerprint=metadata_text(metadata, "text_tower_fingerprint"),
             model_name=metadata.get("model", ""),
             tokenizer_name=metadata.get("tokenizer", ""),
         )
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
-        reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split()).rstrip(".")
         raise ValueError(
             f"{name}: not a readable class vocabulary ({reason}); write it again with `cascade-clip embed`."
         ) from error
-    if class_embeds.dim() != 2 or class_embeds.shape[0] != len(vocabulary.class_names):
-        raise ValueError(
-            f"{name}: holds class embeddings of shape {tuple(class_embeds.shape)} for "
-            f"{len(vocabulary.class_names)} class names; write it again with `cascade-clip embed`."
+    pairs = same_class_pairs(vocabulary.class_embeds, vocabulary.class_names)
+    if pairs:
+        logger.warning(
+            f"{name}: {len(pairs)} pairs of classes have the same embedding, e.g. {'; '.join(pairs[:5])}: the model "
+            "cannot tell them apart; embed them again with the model's own tokenizer, or rename them."
         )
     return vocabulary
+
+
+def metadata_text(metadata: dict[str, str], field: str) -> str:
+    """A field of a vocabulary file's metadata, which must be there."""
+    if field not in metadata:
+        raise ValueError(f"its metadata has no {field} field")
+    return metadata[field]
+
+
+def metadata_json(metadata: dict[str, str], field: str):
+    """A JSON field of a vocabulary file's metadata, decoded."""
+    try:
+        return json.loads(metadata_text(metadata, field))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"its metadata field {field} is not JSON ({error})") from error
 
 
 def check_vocabulary_fits(vocabulary: ClassVocabulary, model, processor, source: str | os.PathLike) -> None:
