@@ -249,19 +249,15 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
     failing every image one by one.
     """
     from .sliding_window import check_window
+    from .vocabulary import embed_class_names
 
     config = segmenter.model.config
     crop_size = crop_size if crop_size is not None else config.slide_crop_size
     stride = stride if stride is not None else config.slide_stride
     check_window(crop_size, stride, config.vision_config.patch_size)
     if labels is not None:
-        text = segmenter.processor(text=labels)
-        with torch.no_grad():
-            segmenter.model.get_class_embeddings(
-                text["input_ids"].to(segmenter.model.device),
-                text["attention_mask"].to(segmenter.model.device),
-                class_names=labels,
-            )
+        # Embedded once here (the model keeps them), so that classes it cannot tell apart fail the run now.
+        embed_class_names(segmenter.model, segmenter.processor.tokenizer, labels, segmenter.processor.templates)
 
 
 def read_ahead(read: Callable, paths: list[Path], reader: ThreadPoolExecutor, ahead: int) -> Iterator[tuple]:
@@ -353,7 +349,7 @@ def run_segment(args) -> int:
     from .vocabulary import check_class_names, check_vocabulary_fits, load_vocabulary
 
     if args.labels is not None:
-        check_class_names(args.labels)
+        check_class_names(args.labels, "--labels")
     own_vocabulary = load_vocabulary(args.vocabulary) if args.vocabulary is not None else None
     labels = own_vocabulary.class_names if own_vocabulary is not None else args.labels
     paths = own_outputs_left_out(image_paths(args.inputs), Path(args.output))
@@ -429,8 +425,8 @@ def run_embed(args) -> int:
     from .segmenter import DEMO_MODEL, load_for_inference
     from .vocabulary import check_class_names, check_templates, embed_vocabulary, save_vocabulary
 
-    class_names = check_class_names(args.labels)
-    templates = check_templates(args.templates) if args.templates is not None else None
+    class_names = check_class_names(args.labels, "--labels")
+    templates = check_templates(args.templates, "--templates") if args.templates is not None else None
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise ValueError(f"{shown(output)}: name the vocabulary file *.safetensors.")

@@ -238,7 +238,7 @@ class CascadeClipConfig(PreTrainedConfig):
         if self.setting not in SETTINGS:
             raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}.")
         if self.id2label:
-            check_class_names(self.class_names)
+            check_class_names(self.class_names, "id2label")
         if self.seen_class_ids is not None:
             unknown = sorted(set(self.seen_class_ids) - set(self.id2label))
             if unknown:

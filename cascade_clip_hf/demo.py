@@ -12,7 +12,7 @@ def parse_labels(text: str | None) -> list[str] | None:
     """`"cat, grass, sky"` -> the class names; blank -> None (the model's default vocabulary)."""
     if not text or not text.strip():
         return None
-    return check_class_names([name.strip() for name in text.split(",")])
+    return check_class_names([name.strip() for name in text.split(",")], "the class names box")
 
 
 def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", dtype: str = "float32") -> gr.Blocks:

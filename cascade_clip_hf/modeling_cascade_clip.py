@@ -41,6 +41,7 @@ from .atomic import write_unless_taken
 from .calibration import seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
+from .pipeline_cascade_clip import check_class_embeds
 from .sliding_window import ClassMap, check_window, resize_scores, segment_scores, sliding_window_scores
 from .vocabulary import check_distinct_class_embeddings, digest_tensors, seen_class_mask
 
@@ -968,11 +969,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`): their embeddings.
             seen_class_ids (`list[int]`, *optional*): ids of the classes seen in training.
         """
-        if class_embeds.shape != (len(class_names), self.config.projection_dim):
-            raise ValueError(
-                f"Expected class embeddings of shape ({len(class_names)}, {self.config.projection_dim}) for "
-                f"{len(class_names)} class names, got {tuple(class_embeds.shape)}."
-            )
+        class_embeds = check_class_embeds(class_embeds, len(class_names), self.config.projection_dim)
         self.config.id2label = dict(enumerate(class_names))
         self.config.label2id = {name: class_id for class_id, name in enumerate(class_names)}
         self.config.seen_class_ids = list(seen_class_ids) if seen_class_ids is not None else None
@@ -1019,11 +1016,7 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         if class_embeds is not None and input_ids is not None:
             raise ValueError("Pass either input_ids or class_embeds, not both.")
         if class_embeds is not None:
-            if class_embeds.dim() != 2 or class_embeds.shape[-1] != self.config.projection_dim:
-                raise ValueError(
-                    f"class_embeds must have shape (num_classes, {self.config.projection_dim}), "
-                    f"got {tuple(class_embeds.shape)}."
-                )
+            class_embeds = check_class_embeds(class_embeds, embed_dim=self.config.projection_dim)
         elif input_ids is not None:
             class_embeds = self.get_class_embeddings(input_ids, attention_mask)
         else:

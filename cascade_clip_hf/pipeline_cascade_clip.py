@@ -56,10 +56,10 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             images (`str`, `PIL.Image.Image`, `np.ndarray`, or a list of them): paths, URLs or images, read by
                 the image processor's `read_image` (any PIL mode, EXIF orientation applied).
             candidate_labels (`list[str]`, *optional*): class names; the model's default vocabulary when not given.
-            class_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*): the embeddings
-                of `candidate_labels`, one row per name, computed once (e.g. `ClassVocabulary.class_embeds`, from
-                `cascade-clip embed`) instead of running the text tower; which classes were seen still comes from
-                the processor.
+            class_embeds (`torch.FloatTensor` or `np.ndarray` of floats, of shape `(num_classes, projection_dim)`,
+                *optional*): the embeddings of `candidate_labels`, one row per name, computed once (e.g.
+                `ClassVocabulary.class_embeds`, from `cascade-clip embed`) instead of running the text tower; which
+                classes were seen still comes from the processor.
             batch_size (`int`, *optional*): images per forward pass (the pipeline's own `batch_size`, else 1).
             crop_size, stride, window_batch_size (`int`, *optional*): sliding-window options (model defaults).
             timeout (`float`, *optional*): seconds to wait for an image URL.
@@ -93,26 +93,19 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
             class_names = self.model.config.class_names
             inputs = self.processor(images=loaded)
         else:
-            class_names = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
+            # Checked the same way with or without class_embeds.
+            class_names = self.processor.check_class_names(candidate_labels, "candidate_labels")
             if class_embeds is None:
                 inputs = self.processor(images=loaded, text=class_names)
             else:
                 inputs = self.processor(images=loaded)
-                inputs["class_embeds"] = self.check_class_embeds(class_embeds, class_names)
+                inputs["class_embeds"] = check_class_embeds(
+                    class_embeds, len(class_names), self.model.config.projection_dim
+                )
                 inputs["seen_class_mask"] = self.processor.seen_class_mask(class_names)
         inputs["output_sizes"] = [image.shape[:2] for image in loaded]
         inputs["class_names"] = class_names
         return dict(inputs)
-
-    def check_class_embeds(self, class_embeds, class_names: list[str]) -> torch.Tensor:
-        """Raises a clear error unless `class_embeds` is a tensor of one `projection_dim` row per class name."""
-        expected = (len(class_names), self.model.config.projection_dim)
-        if not isinstance(class_embeds, torch.Tensor) or tuple(class_embeds.shape) != expected:
-            raise ValueError(
-                f"class_embeds must be a tensor of shape {expected} (one row per candidate label), got "
-                f"{tuple(class_embeds.shape) if hasattr(class_embeds, 'shape') else type(class_embeds).__name__}."
-            )
-        return class_embeds
 
     def _forward(self, model_inputs: dict, crop_size=None, stride=None, window_batch_size=None) -> dict:
         class_embeds = model_inputs.get("class_embeds")
@@ -159,6 +152,61 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
         return results
 
 
+def check_class_embeds(
+    class_embeds, num_classes: int | None = None, embed_dim: int | None = None, source: str = "class_embeds"
+) -> torch.Tensor:
+    """
+    Class embeddings as a tensor, checked: one row of `embed_dim` finite floats per class. A numpy array of floats
+    is taken as the tensor it holds.
+
+    The one check of class embeddings: vocabulary files and the model use it too. It lives here, not in the
+    package's vocabulary module, because this file is saved beside models as remote code and imports nothing
+    from its package.
+
+    Args:
+        class_embeds (`torch.Tensor` or `np.ndarray` of shape `(num_classes, embed_dim)`).
+        num_classes, embed_dim (`int`, *optional*): the shape expected; any size where not given.
+        source (`str`): what errors call `class_embeds`: an argument, or a file and its field.
+
+    Returns:
+        `torch.Tensor` of shape `(num_classes, embed_dim)`, of a floating-point dtype.
+
+    Raises:
+        ValueError: one line naming `source`, for another type, integers or booleans, another shape, NaN or
+            infinite values.
+    """
+    if isinstance(class_embeds, np.ndarray):
+        if not np.issubdtype(class_embeds.dtype, np.floating):
+            raise ValueError(
+                f"{source} must hold floating-point numbers (the class embeddings themselves), got a numpy array of "
+                f"{class_embeds.dtype}."
+            )
+        class_embeds = torch.from_numpy(np.ascontiguousarray(class_embeds))
+    if not isinstance(class_embeds, torch.Tensor):
+        raise ValueError(
+            f"{source} must be a torch.Tensor (or a numpy array) of floats, got "
+            f"{type(class_embeds).__module__}.{type(class_embeds).__qualname__}."
+        )
+    if not class_embeds.is_floating_point():
+        raise ValueError(
+            f"{source} must hold floating-point numbers (the class embeddings themselves), got {class_embeds.dtype}."
+        )
+    rows, width = class_embeds.shape if class_embeds.dim() == 2 else (None, None)
+    if rows is None or num_classes not in (None, rows) or embed_dim not in (None, width):
+        expected = f"({'num_classes' if num_classes is None else num_classes}, "
+        expected += f"{'embed_dim' if embed_dim is None else embed_dim})"
+        raise ValueError(
+            f"{source} must be a tensor of shape {expected}: one row per class name, each the model's "
+            f"projection_dim long; got shape {tuple(class_embeds.shape)}."
+        )
+    not_finite = (~torch.isfinite(class_embeds)).any(dim=1).nonzero().flatten().tolist()
+    if not_finite:
+        raise ValueError(
+            f"{source} holds NaN or infinite values (rows {not_finite[:5]}): embed the class names again."
+        )
+    return class_embeds
+
+
 def zero_shot_pipeline_entry() -> dict:
     """How `config.custom_pipelines` names this pipeline, for loading it from a model folder with remote code."""
     return {
@@ -170,4 +218,4 @@ def zero_shot_pipeline_entry() -> dict:
     }
 
 
-__all__ = ["CascadeClipZeroShotSegmentationPipeline", "PIPELINE_TASK"]
+__all__ = ["CascadeClipZeroShotSegmentationPipeline", "PIPELINE_TASK", "check_class_embeds"]

@@ -14,6 +14,7 @@ from .vocabulary import (
     CLIP_CONTEXT_LENGTH,
     DEFAULT_TEMPLATES,
     check_class_names,
+    check_seen_classes,
     check_templates,
     check_tokenizer,
     seen_class_mask,
@@ -47,7 +48,17 @@ class CascadeClipProcessor(ProcessorMixin):
         if tokenizer is not None:
             check_tokenizer(tokenizer, type(tokenizer).__name__)
         self.templates = check_templates(templates or DEFAULT_TEMPLATES)
-        self.seen_classes = list(seen_classes) if seen_classes is not None else None
+        self.seen_classes = check_seen_classes(seen_classes) if seen_classes is not None else None
+
+    def check_class_names(self, class_names: str | Sequence[str], source: str = "text") -> list[str]:
+        """
+        The class names as a list, checked as `text` is (see `vocabulary.check_class_names`): for callers that
+        embed them otherwise, e.g. the zero-shot pipeline given `class_embeds`.
+
+        Raises:
+            ValueError: naming `source`, for empty, non-string or duplicate names.
+        """
+        return check_class_names(class_names, source)
 
     def seen_class_mask(self, class_names: Sequence[str]) -> torch.Tensor:
         """`(num_classes,)` booleans: which of `class_names` were seen in training."""
@@ -96,7 +107,7 @@ class CascadeClipProcessor(ProcessorMixin):
             )
         if text is not None:
             text_kwargs = output_kwargs["text_kwargs"]
-            class_names = check_class_names(text)
+            class_names = self.check_class_names(text)
             data.update(
                 tokenize_class_prompts(self.tokenizer, class_names, templates or self.templates, **text_kwargs)
             )

@@ -4,9 +4,10 @@ embedded once and kept in files (`ClassVocabulary`, written by `cascade-clip emb
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from transformers import CLIPTokenizer
 from transformers.utils import logging
 
 from .atomic import output_files, shown
+from .pipeline_cascade_clip import check_class_embeds
 
 
 logger = logging.get_logger(__name__)
@@ -36,19 +38,41 @@ def normalize_class_name(name: str) -> str:
     return " ".join(name.split()).lower()
 
 
-def check_class_names(class_names: str | Sequence[str]) -> list[str]:
-    """Returns the class names as a list, or raises a clear error for empty, non-string or duplicate names."""
-    if isinstance(class_names, str):
-        class_names = [class_names]
-    class_names = list(class_names)
-    if not class_names:
-        raise ValueError("No class names were given: pass at least one, e.g. text=['cat', 'grass'].")
-    not_strings = [name for name in class_names if not isinstance(name, str)]
+def string_list(values, source: str, example: str) -> list[str]:
+    """
+    `values` as a list of strings (one string is a list of one), or a clear error naming `source` and giving
+    `example` of what it should hold.
+    """
+    if isinstance(values, str):
+        return [values]
+    if not isinstance(values, Iterable) or isinstance(values, Mapping):
+        raise ValueError(f"{source} must be a list of strings, e.g. {example}; got {shown_value(values)}.")
+    values = list(values)
+    not_strings = [value for value in values if not isinstance(value, str)]
     if not_strings:
-        raise ValueError(f"Class names must be strings, got {not_strings[:5]}.")
+        raise ValueError(
+            f"The entries of {source} must be strings, e.g. {example}; got {shown_value(not_strings[0])} among them."
+        )
+    return values
+
+
+def shown_value(value) -> str:
+    """A value as an error shows it: its type, and its start when it is long."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def check_class_names(class_names: str | Sequence[str], source: str = "class_names") -> list[str]:
+    """
+    Returns the class names as a list, or raises a clear error naming `source` (the argument, option or field
+    they came from) for empty, non-string or duplicate names.
+    """
+    class_names = string_list(class_names, source, "['cat', 'grass']")
+    if not class_names:
+        raise ValueError(f"No class names were given in {source}: pass at least one, e.g. ['cat', 'grass'].")
     empty = [index for index, name in enumerate(class_names) if not name.strip()]
     if empty:
-        raise ValueError(f"Class names at positions {empty} are empty.")
+        raise ValueError(f"Class names at positions {empty} of {source} are empty: name those classes or drop them.")
     seen, duplicates = set(), []
     for name in class_names:
         key = normalize_class_name(name)
@@ -56,21 +80,48 @@ def check_class_names(class_names: str | Sequence[str]) -> list[str]:
             duplicates.append(name)
         seen.add(key)
     if duplicates:
-        raise ValueError(f"Duplicate class names (compared ignoring case and spacing): {duplicates}.")
+        raise ValueError(
+            f"Duplicate class names in {source} (compared ignoring case and spacing): {duplicates}; keep one of each."
+        )
     return class_names
 
 
-def check_templates(templates: str | Sequence[str]) -> list[str]:
-    """Returns the templates as a list, or raises a clear error if one lacks exactly one '{}'."""
-    if isinstance(templates, str):
-        templates = [templates]
-    templates = list(templates)
+def check_templates(templates: str | Sequence[str], source: str = "templates") -> list[str]:
+    """
+    Returns the prompt templates as a list, or raises a clear error naming `source` and the first bad template:
+    each needs exactly one `{}` where the class name goes, and no other replacement field (`{0}`, `{x}`) or lone
+    brace (a literal brace is written twice, `{{`).
+    """
+    templates = string_list(templates, source, "['a photo of a {}.']")
     if not templates:
-        raise ValueError("At least one template is needed, e.g. ['a photo of a {}.'].")
-    bad = [template for template in templates if not isinstance(template, str) or template.count("{}") != 1]
-    if bad:
-        raise ValueError(f"Every template needs exactly one '{{}}' where the class name goes: {bad}.")
+        raise ValueError(f"No templates were given in {source}: pass at least one, e.g. ['a photo of a {{}}.'].")
+    for template in templates:
+        try:
+            fields = [field[1:] for field in Formatter().parse(template) if field[1] is not None]
+        except ValueError:  # a lone '{' or '}'
+            fields = None
+        if fields != [("", "", None)]:
+            raise ValueError(
+                f"Template {template!r} in {source} needs exactly one '{{}}' where the class name goes and no other "
+                "braces (write a literal brace twice, '{{' or '}}'), e.g. 'a photo of a {}.'."
+            )
     return templates
+
+
+def check_seen_classes(
+    seen_classes: Sequence[str], class_names: Sequence[str] | None = None, source: str = "seen_classes"
+) -> list[str]:
+    """
+    Returns the names of the classes seen in training as a list, or raises a clear error naming `source` when they
+    are not strings or, given `class_names`, not among them (compared ignoring case and spacing).
+    """
+    seen_classes = string_list(seen_classes, source, "['cat', 'grass']")
+    if class_names is not None:
+        known = {normalize_class_name(name) for name in class_names}
+        unknown = [name for name in seen_classes if normalize_class_name(name) not in known]
+        if unknown:
+            raise ValueError(f"{source} names classes that are not class names: {unknown[:5]}.")
+    return seen_classes
 
 
 def seen_class_names(class_names: Sequence[str], seen_class_ids: Sequence[int] | None) -> list[str]:
@@ -183,24 +234,33 @@ def embed_class_names(model, tokenizer, class_names: Sequence[str], templates: S
     return model.get_class_embeddings(**tokens, class_names=list(class_names))
 
 
-def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> None:
+def same_class_pairs(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> list[str]:
     """
-    Refuses a vocabulary in which two classes have the same embedding (cosine similarity of at least
-    `SAME_CLASS_SIMILARITY`): the model could not tell them apart, and one would win every pixel of both.
+    The pairs of classes whose embeddings the model cannot tell apart (cosine similarity of at least
+    `SAME_CLASS_SIMILARITY`), as `"'a' and 'b'"`.
 
     Args:
-        class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`): L2-normalised.
+        class_embeds (`torch.Tensor` of shape `(num_classes, projection_dim)`).
         class_names (`list[str]`, *optional*): to name the classes; their positions otherwise.
+    """
+    unit_embeds = torch.nn.functional.normalize(class_embeds.float(), dim=-1)
+    similarity = unit_embeds @ unit_embeds.T
+    first, second = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=1).nonzero(as_tuple=True)
+    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
+    return [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
+
+
+def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> None:
+    """
+    Refuses a vocabulary in which two classes have the same embedding (see `same_class_pairs`): the model could
+    not tell them apart, and one would win every pixel of both.
 
     Raises:
         ValueError: naming up to five such pairs.
     """
-    similarity = class_embeds.float() @ class_embeds.float().T
-    first, second = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=1).nonzero(as_tuple=True)
-    if first.numel() == 0:
+    pairs = same_class_pairs(class_embeds, class_names)
+    if not pairs:
         return
-    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
-    pairs = [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
     raise ValueError(
         f"{len(pairs)} pairs of classes have the same text embedding (cosine similarity of at least "
         f"{SAME_CLASS_SIMILARITY}), e.g. {'; '.join(pairs[:5])}: the model cannot tell them apart. Most often the "
@@ -217,18 +277,14 @@ def load_class_embeddings(path: str | os.PathLike, num_classes: int, projection_
         `torch.FloatTensor` of shape `(num_classes, projection_dim)`.
 
     Raises:
-        ValueError: naming the file, when it cannot be read or its shape does not fit.
+        ValueError: naming the file, when it cannot be read or does not hold such embeddings (see
+            `check_class_embeds`).
     """
     try:
         embeddings = np.load(path)
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot be read as a .npy array ({error}).") from error
-    if embeddings.shape != (num_classes, projection_dim):
-        raise ValueError(
-            f"{path} holds embeddings of shape {embeddings.shape}, but {num_classes} classes of "
-            f"{projection_dim} dimensions were expected."
-        )
-    return torch.from_numpy(embeddings.astype(np.float32))
+    return check_class_embeds(embeddings, num_classes, projection_dim, source=f"{path}").float()
 
 
 def digest_tensors(named_tensors: Iterable[tuple[str, torch.Tensor | None]]) -> str:
@@ -275,6 +331,28 @@ class ClassVocabulary:
     text_tower_fingerprint: str
     model_name: str = ""
     tokenizer_name: str = ""
+
+    def __post_init__(self):
+        """
+        Checks every field, whatever made the vocabulary (`embed_vocabulary`, a file, a caller).
+
+        Raises:
+            ValueError: one line naming the field that is wrong.
+        """
+        class_names = check_class_names(self.class_names)
+        checked = {
+            "class_names": class_names,
+            "class_embeds": check_class_embeds(self.class_embeds, len(class_names)),
+            "templates": check_templates(self.templates),
+            "seen_classes": check_seen_classes(self.seen_classes, class_names),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if not isinstance(self.text_tower_fingerprint, str) or not self.text_tower_fingerprint:
+            raise ValueError(
+                "text_tower_fingerprint must be the text tower's fingerprint (see `text_tower_fingerprint`), got "
+                f"{shown_value(self.text_tower_fingerprint)}."
+            )
 
     @property
     def seen_class_mask(self) -> torch.Tensor:
@@ -331,10 +409,12 @@ def save_vocabulary(vocabulary: ClassVocabulary, path: str | os.PathLike) -> Non
 
 def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
     """
-    Reads a vocabulary written by `save_vocabulary` (`cascade-clip embed`).
+    Reads a vocabulary written by `save_vocabulary` (`cascade-clip embed`), every field checked (see
+    `ClassVocabulary`). Classes the model cannot tell apart only warn: the file holds what the model made.
 
     Raises:
-        ValueError: one line naming the file, when it is missing, damaged, or not such a vocabulary.
+        ValueError: one line naming the file and what is wrong in it (the field, for metadata or embeddings that do
+            not make a vocabulary), when it is missing, damaged, or not such a vocabulary.
     """
     name = shown(path)
     if not Path(path).is_file():
@@ -344,27 +424,45 @@ def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
             metadata = file.metadata() or {}
             if metadata.get("format") != VOCABULARY_FORMAT:
                 raise ValueError("not written by `cascade-clip embed`")
+            if "class_embeds" not in file.keys():
+                raise ValueError("it has no class_embeds tensor")
             class_embeds = file.get_tensor("class_embeds")
         vocabulary = ClassVocabulary(
-            class_names=check_class_names(json.loads(metadata["class_names"])),
+            class_names=metadata_json(metadata, "class_names"),
             class_embeds=class_embeds,
-            templates=check_templates(json.loads(metadata["templates"])),
-            seen_classes=json.loads(metadata["seen_classes"]),
-            text_tower_fingerprint=metadata["text_tower_fingerprint"],
+            templates=metadata_json(metadata, "templates"),
+            seen_classes=metadata_json(metadata, "seen_classes"),
+            text_tower_fingerprint=metadata_text(metadata, "text_tower_fingerprint"),
             model_name=metadata.get("model", ""),
             tokenizer_name=metadata.get("tokenizer", ""),
         )
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
-        reason = f"no {error} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split()).rstrip(".")
         raise ValueError(
             f"{name}: not a readable class vocabulary ({reason}); write it again with `cascade-clip embed`."
         ) from error
-    if class_embeds.dim() != 2 or class_embeds.shape[0] != len(vocabulary.class_names):
-        raise ValueError(
-            f"{name}: holds class embeddings of shape {tuple(class_embeds.shape)} for "
-            f"{len(vocabulary.class_names)} class names; write it again with `cascade-clip embed`."
+    pairs = same_class_pairs(vocabulary.class_embeds, vocabulary.class_names)
+    if pairs:
+        logger.warning(
+            f"{name}: {len(pairs)} pairs of classes have the same embedding, e.g. {'; '.join(pairs[:5])}: the model "
+            "cannot tell them apart; embed them again with the model's own tokenizer, or rename them."
         )
     return vocabulary
+
+
+def metadata_text(metadata: dict[str, str], field: str) -> str:
+    """A field of a vocabulary file's metadata, which must be there."""
+    if field not in metadata:
+        raise ValueError(f"its metadata has no {field} field")
+    return metadata[field]
+
+
+def metadata_json(metadata: dict[str, str], field: str):
+    """A JSON field of a vocabulary file's metadata, decoded."""
+    try:
+        return json.loads(metadata_text(metadata, field))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"its metadata field {field} is not JSON ({error})") from error
 
 
 def check_vocabulary_fits(vocabulary: ClassVocabulary, model, processor, source: str | os.PathLike) -> None:

@@ -141,7 +141,7 @@ def test_settings_the_shapes_contradict_are_refused(tmp_path, official_meta):
     embeddings = tmp_path / "embeddings.npy"
     num_classes = len(official_meta["class_names"])
     np.save(embeddings, np.zeros((num_classes - 1, architecture["projection_dim"]), np.float16))
-    with pytest.raises(ValueError, match="holds embeddings of shape"):
+    with pytest.raises(ValueError, match=rf"embeddings.npy must be a tensor of shape \({num_classes}, "):
         convert_tiny(checkpoint, tmp_path / "out", official_meta, class_embeddings=embeddings)
 
 

@@ -269,8 +269,19 @@ def test_processor_to_post_processing(tiny_model, clip_tokenizer):
         ({"pixel_values": torch.randn(1, 1, 64, 64)}, "pixel_values must have shape"),
         ({"pixel_values": torch.randn(1, 3, 8, 64)}, "smaller than one"),
         ({"pixel_values": torch.zeros(1, 3, 64, 64, dtype=torch.uint8)}, "floating point"),
-        ({"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(3, 7)}, "class_embeds must have"),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(3, 7)},
+            "class_embeds must be a tensor",
+        ),
         ({"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.randn(0, 16)}, "At least one class"),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.ones(3, 16, dtype=torch.int64)},
+            "class_embeds must hold floating-point numbers",
+        ),
+        (
+            {"pixel_values": torch.randn(1, 3, 64, 64), "class_embeds": torch.full((3, 16), float("inf"))},
+            "class_embeds holds NaN or infinite values",
+        ),
         ({"pixel_values": torch.randn(1, 3, 64, 64), "input_ids": torch.ones(4, dtype=torch.long)}, "input_ids must"),
         (
             {
@@ -311,7 +322,7 @@ def test_model_without_vocabulary_asks_for_classes():
 
 
 def test_set_vocabulary_checks_shapes(tiny_model):
-    with pytest.raises(ValueError, match="Expected class embeddings of shape"):
+    with pytest.raises(ValueError, match=r"class_embeds must be a tensor of shape \(2, 16\)"):
         tiny_model.set_vocabulary(["a", "b"], torch.randn(3, 16))
     tiny_model.set_vocabulary(["a", "b"], torch.randn(2, 16), seen_class_ids=[1])
     assert tiny_model.config.id2label == {0: "a", 1: "b"}

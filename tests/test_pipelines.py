@@ -125,3 +125,60 @@ print(json.dumps([segment["label"] for segment in segmenter(image, candidate_lab
     remote_labels = json.loads(result.stdout.strip().splitlines()[-1])
     expected = reference_segmentation(tiny_hub_model_dir, image, ["bicycle", "red thing"])
     assert sorted(remote_labels) == sorted(["bicycle", "red thing"][index] for index in np.unique(expected))
+
+
+@pytest.fixture(scope="module")
+def hub_segmenter(tiny_hub_model_dir) -> CascadeClipZeroShotSegmentationPipeline:
+    return CascadeClipZeroShotSegmentationPipeline(
+        model=CascadeClipForZeroShotSegmentation.from_pretrained(tiny_hub_model_dir).eval(),
+        processor=CascadeClipProcessor.from_pretrained(tiny_hub_model_dir),
+    )
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (["cat", "Cat "], "Duplicate class names in candidate_labels"),
+        (["cat", " "], "Class names at positions \\[1\\] of candidate_labels are empty"),
+        (["cat", 3], "entries of candidate_labels must be strings"),
+        (5, "candidate_labels must be a list of strings"),
+    ],
+)
+def test_bad_labels_are_refused_alike_with_or_without_class_embeds(hub_segmenter, labels, message):
+    image = random_image(20, 24, seed=1)
+    two_classes = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    for class_embeds in (None, two_classes, two_classes.numpy()):
+        with pytest.raises(ValueError, match=message):
+            hub_segmenter(image, candidate_labels=labels, class_embeds=class_embeds)
+
+
+def test_class_embeds_as_numpy_floats_segment_as_the_tensor_does(hub_segmenter):
+    image = random_image(24, 30, seed=2)
+    names = ["bicycle", "red thing", "ocean"]
+    class_embeds = torch.nn.functional.normalize(
+        torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    from_tensor = hub_segmenter(image, candidate_labels=names, class_embeds=class_embeds)
+    from_numpy = hub_segmenter(image, candidate_labels=names, class_embeds=class_embeds.numpy())
+    assert [(s["label"], s["score"]) for s in from_numpy] == [(s["label"], s["score"]) for s in from_tensor]
+    for numpy_segment, tensor_segment in zip(from_numpy, from_tensor, strict=True):
+        assert np.array_equal(np.asarray(numpy_segment["mask"]), np.asarray(tensor_segment["mask"]))
+
+
+@pytest.mark.parametrize(
+    "class_embeds, message",
+    [
+        (np.ones((3, 16), dtype=np.int64), "class_embeds must hold floating-point numbers .* numpy array of int64"),
+        (torch.ones(3, 16, dtype=torch.int64), "class_embeds must hold floating-point numbers .* torch.int64"),
+        ([[0.0] * 16] * 3, "class_embeds must be a torch.Tensor \\(or a numpy array\\) of floats, got builtins.list"),
+        (
+            np.ones((5, 16), dtype=np.float32),
+            "class_embeds must be a tensor of shape \\(3, 16\\).* got shape \\(5, 16\\)",
+        ),
+        (torch.ones(3, 15), "class_embeds must be a tensor of shape \\(3, 16\\).* got shape \\(3, 15\\)"),
+        (torch.full((3, 16), float("nan")), "class_embeds holds NaN or infinite values"),
+    ],
+)
+def test_bad_class_embeds_are_named_with_what_they_must_be(hub_segmenter, class_embeds, message):
+    with pytest.raises(ValueError, match=message):
+        hub_segmenter(random_image(20, 24, seed=1), candidate_labels=["a", "b", "c"], class_embeds=class_embeds)

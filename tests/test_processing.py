@@ -364,10 +364,17 @@ def test_processor_refuses_bad_class_names(processor, text, message):
 
 
 def test_processor_refuses_bad_templates(processor, clip_tokenizer):
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match=r"Template '\{\} and \{\}' in templates needs exactly one"):
         CascadeClipProcessor(CascadeClipImageProcessor(), clip_tokenizer, templates=["{} and {}"])
     with pytest.raises(ValueError, match="Pass images, text"):
         processor()
+
+
+def test_processor_seen_classes_are_a_list_of_names(clip_tokenizer):
+    with pytest.raises(ValueError, match="seen_classes must be a list of strings"):
+        CascadeClipProcessor(CascadeClipImageProcessor(), clip_tokenizer, seen_classes=5)
+    one_class = CascadeClipProcessor(CascadeClipImageProcessor(), clip_tokenizer, seen_classes="cat")
+    assert one_class.seen_classes == ["cat"]  # not ["c", "a", "t"]
 
 
 def test_processor_round_trip(processor, tmp_path):
