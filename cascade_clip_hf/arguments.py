@@ -122,15 +122,15 @@ def class_names_argument(text: str) -> list[str]:
 
 
 def check_output_argument(
-    parser: argparse.ArgumentParser, folder: str | os.PathLike, names: Iterable[str] | None = None
+    parser: argparse.ArgumentParser, folder: str | os.PathLike, names: Iterable[str] | None = None, *, kind: str
 ) -> None:
     """
     Ends a script before any work, with one line and exit code 2 as `cascade-clip` does, when writing `names` (or,
-    without them, the whole folder) into `folder` would lose a file this program did not write (see
-    `cascade_clip_hf.atomic.check_output_folder`).
+    without them, the whole folder) into `folder` as outputs of `kind` would lose a file this program did not write
+    as such an output (see `cascade_clip_hf.atomic.check_output_folder`).
     """
     try:
-        check_output_folder(folder, names)
+        check_output_folder(folder, names, kind=kind)
     except OutputFolderError as error:
         parser.exit(2, f"error: {error}\n")
 

@@ -24,7 +24,7 @@ from .arguments import (
     torch_device,
     unit_interval,
 )
-from .atomic import check_output_folder, output_files, recorded_names, shown
+from .atomic import SEGMENTATION, VOCABULARY, check_output_folder, output_files, recorded_names, shown
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .errors import INPUT_ERRORS, one_line
@@ -200,7 +200,7 @@ def write_segmentation(image, segments: list[dict], class_names: list[str], outp
     segmentation = segmentation_from_masks(segments, class_names, image.size)
     dtype = "uint8" if len(class_names) <= 256 else "uint16"
     classes_file, overlay_file, fractions_file = segmentation_files(stem)
-    with output_files(output) as staging:
+    with output_files(output, SEGMENTATION) as staging:
         PIL.Image.fromarray(segmentation.astype(dtype)).save(staging / classes_file, compress_level=PNG_COMPRESSION)
         overlay = overlay_with_legend(image, segmentation, class_names, alpha=alpha)
         overlay.save(staging / overlay_file, compress_level=PNG_COMPRESSION)
@@ -361,7 +361,8 @@ def run_segment(args) -> int:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
     output, stems = Path(args.output), set()
     # Before any work; the names are exact when every image is readable, and each write checks its own again.
-    check_output_folder(args.output, [name for path in paths for name in segmentation_files(unique_stem(path, stems))])
+    names = [name for path in paths for name in segmentation_files(unique_stem(path, stems))]
+    check_output_folder(args.output, names, kind=SEGMENTATION)
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device, args.dtype)
     if own_vocabulary is not None:
         check_vocabulary_fits(own_vocabulary, segmenter.model, segmenter.processor, args.vocabulary)
@@ -434,7 +435,7 @@ def run_embed(args) -> int:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise ValueError(f"{shown(output)}: name the vocabulary file *.safetensors.")
-    check_output_folder(output.parent, [output.name])
+    check_output_folder(output.parent, [output.name], kind=VOCABULARY)
     model_name = args.model or str(DEMO_MODEL)
     model, processor = load_for_inference(model_name, args.dtype)
     model.to(args.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from .atomic import atomic_directory, check_output_folder
+from .atomic import MODEL, atomic_directory, check_output_folder
 from .configuration_cascade_clip import CascadeClipConfig
 from .convert_clip_checkpoint import fold_class_embedding
 from .image_processing_cascade_clip import CascadeClipImageProcessor
@@ -336,7 +336,7 @@ def convert_checkpoint(
     before any work, see `cascade_clip_hf.atomic`).
     """
     inputs = [path for path in (checkpoint_path, class_embeddings) if path is not None]
-    check_output_folder(output_dir, inputs=inputs)
+    check_output_folder(output_dir, inputs=inputs, kind=MODEL)
     state_dict, meta = load_original_checkpoint(checkpoint_path)
     setting = setting or "inductive"
     facts = benchmark_facts(preset, setting) if preset else {}
@@ -396,7 +396,7 @@ def convert_checkpoint(
         templates=templates,
         seen_classes=seen_classes,
     )
-    with atomic_directory(output_dir, inputs) as staging:
+    with atomic_directory(output_dir, inputs, kind=MODEL) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 

@@ -8,7 +8,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from .atomic import FILES, output_files
+from .atomic import output_files
 from .configuration_cascade_clip import CascadeClipConfig
 from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
 
@@ -236,10 +236,11 @@ def training_provenance(clip_model: str, init_from: str | None = None, license: 
     return {"base_model": base_model or None, "license": license, "license_note": note, "origin": origin}
 
 
-def write_model_card(output_dir: str | os.PathLike, card: ModelCard, kind: str = FILES) -> Path:
+def write_model_card(output_dir: str | os.PathLike, card: ModelCard, kind: str) -> Path:
     """
-    `output_dir`/README.md; one this program did not write is refused (`OutputFolderError`). `kind`: `MODEL` when
-    the card is part of a model folder (see `cascade_clip_hf.atomic.output_files`).
+    `output_dir`/README.md; one this program did not write as an output of `kind` is refused (`OutputFolderError`).
+    `kind`: `MODEL` when the card is part of a model folder, `MODEL_CARD` when it is written alone (see
+    `cascade_clip_hf.atomic`).
     """
     with output_files(output_dir, kind) as staging:
         card.save(staging / "README.md")

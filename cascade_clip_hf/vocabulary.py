@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 from transformers.utils import logging
 
-from .atomic import output_files, shown
+from .atomic import VOCABULARY, output_files, shown
 
 
 logger = logging.get_logger(__name__)
@@ -325,7 +325,7 @@ def save_vocabulary(vocabulary: ClassVocabulary, path: str | os.PathLike) -> Non
         "model": vocabulary.model_name,
         "tokenizer": vocabulary.tokenizer_name,
     }
-    with output_files(path.parent) as staging:
+    with output_files(path.parent, VOCABULARY) as staging:
         save_file({"class_embeds": vocabulary.class_embeds.contiguous()}, staging / path.name, metadata=metadata)
 
 

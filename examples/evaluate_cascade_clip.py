@@ -20,7 +20,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, data_source, positive_int
-from cascade_clip_hf.atomic import output_files
+from cascade_clip_hf.atomic import EVALUATION, output_files
 from cascade_clip_hf.data import load_segmentation_data
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.dataset and not args.dataset_name:
         parser.error("pass --dataset (with --data_dir) or --dataset_name")
-    check_output_argument(parser, Path(args.output).parent, [Path(args.output).name])
+    check_output_argument(parser, Path(args.output).parent, [Path(args.output).name], kind=EVALUATION)
     return args
 
 
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
         num_processes=accelerator.num_processes,
     )
     output = Path(args.output)
-    with output_files(output.parent) as staging:
+    with output_files(output.parent, EVALUATION) as staging:
         (staging / output.name).write_text(json.dumps(record, indent=2) + "\n")
     print(markdown_summary(record))
     logger.info(f"Results written to {output}")

@@ -154,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         except ValueError as error:
             parser.error(f"--push_to_hub: {error}")
     # The model's file names depend on it and on transformers: the folder may hold only this program's outputs.
-    check_output_argument(parser, args.output_dir)
+    check_output_argument(parser, args.output_dir, kind=MODEL)
     return args
 
 
