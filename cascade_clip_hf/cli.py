@@ -28,6 +28,7 @@ from .atomic import SEGMENTATION, VOCABULARY, check_output_folder, output_files,
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .errors import INPUT_ERRORS, one_line
+from .image_processing_cascade_clip import ImageInputError, check_image_file
 from .presets import BENCHMARKS
 from .segmenter import INFERENCE_DTYPES
 
@@ -164,15 +165,30 @@ def add_dtype_argument(parser) -> None:
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Files as given, and the images (by suffix) of folders, sorted; missing paths are kept to be reported."""
+    """
+    Files as given (missing ones too, to be reported when read), and the images (by suffix) of folders, sorted. A
+    folder's entry named like an image that is not a readable regular file (a folder, named pipe, socket, device,
+    broken link, or a file without read permission) is left out with a warning.
+    """
     paths = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            paths += sorted(child for child in path.iterdir() if child.suffix.lower() in IMAGE_SUFFIXES)
+            named_like_images = sorted(child for child in path.iterdir() if child.suffix.lower() in IMAGE_SUFFIXES)
+            paths += [child for child in named_like_images if readable_file(child)]
         else:
             paths.append(path)
     return paths
+
+
+def readable_file(path: Path) -> bool:
+    """Whether `path` is a regular file that can be read; if not, a warning line names it and says what it is."""
+    try:
+        check_image_file(path)
+    except ImageInputError as error:
+        logger.warning(f"warning: skipping {one_line(error, {str(path): shown(path)})}")
+        return False
+    return True
 
 
 def unique_stem(path: Path, used: set[str]) -> str:
