@@ -474,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    Runs `cascade-clip` with `argv` (default: the process's arguments); returns the exit code, 2 for bad input.
+    Ctrl-C is left to the console command, `cascade_clip_command.main`, which also covers this module's imports.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     transformers_logging.set_verbosity_error()
@@ -482,10 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         logger.error(f"error: {one_line(error)}")
         return 2
-    except KeyboardInterrupt:
-        logger.error("interrupted: outputs written so far are complete; nothing half-written is left")
-        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cascade_clip_command import main as command
+
+    sys.exit(command())
