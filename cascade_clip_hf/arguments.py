@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .atomic import OutputFolderError, check_output_folder
 from .configuration_cascade_clip import SETTINGS
-from .errors import one_line
+from .errors import counted, one_line
 from .presets import BENCHMARKS
 
 
@@ -51,7 +51,7 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         raise argparse.ArgumentTypeError(
-            f"{text}: this torch sees {torch.cuda.device_count()} CUDA device(s); use cpu"
+            f"{text}: this torch sees {counted(torch.cuda.device_count(), 'CUDA device')}; use cpu"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")

@@ -27,7 +27,7 @@ from .arguments import (
 from .atomic import SEGMENTATION, VOCABULARY, check_output_folder, output_files, recorded_names, shown
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
-from .errors import INPUT_ERRORS, one_line
+from .errors import INPUT_ERRORS, counted, one_line
 from .image_processing_cascade_clip import ImageInputError, check_image_file
 from .presets import BENCHMARKS
 from .segmenter import INFERENCE_DTYPES
@@ -105,7 +105,7 @@ def run_parity(args) -> int:
     if failed:
         logger.error(f"Outside tolerance: {', '.join(failed)}")
         return 1
-    logger.info(f"All {len(report)} tensors match the original implementation.")
+    logger.info(f"Every tensor matches the original implementation ({counted(len(report), 'tensor')}).")
     return 0
 
 
@@ -255,7 +255,8 @@ def own_outputs_left_out(paths: list[Path], output: Path) -> list[Path]:
     recorded, folder = recorded_names(output), output.resolve()
     kept = [path for path in paths if not (path.name in recorded and path.parent.resolve() == folder)]
     if len(kept) < len(paths):
-        logger.info(f"Leaving out {len(paths) - len(kept)} files cascade-clip wrote into {shown(output)} itself.")
+        left_out = counted(len(paths) - len(kept), "file")
+        logger.info(f"Leaving out {left_out} cascade-clip wrote into {shown(output)} itself.")
     return kept
 
 
@@ -419,7 +420,7 @@ def run_segment(args) -> int:
                     write = writer.submit(write_segmentation, image, segments, class_names, output, stem, args.alpha)
                     writes.append((path, write))
             failures += finished_writes(writes, progress)
-    logger.info(f"Segmented {len(paths) - failures} of {len(paths)} images into {output}.")
+    logger.info(f"Segmented {len(paths) - failures} of {counted(len(paths), 'image')} into {output}.")
     return 1 if failures else 0
 
 
@@ -449,8 +450,13 @@ def run_embed(args) -> int:
     class_names = check_class_names(args.labels)
     templates = check_templates(args.templates) if args.templates is not None else None
     output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(
+            f"--output {shown(output)} is a folder: name the .safetensors file to write the vocabulary to, e.g. "
+            f"{shown(output / 'vocabulary.safetensors')}."
+        )
     if output.suffix != ".safetensors":
-        raise ValueError(f"{shown(output)}: name the vocabulary file *.safetensors.")
+        raise ValueError(f"--output {shown(output)}: name the .safetensors file to write the vocabulary to.")
     check_output_folder(output.parent, [output.name], kind=VOCABULARY)
     model_name = args.model or str(DEMO_MODEL)
     model, processor = load_for_inference(model_name, args.dtype)
@@ -458,7 +464,8 @@ def run_embed(args) -> int:
     own_vocabulary = embed_vocabulary(model, processor, class_names, templates, model_name)
     save_vocabulary(own_vocabulary, output)
     logger.info(
-        f"Embedded {len(class_names)} classes in {len(own_vocabulary.templates)} templates into {shown(output)}."
+        f"Embedded {counted(len(class_names), 'class', 'classes')} in "
+        f"{counted(len(own_vocabulary.templates), 'template')} into {shown(output)}."
     )
     return 0
 

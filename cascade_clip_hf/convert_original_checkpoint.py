@@ -13,6 +13,7 @@ from transformers.utils import logging
 from .atomic import MODEL, atomic_directory, check_output_folder
 from .configuration_cascade_clip import CascadeClipConfig
 from .convert_clip_checkpoint import fold_class_embedding
+from .errors import counted
 from .image_processing_cascade_clip import CascadeClipImageProcessor
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .presets import BACKGROUND_ZERO_BENCHMARKS, benchmark_facts, stages_from_layers
@@ -162,8 +163,8 @@ def infer_config(
 
     if len(extract_layers) != num_taps:
         raise CheckpointError(
-            f"The checkpoint taps {num_taps} layers but {len(extract_layers)} tapped layers were given "
-            f"({list(extract_layers)}): pass --extract-layers with {num_taps} layer indices."
+            f"The checkpoint taps {counted(num_taps, 'layer')}, but the tapped layers given are "
+            f"{list(extract_layers)}: pass --extract-layers with {counted(num_taps, 'layer index', 'layer indices')}."
         )
     cascade_stages = stages_from_layers(list(extract_layers))
     if [len(stage) for stage in cascade_stages] != stage_sizes:
@@ -301,7 +302,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
             unknown.append(key)
     if unknown:
         raise CheckpointError(
-            f"The checkpoint has {len(unknown)} keys this converter does not understand, e.g. {unknown[:8]}. "
+            f"The checkpoint has {counted(len(unknown), 'key')} this converter does not understand, e.g. "
+            f"{unknown[:8]}. "
             "Only original Cascade-CLIP ViT checkpoints are supported."
         )
     report.mapped = len(state_dict) - len(report.dropped)
@@ -382,7 +384,9 @@ def convert_checkpoint(
         report.notes.append(f"default vocabulary embeddings read from {class_embeddings}")
     else:
         class_embeds = embed_class_names(model, clip_tokenizer, class_names, templates)
-        report.notes.append(f"default vocabulary embedded with the text tower over {len(templates)} template(s)")
+        report.notes.append(
+            f"default vocabulary embedded with the text tower over {counted(len(templates), 'template')}"
+        )
     model.set_vocabulary(class_names, class_embeds, seen_class_ids)
 
     if do_reduce_labels is None:
@@ -403,13 +407,15 @@ def convert_checkpoint(
     vision, text = config.vision_config, config.text_config
     report.notes.extend(
         [
-            f"vision tower: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
-            f"{vision.num_attention_heads} heads, patch {vision.patch_size}, image size {vision.image_size}",
-            f"text tower: {text.num_hidden_layers} layers, width {text.hidden_size}, {text.num_attention_heads} heads",
-            f"prompts: {config.num_prompt_tokens} tokens in {config.num_prompt_layers} layers; "
+            f"vision tower: {counted(vision.num_hidden_layers, 'layer')}, width {vision.hidden_size}, "
+            f"{counted(vision.num_attention_heads, 'head')}, patch {vision.patch_size}, image size "
+            f"{vision.image_size}",
+            f"text tower: {counted(text.num_hidden_layers, 'layer')}, width {text.hidden_size}, "
+            f"{counted(text.num_attention_heads, 'head')}",
+            f"prompts: {counted(config.num_prompt_tokens, 'token')} in {counted(config.num_prompt_layers, 'layer')}; "
             f"stages {config.cascade_stages} + final layer",
-            f"decoders: {config.num_decoders} x {config.decoder_num_layers} layers, "
-            f"{config.decoder_num_attention_heads} heads",
+            f"decoders: {config.num_decoders} x {counted(config.decoder_num_layers, 'layer')}, "
+            f"{counted(config.decoder_num_attention_heads, 'head')}",
             f"classes: {len(class_names)}, seen: {len(seen_classes)}, setting: {setting}",
             "class-token quirk folded into the first position embedding",
             f"written to {output_dir}",

@@ -512,7 +512,9 @@ class CascadeClipImageProcessor(PilBackend):
             raise ValueError("No images were given.")
         label_maps = as_list(segmentation_maps) if segmentation_maps is not None else None
         if label_maps is not None and len(label_maps) != len(images):
-            raise ValueError(f"Got {len(images)} images but {len(label_maps)} segmentation maps.")
+            raise ValueError(
+                f"The number of segmentation maps ({len(label_maps)}) is not that of images ({len(images)})."
+            )
 
         images = self._prepare_image_like_inputs(
             images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format

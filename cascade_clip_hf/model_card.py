@@ -10,6 +10,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .atomic import output_files
 from .configuration_cascade_clip import CascadeClipConfig
+from .errors import counted
 from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
 
 
@@ -100,7 +101,8 @@ def training_markdown(config: CascadeClipConfig, dataset: str | None, training: 
         f"- Optimiser: {recipe['optimizer']}.",
         f"- Schedule: {recipe['schedule']}.",
         f"- Loss: {recipe['loss']}.",
-        f"- Prompts: {config.num_prompt_tokens} tokens in {config.num_prompt_layers} layers; cascade stages "
+        f"- Prompts: {counted(config.num_prompt_tokens, 'token')} in {counted(config.num_prompt_layers, 'layer')}; "
+        "cascade stages "
         f"{config.cascade_stages} plus the final layer.",
     ]
     if training:

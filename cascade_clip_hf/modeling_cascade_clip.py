@@ -929,8 +929,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         """
         if class_embeds.shape != (len(class_names), self.config.projection_dim):
             raise ValueError(
-                f"Expected class embeddings of shape ({len(class_names)}, {self.config.projection_dim}) for "
-                f"{len(class_names)} class names, got {tuple(class_embeds.shape)}."
+                f"Expected class embeddings of shape ({len(class_names)}, {self.config.projection_dim}), one row "
+                f"per class name, got {tuple(class_embeds.shape)}."
             )
         self.config.id2label = dict(enumerate(class_names))
         self.config.label2id = {name: class_id for class_id, name in enumerate(class_names)}
@@ -1164,7 +1164,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         else:
             output_sizes = list(output_size)
         if len(output_sizes) != len(images):
-            raise ValueError(f"Got {len(output_sizes)} output sizes for {len(images)} images.")
+            raise ValueError(
+                f"The number of output sizes ({len(output_sizes)}) is not that of images ({len(images)})."
+            )
         if isinstance(pixel_values, torch.Tensor) and len({tuple(size) for size in output_sizes}) > 1:
             raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
         crop_size = crop_size if crop_size is not None else self.config.slide_crop_size

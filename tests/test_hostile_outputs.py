@@ -1,10 +1,12 @@
 """Nothing a user owns is lost: every writer refuses to write over what it did not write, never leaves a half-written
 output, and writes with the permissions the umask gives (see `cascade_clip_hf.atomic`)."""
 
+import errno
 import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from accelerate import Accelerator
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.atomic import BENCHMARK, MODEL, MODEL_CARD, SCENES, check_output_folder
+from cascade_clip_hf.atomic import BENCHMARK, MODEL, MODEL_CARD, SCENES, STAGING, check_output_folder
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL
 from cascade_clip_hf.training import DataPosition, save_checkpoint, save_final
@@ -441,6 +443,31 @@ def test_the_repositorys_own_outputs_may_be_rebuilt():
     check_output_folder(REPOSITORY / "benchmarks", benchmarks, kind=BENCHMARK)
     for card in (REPOSITORY / "model_cards").glob("*/README.md"):
         check_output_folder(card.parent, [card.name], kind=MODEL_CARD)
+
+
+# Each writer of the command line, run on its output path (a folder, or embed's file).
+COMMANDS = {
+    "convert": lambda fixture, output: convert(fixture, CHECKPOINT, output),
+    "segment": segment,
+    "embed": lambda fixture, output: embed(fixture, output / "vocabulary.safetensors"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_folder_that_cannot_be_written_is_named_as_the_user_gave_it(command, tmp_path, request, monkeypatch):
+    """Where the file system refuses the write (read-only, no permission), the error names the user's output, not
+    the hidden staging name the program made up."""
+    make_folder = tempfile.mkdtemp
+
+    def read_only(suffix=None, prefix=None, dir=None):
+        if prefix and prefix.startswith(STAGING):
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}abcd1234"))
+        return make_folder(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    output = tmp_path / "out"
+    exit_code, errors = COMMANDS[command](request.getfixturevalue, output)
+    assert (exit_code, errors) == (2, [f"error: [Errno 13] Permission denied: '{output}'"])
 
 
 class DiskFull(OSError):
