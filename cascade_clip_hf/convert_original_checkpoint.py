@@ -74,7 +74,7 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"Converted {self.mapped} tensors; dropped {len(self.dropped)} unused keys."]
+        lines = [f"Converted {counted(self.mapped, 'tensor')}; dropped {counted(len(self.dropped), 'unused key')}."]
         return "\n".join(lines + [f"- {note}" for note in self.notes])
 
 
@@ -148,7 +148,9 @@ def infer_config(
     num_positions = require(state_dict, "backbone.positional_embedding", 2).shape[0]
     grid_size = math.isqrt(num_positions - 1)
     if grid_size * grid_size != num_positions - 1:
-        raise CheckpointError(f"backbone.positional_embedding has {num_positions} rows: not 1 + a square grid.")
+        raise CheckpointError(
+            f"backbone.positional_embedding has {counted(num_positions, 'row')}: not 1 + a square grid."
+        )
     projection_dim = require(state_dict, "backbone.proj", 2).shape[1]
     vision_layers = count_indexed(state_dict, r"backbone\.transformer\.resblocks\.(\d+)\.attn\.in_proj_weight")
     text_width = require(state_dict, "text_encoder.ln_final.weight", 1).shape[0]

@@ -685,7 +685,9 @@ class CascadeClipImageProcessor(PilBackend):
         if isinstance(target_sizes, torch.Tensor):
             target_sizes = target_sizes.tolist()
         if target_sizes is not None and len(target_sizes) != maps.shape[0]:
-            raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {maps.shape[0]} images.")
+            raise ValueError(
+                f"The number of target sizes ({len(target_sizes)}) is not that of images ({maps.shape[0]})."
+            )
 
         results = []
         for index, image_maps in enumerate(maps):

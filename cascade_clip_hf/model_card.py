@@ -92,8 +92,9 @@ def training_markdown(config: CascadeClipConfig, dataset: str | None, training: 
     if dataset in BENCHMARKS:
         facts = benchmark_facts(dataset, config.setting)
         lines.append(
-            f"Trained on the {len(facts['seen_class_ids'])} seen classes of {DATASET_NAMES[dataset]} "
-            f"({config.setting}); the {len(facts['unseen_class_ids'])} unseen classes were never labelled."
+            f"Trained on the {counted(len(facts['seen_class_ids']), 'seen class', 'seen classes')} of "
+            f"{DATASET_NAMES[dataset]} ({config.setting}); the "
+            f"{counted(len(facts['unseen_class_ids']), 'unseen class', 'unseen classes')} were never labelled."
         )
     recipe = load_benchmarks()["_common"]
     lines += [

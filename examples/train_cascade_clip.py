@@ -248,7 +248,9 @@ def main(argv=None) -> None:
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
-        raise DatasetLayoutError(f"{len(data)} training images are fewer than one batch of {args.train_batch_size}.")
+        raise DatasetLayoutError(
+            f"The training set ({counted(len(data), 'image')}) is smaller than one batch of {args.train_batch_size}."
+        )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.learning_rate, args.weight_decay, no_decay_on_norms=args.no_decay_on_norms)
     )
