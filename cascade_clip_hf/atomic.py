@@ -106,7 +106,7 @@ def record_outputs(folder: str | os.PathLike, names: Iterable[str], kind: str) -
     folder = Path(folder)
     record = read_record(folder)
     written = dict.fromkeys(set(names) - {RECORD}, kind)
-    if any(name not in record.names or record.names[name] != kind for name in written):
+    if any(record.names.get(name) != kind for name in written):
         write_record(folder, Record({**record.names, **written}, record.staging))
 
 
