@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .atomic import OutputFolderError, check_output_folder
 from .configuration_cascade_clip import SETTINGS
-from .errors import one_line
+from .errors import counted, one_line
 from .presets import BENCHMARKS
 
 
@@ -51,7 +51,7 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         raise argparse.ArgumentTypeError(
-            f"{text}: this torch sees {torch.cuda.device_count()} CUDA device(s); use cpu"
+            f"{text}: this torch sees {counted(torch.cuda.device_count(), 'CUDA device')}; use cpu"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")
@@ -122,15 +122,15 @@ def class_names_argument(text: str) -> list[str]:
 
 
 def check_output_argument(
-    parser: argparse.ArgumentParser, folder: str | os.PathLike, names: Iterable[str] | None = None
+    parser: argparse.ArgumentParser, folder: str | os.PathLike, names: Iterable[str] | None = None, *, kind: str
 ) -> None:
     """
     Ends a script before any work, with one line and exit code 2 as `cascade-clip` does, when writing `names` (or,
-    without them, the whole folder) into `folder` would lose a file this program did not write (see
-    `cascade_clip_hf.atomic.check_output_folder`).
+    without them, the whole folder) into `folder` as outputs of `kind` would lose a file this program did not write
+    as such an output (see `cascade_clip_hf.atomic.check_output_folder`).
     """
     try:
-        check_output_folder(folder, names)
+        check_output_folder(folder, names, kind=kind)
     except OutputFolderError as error:
         parser.exit(2, f"error: {error}\n")
 

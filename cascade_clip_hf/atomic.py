@@ -2,10 +2,13 @@
 Writing outputs so that nothing a user owns is lost and a crash part-way never leaves a damaged result.
 
 Every folder this program writes into keeps a record, `.cascade-clip-outputs`, of the files and folders it wrote
-there. It replaces only those: before writing anything it refuses (`OutputFolderError`) an output whose name is
-taken by a file it did not write, the replacement of a whole folder that holds anything it did not write, and any
-output that would replace one of the run's inputs. Everything is written into a hidden staging file or folder
-beside its target, given the permissions an ordinary write gets (those the umask leaves), then renamed into place.
+there and the kind of output each one is (see `MODEL` and the kinds below it). A writer replaces only what a writer
+of its own kind wrote: before writing anything it refuses (`OutputFolderError`) an output whose name is taken by a
+file the program did not write or wrote as another kind of output (embedding a vocabulary never replaces a model's
+weights), the replacement of a whole folder that holds anything else, and any output that would replace one of the
+run's inputs. Everything is written into a hidden staging file or folder beside its target, given the permissions an
+ordinary write gets (those the umask leaves), then renamed into place; errors name the user's path, never the
+staging one.
 """
 
 import json
@@ -20,29 +23,32 @@ from pathlib import Path
 
 
 RECORD = ".cascade-clip-outputs"
-RECORD_FORMAT = 2
-# What a record says its folder holds. A writer that replaces a folder whole replaces only one recorded as its kind;
-# files written beside the user's (segmentation results, reports, model cards, scenes) are never replaced whole.
-MODEL, FILES = "model", "files"
+RECORD_FORMAT = 3
+# The kinds of output, one for each writer of this program.
+MODEL = "model"  # a model folder's files: weights, config, processor, its card, checkpoints, training logs
+SEGMENTATION = "segmentation"  # `cascade-clip segment`: class maps, overlays and class shares
+VOCABULARY = "vocabulary"  # `cascade-clip embed`: class names embedded once
+EVALUATION = "evaluation"  # examples/evaluate_cascade_clip.py: results of a model on a dataset
+BENCHMARK = "benchmark"  # examples/benchmark_*.py: timing reports
+SCENES = "scenes"  # examples/build_demo_model.py: the bundled example scenes
+MODEL_CARD = "model card"  # model_cards/generate_model_cards.py: a card written without its model
 # Staging entries carry this in their name; `tempfile.mkdtemp` adds random characters and never reuses an existing
 # name. The program deletes only the staging it created in the same run, or names its record lists as staging.
 STAGING = ".cascade-clip-staging"
 
 
 class OutputFolderError(ValueError):
-    """Writing an output would lose a file this program did not write or one of the run's inputs, or the output
-    folder is not a writable folder."""
+    """Writing an output would lose a file this program did not write, one it wrote as another kind of output, or
+    one of the run's inputs, or the output folder is not a writable folder."""
 
 
 @dataclass
 class Record:
-    """What a folder's record says: the kind of output the folder is (None: a record of an earlier version that
-    does not say), the names the program wrote there, and the staging names of its writes in progress."""
+    """What a folder's record says: the names the program wrote there, each with its kind of output (None: recorded
+    by an earlier version that did not say), and the staging names of its writes in progress."""
 
-    kind: str | None = None
-    names: set[str] = field(default_factory=set)
+    names: dict[str, str | None] = field(default_factory=dict)
     staging: set[str] = field(default_factory=set)
-    exists: bool = False
 
 
 def shown(name: str | os.PathLike) -> str:
@@ -61,71 +67,88 @@ def read_record(folder: str | os.PathLike) -> Record:
         data = json.loads(text)
     except ValueError:
         data = None
-    if isinstance(data, dict) and data.get("format") == RECORD_FORMAT:
-        return Record(data.get("kind"), set(data.get("names", [])), set(data.get("staging", [])), True)
-    # The earlier format: one name a line, no kind; a last line without its newline is an interrupted append.
-    return Record(None, set(text.split("\n")[:-1]), set(), True)
+    if isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("names"), dict):
+        return Record(dict(data["names"]), set(data.get("staging", [])))
+    if isinstance(data, dict) and data.get("format") == 2:
+        # One kind for the whole folder, "model" only while every writer into it had written a model; any other
+        # kind mixed the outputs of several writers.
+        kind = MODEL if data.get("kind") == MODEL else None
+        return Record(dict.fromkeys(data.get("names", []), kind), set(data.get("staging", [])))
+    # The first format: one name a line, no kind; a last line without its newline is an interrupted append.
+    return Record(dict.fromkeys(text.split("\n")[:-1]), set())
 
 
 def write_record(folder: Path, record: Record) -> None:
     """Replaces the record of `folder` with `record`, by a rename: a crash leaves the old or the new one whole."""
-    data = {"format": RECORD_FORMAT, "kind": record.kind, "names": sorted(record.names)}
+    data = {"format": RECORD_FORMAT, "names": dict(sorted(record.names.items()))}
     if record.staging:
         data["staging"] = sorted(record.staging)
-    handle, temporary = tempfile.mkstemp(prefix=f"{STAGING}-record.", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(json.dumps(data, indent=1, ensure_ascii=True) + "\n")
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, folder / RECORD)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def merged_kind(existing: Record, kind: str) -> str | None:
-    """The kind of a folder after a writer of `kind` adds to it: a folder stays replaceable whole only while every
-    writer into it wrote that kind of output."""
-    if not existing.exists:
-        return kind
-    return existing.kind if existing.kind == kind else existing.kind and FILES
+    with naming_user_paths(folder):
+        handle, temporary = tempfile.mkstemp(prefix=f"{STAGING}-record.", dir=folder)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(json.dumps(data, indent=1, ensure_ascii=True) + "\n")
+            os.chmod(temporary, 0o666 & ~current_umask())
+            os.replace(temporary, folder / RECORD)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def recorded_names(folder: Path) -> set[str]:
     """The names of the entries of `folder` this program wrote, from its record (none without one)."""
     record = read_record(folder)
-    return record.names | record.staging
+    return set(record.names) | record.staging
 
 
-def record_outputs(folder: str | os.PathLike, names: Iterable[str], kind: str = FILES) -> None:
-    """Adds `names` (entries of `folder`) to the record of what this program wrote there, as a writer of `kind`."""
+def record_outputs(folder: str | os.PathLike, names: Iterable[str], kind: str) -> None:
+    """Adds `names` (entries of `folder`) to the record of what this program wrote there, as outputs of `kind`."""
     folder = Path(folder)
     record = read_record(folder)
-    names = set(names) - {RECORD}
-    kind = merged_kind(record, kind)
-    if names - record.names or (record.exists and kind != record.kind):
-        write_record(folder, Record(kind, record.names | names, record.staging))
+    written = dict.fromkeys(set(names) - {RECORD}, kind)
+    if any(record.names.get(name) != kind for name in written):
+        write_record(folder, Record({**record.names, **written}, record.staging))
 
 
-def record_staging(folder: str | os.PathLike, name: str, kind: str, add: bool = True) -> None:
+def record_staging(folder: str | os.PathLike, name: str, add: bool = True) -> None:
     """Records (or, with `add=False`, forgets) `name` in `folder` as staging of a write in progress, which a later
     run may remove after a kill."""
     folder = Path(folder)
     record = read_record(folder)
     staging = record.staging | {name} if add else record.staging - {name}
-    kind = record.kind if record.exists else kind
-    write_record(folder, Record(kind, record.names, staging))
+    write_record(folder, Record(record.names, staging))
 
 
-def foreign_entry(folder: Path) -> Path | None:
-    """The first file under `folder` (in name order) this program did not write, or None."""
-    record = recorded_names(folder)
+def refusal(record: Record, name: str, kind: str) -> str | None:
+    """
+    Why a writer of `kind` may not replace the entry `name` of a folder whose record is `record` (a clause to
+    follow the entry's name), or None when the program wrote it as that kind of output.
+    """
+    if name not in record.names:
+        return "which cascade-clip did not write"
+    written_as = record.names[name]
+    if written_as is None:
+        return "which an earlier version of cascade-clip wrote without recording what it is"
+    if written_as != kind:
+        return f"which cascade-clip wrote as {written_as} output, not {kind} output"
+    return None
+
+
+def first_refusal(folder: Path, root: Path, kind: str) -> tuple[str, str] | None:
+    """
+    The first entry under `folder` (in name order) a writer of `kind` may not replace: its name relative to `root`,
+    as a message shows it, and the clause of `refusal`; None when there is none.
+    """
+    record = read_record(folder)
     for path in sorted(folder.iterdir()):
-        if path.name == RECORD or path.name in record:
+        if path.name == RECORD or path.name in record.staging:
             continue
-        if path.is_symlink() or not path.is_dir():
-            return path
-        found = foreign_entry(path)
+        if path.name in record.names or path.is_symlink() or not path.is_dir():
+            reason = refusal(record, path.name, kind)
+            if reason is not None:
+                return shown(path.relative_to(root)), reason
+            continue
+        found = first_refusal(path, root, kind)  # a folder the record does not name may hold recorded outputs
         if found is not None:
             return found
     return None
@@ -135,20 +158,22 @@ def check_output_folder(
     folder: str | os.PathLike,
     names: Iterable[str] | None = None,
     inputs: Iterable[str | os.PathLike] = (),
-    kind: str = MODEL,
+    *,
+    kind: str,
 ) -> None:
     """
-    Checks that writing into `folder` loses nothing this program did not write, and that it can be written (the
-    folder, or where it will be created, is a writable folder). A missing or empty writable folder always passes.
+    Checks that writing into `folder` loses nothing this program did not write as outputs of `kind`, and that it
+    can be written (the folder, or where it will be created, is a writable folder). A missing or empty writable
+    folder always passes.
 
     Args:
         folder: the output folder.
-        names (*optional*): the entries the writer creates or replaces in `folder`; others are left alone. Without
-            them `folder` is replaced whole: it may hold nothing the program did not write, and its record must say
-            it is an output of the same `kind` (a model folder is never replaced by a folder of results, nor the
-            reverse).
+        names (*optional*): the entries the writer creates or replaces in `folder`; others are left alone. Each one
+            that exists must have been written by the program as an output of `kind`. Without them `folder` is
+            replaced whole: everything in it must have been (a model folder is never replaced by a folder of
+            results, nor the reverse).
         inputs: files or folders the run reads, which must not be among what is replaced.
-        kind: without `names`, the kind of folder the writer writes.
+        kind: the kind of output the writer writes (`MODEL`, `SEGMENTATION`, ...).
 
     Raises:
         `OutputFolderError`: with one line naming the folder, the file in the way and how to proceed.
@@ -176,23 +201,16 @@ def check_output_folder(
     if existing != folder:
         return
     if names is None:
-        found = foreign_entry(folder)
-        record = read_record(folder)
-        if found is None and record.exists and record.kind != kind:
-            what = "an earlier version of cascade-clip" if record.kind is None else f"cascade-clip as {record.kind}"
-            raise OutputFolderError(
-                f"refusing to replace {shown(folder)} whole: its record {RECORD}, written by {what}, does not "
-                f"say it is a {kind} folder (write to another folder, or delete {shown(folder)} or its record)"
-            )
+        found = first_refusal(folder, folder, kind)
     else:
-        taken = [folder / name for name in names if os.path.lexists(folder / name)]
-        record = recorded_names(folder) if taken else set()
-        found = next((path for path in taken if path.name not in record), None)
+        record = read_record(folder)
+        reasons = [(shown(name), refusal(record, name, kind)) for name in names if os.path.lexists(folder / name)]
+        found = next((reason for reason in reasons if reason[1] is not None), None)
     if found is not None:
-        name = shown(found.relative_to(folder))
+        name, reason = found
         raise OutputFolderError(
-            f"refusing to write into {shown(folder)}: it holds {name}, which cascade-clip did not write "
-            f"(write to another folder, or move {name} away)"
+            f"refusing to write into {shown(folder)}: it holds {name}, {reason} (choose another output, or move "
+            f"{name} away)"
         )
 
 
@@ -202,11 +220,11 @@ def current_umask() -> int:
     return umask
 
 
-def write_unless_taken(folder: str | os.PathLike, name: str, content: bytes) -> bool:
+def write_unless_taken(folder: str | os.PathLike, name: str, content: bytes, kind: str) -> bool:
     """
     Writes `content` as the file `name` in `folder` (a staging file, renamed into place), unless that name holds
-    something else this program did not write (see its record), which is kept. Unlike `output_files`, it leaves
-    the folder's record as it is, so that it can write into a folder another writer is staging.
+    something else that a writer of `kind` did not write (see its record), which is kept. Unlike `output_files`, it
+    leaves the folder's record as it is, so that it can write into a folder another writer is staging.
 
     Returns:
         `bool`: whether `folder / name` holds `content` afterwards.
@@ -215,7 +233,7 @@ def write_unless_taken(folder: str | os.PathLike, name: str, content: bytes) -> 
     if os.path.lexists(target):
         if target.is_file() and not target.is_symlink() and target.read_bytes() == content:
             return True
-        if name not in recorded_names(Path(folder)):
+        if read_record(folder).names.get(name) != kind:
             return False
     handle, temporary = tempfile.mkstemp(prefix=f"{STAGING}-file.", dir=folder)
     try:
@@ -240,8 +258,33 @@ def give_ordinary_modes(path: Path) -> None:
             item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
+def user_path(filename, target: Path) -> str | None:
+    """
+    The path a user knows for `filename`, when it lies in a staging entry (see `STAGING`): the same path inside
+    `target`, the output the user named; None for any other path.
+    """
+    if not isinstance(filename, (str, os.PathLike)):
+        return None
+    parts = Path(filename).parts
+    index = next((index for index, part in enumerate(parts) if part.startswith(STAGING)), None)
+    return None if index is None else str(target.joinpath(*parts[index + 1 :]))
+
+
+@contextmanager
+def naming_user_paths(target: str | os.PathLike):
+    """Within the block, an `OSError` naming a staging path is raised again, of the same errno, naming the user's
+    path instead (see `user_path`): the output the user asked for, not a hidden name they never gave."""
+    try:
+        yield
+    except OSError as error:
+        renamed = [user_path(name, Path(target)) for name in (error.filename, error.filename2)]
+        if error.errno is None or renamed == [None, None]:
+            raise
+        raise OSError(error.errno, error.strerror, renamed[0] or error.filename) from error
+
+
 def publish_directory(
-    staging: str | os.PathLike, target: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), kind: str = MODEL
+    staging: str | os.PathLike, target: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, kind: str
 ) -> None:
     """
     Moves a completely written `staging` folder to `target` with renames only, after recording its entries as the
@@ -251,65 +294,67 @@ def publish_directory(
     """
     staging, target = Path(staging), Path(target)
     check_output_folder(target, inputs=inputs, kind=kind)
-    (staging / RECORD).unlink(missing_ok=True)  # a copied record may name files the staging folder lacks
-    record_outputs(staging, [path.name for path in staging.iterdir()], kind)
-    give_ordinary_modes(staging)
-    previous = None
-    if target.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f"{STAGING}-old.", dir=target.parent))
-        os.replace(target, previous / target.name)
-    os.replace(staging, target)
-    if previous is not None:
-        shutil.rmtree(previous)
+    with naming_user_paths(target):
+        (staging / RECORD).unlink(missing_ok=True)  # a copied record may name files the staging folder lacks
+        record_outputs(staging, [path.name for path in staging.iterdir()], kind)
+        give_ordinary_modes(staging)
+        previous = None
+        if target.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f"{STAGING}-old.", dir=target.parent))
+            os.replace(target, previous / target.name)
+        os.replace(staging, target)
+        if previous is not None:
+            shutil.rmtree(previous)
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), kind: str = MODEL):
+def atomic_directory(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *, kind: str):
     """
     Yields an empty temporary folder beside `path`; when the block finishes, the folder replaces `path` (see
     `publish_directory`) as an output of `kind`. If the block raises, `path` is left as it was and the temporary
     folder is removed.
 
     Raises:
-        `OutputFolderError`: before the block runs, if `path` holds anything the program did not write, is not
-        recorded as an output of `kind`, or holds one of the `inputs` (see `check_output_folder`).
+        `OutputFolderError`: before the block runs, if `path` holds anything the program did not write as an output
+        of `kind`, or holds one of the `inputs` (see `check_output_folder`).
     """
     path = Path(path)
     inputs = list(inputs)
     check_output_folder(path, inputs=inputs, kind=kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}.", dir=path.parent))
-    try:
-        yield staging
-        publish_directory(staging, path, inputs, kind)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with naming_user_paths(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}.", dir=path.parent))
+        try:
+            yield staging
+            publish_directory(staging, path, inputs, kind=kind)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 @contextmanager
-def output_files(folder: str | os.PathLike, kind: str = FILES):
+def output_files(folder: str | os.PathLike, kind: str):
     """
     Yields an empty hidden folder inside `folder`; when the block finishes, each file written there is moved into
-    `folder`, replacing the program's own earlier output of that name, and recorded. Files of other names are left
-    alone. If the block raises, nothing in `folder` changes and the hidden folder is removed. `kind` is what the
-    files are part of: `MODEL` for the files of a model folder (a trained model, its card), `FILES` for results
-    written beside the user's; the folder stays replaceable whole only while every writer into it wrote a model.
+    `folder`, replacing the program's own earlier output of that name and `kind`, and recorded as of `kind`. Files
+    of other names are left alone. If the block raises, nothing in `folder` changes and the hidden folder is
+    removed.
 
     Raises:
         `OutputFolderError`: before anything is moved, if a file of one of the new names is in `folder` and the
-        program did not write it.
+        program did not write it as an output of `kind`.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}.", dir=folder))
-    try:
-        yield staging
-        names = sorted(path.name for path in staging.iterdir())
-        check_output_folder(folder, names)
-        give_ordinary_modes(staging)
-        for name in names:
-            os.replace(staging / name, folder / name)
-        record_outputs(folder, names, kind)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with naming_user_paths(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}.", dir=folder))
+        try:
+            yield staging
+            names = sorted(path.name for path in staging.iterdir())
+            check_output_folder(folder, names, kind=kind)
+            give_ordinary_modes(staging)
+            for name in names:
+                os.replace(staging / name, folder / name)
+            record_outputs(folder, names, kind)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

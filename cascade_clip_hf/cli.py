@@ -24,10 +24,11 @@ from .arguments import (
     torch_device,
     unit_interval,
 )
-from .atomic import check_output_folder, output_files, recorded_names, shown
+from .atomic import SEGMENTATION, VOCABULARY, check_output_folder, output_files, recorded_names, shown
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
-from .errors import INPUT_ERRORS, one_line
+from .errors import INPUT_ERRORS, counted, one_line
+from .image_processing_cascade_clip import ImageInputError, check_image_file
 from .presets import BENCHMARKS
 from .segmenter import INFERENCE_DTYPES
 
@@ -104,7 +105,7 @@ def run_parity(args) -> int:
     if failed:
         logger.error(f"Outside tolerance: {', '.join(failed)}")
         return 1
-    logger.info(f"All {len(report)} tensors match the original implementation.")
+    logger.info(f"Every tensor matches the original implementation ({counted(len(report), 'tensor')}).")
     return 0
 
 
@@ -164,15 +165,30 @@ def add_dtype_argument(parser) -> None:
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Files as given, and the images (by suffix) of folders, sorted; missing paths are kept to be reported."""
+    """
+    Files as given (missing ones too, to be reported when read), and the images (by suffix) of folders, sorted. A
+    folder's entry named like an image that is not a readable regular file (a folder, named pipe, socket, device,
+    broken link, or a file without read permission) is left out with a warning.
+    """
     paths = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            paths += sorted(child for child in path.iterdir() if child.suffix.lower() in IMAGE_SUFFIXES)
+            named_like_images = sorted(child for child in path.iterdir() if child.suffix.lower() in IMAGE_SUFFIXES)
+            paths += [child for child in named_like_images if readable_file(child)]
         else:
             paths.append(path)
     return paths
+
+
+def readable_file(path: Path) -> bool:
+    """Whether `path` is a regular file that can be read; if not, a warning line names it and says what it is."""
+    try:
+        check_image_file(path)
+    except ImageInputError as error:
+        logger.warning(f"warning: skipping {one_line(error, {str(path): shown(path)})}")
+        return False
+    return True
 
 
 def unique_stem(path: Path, used: set[str]) -> str:
@@ -200,7 +216,7 @@ def write_segmentation(image, segments: list[dict], class_names: list[str], outp
     segmentation = segmentation_from_masks(segments, class_names, image.size)
     dtype = "uint8" if len(class_names) <= 256 else "uint16"
     classes_file, overlay_file, fractions_file = segmentation_files(stem)
-    with output_files(output) as staging:
+    with output_files(output, SEGMENTATION) as staging:
         PIL.Image.fromarray(segmentation.astype(dtype)).save(staging / classes_file, compress_level=PNG_COMPRESSION)
         overlay = overlay_with_legend(image, segmentation, class_names, alpha=alpha)
         overlay.save(staging / overlay_file, compress_level=PNG_COMPRESSION)
@@ -239,7 +255,8 @@ def own_outputs_left_out(paths: list[Path], output: Path) -> list[Path]:
     recorded, folder = recorded_names(output), output.resolve()
     kept = [path for path in paths if not (path.name in recorded and path.parent.resolve() == folder)]
     if len(kept) < len(paths):
-        logger.info(f"Leaving out {len(paths) - len(kept)} files cascade-clip wrote into {shown(output)} itself.")
+        left_out = counted(len(paths) - len(kept), "file")
+        logger.info(f"Leaving out {left_out} cascade-clip wrote into {shown(output)} itself.")
     return kept
 
 
@@ -357,7 +374,8 @@ def run_segment(args) -> int:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
     output, stems = Path(args.output), set()
     # Before any work; the names are exact when every image is readable, and each write checks its own again.
-    check_output_folder(args.output, [name for path in paths for name in segmentation_files(unique_stem(path, stems))])
+    names = [name for path in paths for name in segmentation_files(unique_stem(path, stems))]
+    check_output_folder(args.output, names, kind=SEGMENTATION)
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device, args.dtype)
     if own_vocabulary is not None:
         check_vocabulary_fits(own_vocabulary, segmenter.model, segmenter.processor, args.vocabulary)
@@ -398,7 +416,7 @@ def run_segment(args) -> int:
                     write = writer.submit(write_segmentation, image, segments, class_names, output, stem, args.alpha)
                     writes.append((path, write))
             failures += finished_writes(writes, progress)
-    logger.info(f"Segmented {len(paths) - failures} of {len(paths)} images into {output}.")
+    logger.info(f"Segmented {len(paths) - failures} of {counted(len(paths), 'image')} into {output}.")
     return 1 if failures else 0
 
 
@@ -428,16 +446,22 @@ def run_embed(args) -> int:
     class_names = check_class_names(args.labels, "--labels")
     templates = check_templates(args.templates, "--templates") if args.templates is not None else None
     output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(
+            f"--output {shown(output)} is a folder: name the .safetensors file to write the vocabulary to, e.g. "
+            f"{shown(output / 'vocabulary.safetensors')}."
+        )
     if output.suffix != ".safetensors":
-        raise ValueError(f"{shown(output)}: name the vocabulary file *.safetensors.")
-    check_output_folder(output.parent, [output.name])
+        raise ValueError(f"--output {shown(output)}: name the .safetensors file to write the vocabulary to.")
+    check_output_folder(output.parent, [output.name], kind=VOCABULARY)
     model_name = args.model or str(DEMO_MODEL)
     model, processor = load_for_inference(model_name, args.dtype)
     model.to(args.device)
     own_vocabulary = embed_vocabulary(model, processor, class_names, templates, model_name)
     save_vocabulary(own_vocabulary, output)
     logger.info(
-        f"Embedded {len(class_names)} classes in {len(own_vocabulary.templates)} templates into {shown(output)}."
+        f"Embedded {counted(len(class_names), 'class', 'classes')} in "
+        f"{counted(len(own_vocabulary.templates), 'template')} into {shown(output)}."
     )
     return 0
 
@@ -453,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    Runs `cascade-clip` with `argv` (default: the process's arguments); returns the exit code, 2 for bad input.
+    Ctrl-C is left to the console command, `cascade_clip_command.main`, which also covers this module's imports.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     transformers_logging.set_verbosity_error()
@@ -461,10 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         logger.error(f"error: {one_line(error)}")
         return 2
-    except KeyboardInterrupt:
-        logger.error("interrupted: outputs written so far are complete; nothing half-written is left")
-        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cascade_clip_command import main as command
+
+    sys.exit(command())

@@ -153,8 +153,8 @@ class CascadeClipConfig(PreTrainedConfig):
         if self.cascade_stages is None:
             if num_layers != ORIGINAL_VISION_LAYERS:
                 raise ValueError(
-                    f"The vision tower has {num_layers} layers, but the default cascade stages {ORIGINAL_STAGES} "
-                    f"are the original's for 12 layers: set cascade_stages to layers in 0..{num_layers - 2}, e.g. "
+                    f"The default cascade stages {ORIGINAL_STAGES} are the original's for 12 vision layers, not this "
+                    f"tower's {num_layers}: set cascade_stages to layers in 0..{num_layers - 2}, e.g. "
                     f"{[[num_layers - 2]] if num_layers > 1 else []}, or [] for a single decoder on the last layer."
                 )
             self.cascade_stages = ORIGINAL_STAGES

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
-from .atomic import atomic_directory, check_output_folder
+from .atomic import MODEL, atomic_directory, check_output_folder
 from .configuration_cascade_clip import CascadeClipConfig
 from .convert_clip_checkpoint import fold_class_embedding
+from .errors import counted
 from .image_processing_cascade_clip import CascadeClipImageProcessor
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .presets import BACKGROUND_ZERO_BENCHMARKS, benchmark_facts, stages_from_layers
@@ -73,7 +74,7 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"Converted {self.mapped} tensors; dropped {len(self.dropped)} unused keys."]
+        lines = [f"Converted {counted(self.mapped, 'tensor')}; dropped {counted(len(self.dropped), 'unused key')}."]
         return "\n".join(lines + [f"- {note}" for note in self.notes])
 
 
@@ -147,7 +148,9 @@ def infer_config(
     num_positions = require(state_dict, "backbone.positional_embedding", 2).shape[0]
     grid_size = math.isqrt(num_positions - 1)
     if grid_size * grid_size != num_positions - 1:
-        raise CheckpointError(f"backbone.positional_embedding has {num_positions} rows: not 1 + a square grid.")
+        raise CheckpointError(
+            f"backbone.positional_embedding has {counted(num_positions, 'row')}: not 1 + a square grid."
+        )
     projection_dim = require(state_dict, "backbone.proj", 2).shape[1]
     vision_layers = count_indexed(state_dict, r"backbone\.transformer\.resblocks\.(\d+)\.attn\.in_proj_weight")
     text_width = require(state_dict, "text_encoder.ln_final.weight", 1).shape[0]
@@ -162,8 +165,8 @@ def infer_config(
 
     if len(extract_layers) != num_taps:
         raise CheckpointError(
-            f"The checkpoint taps {num_taps} layers but {len(extract_layers)} tapped layers were given "
-            f"({list(extract_layers)}): pass --extract-layers with {num_taps} layer indices."
+            f"The checkpoint taps {counted(num_taps, 'layer')}, but the tapped layers given are "
+            f"{list(extract_layers)}: pass --extract-layers with {counted(num_taps, 'layer index', 'layer indices')}."
         )
     cascade_stages = stages_from_layers(list(extract_layers))
     if [len(stage) for stage in cascade_stages] != stage_sizes:
@@ -301,7 +304,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
             unknown.append(key)
     if unknown:
         raise CheckpointError(
-            f"The checkpoint has {len(unknown)} keys this converter does not understand, e.g. {unknown[:8]}. "
+            f"The checkpoint has {counted(len(unknown), 'key')} this converter does not understand, e.g. "
+            f"{unknown[:8]}. "
             "Only original Cascade-CLIP ViT checkpoints are supported."
         )
     report.mapped = len(state_dict) - len(report.dropped)
@@ -336,7 +340,7 @@ def convert_checkpoint(
     before any work, see `cascade_clip_hf.atomic`).
     """
     inputs = [path for path in (checkpoint_path, class_embeddings) if path is not None]
-    check_output_folder(output_dir, inputs=inputs)
+    check_output_folder(output_dir, inputs=inputs, kind=MODEL)
     state_dict, meta = load_original_checkpoint(checkpoint_path)
     setting = setting or "inductive"
     facts = benchmark_facts(preset, setting) if preset else {}
@@ -382,7 +386,9 @@ def convert_checkpoint(
         report.notes.append(f"default vocabulary embeddings read from {class_embeddings}")
     else:
         class_embeds = embed_class_names(model, clip_tokenizer, class_names, templates)
-        report.notes.append(f"default vocabulary embedded with the text tower over {len(templates)} template(s)")
+        report.notes.append(
+            f"default vocabulary embedded with the text tower over {counted(len(templates), 'template')}"
+        )
     model.set_vocabulary(class_names, class_embeds, seen_class_ids)
 
     if do_reduce_labels is None:
@@ -396,20 +402,22 @@ def convert_checkpoint(
         templates=templates,
         seen_classes=seen_classes,
     )
-    with atomic_directory(output_dir, inputs) as staging:
+    with atomic_directory(output_dir, inputs, kind=MODEL) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
     vision, text = config.vision_config, config.text_config
     report.notes.extend(
         [
-            f"vision tower: {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
-            f"{vision.num_attention_heads} heads, patch {vision.patch_size}, image size {vision.image_size}",
-            f"text tower: {text.num_hidden_layers} layers, width {text.hidden_size}, {text.num_attention_heads} heads",
-            f"prompts: {config.num_prompt_tokens} tokens in {config.num_prompt_layers} layers; "
+            f"vision tower: {counted(vision.num_hidden_layers, 'layer')}, width {vision.hidden_size}, "
+            f"{counted(vision.num_attention_heads, 'head')}, patch {vision.patch_size}, image size "
+            f"{vision.image_size}",
+            f"text tower: {counted(text.num_hidden_layers, 'layer')}, width {text.hidden_size}, "
+            f"{counted(text.num_attention_heads, 'head')}",
+            f"prompts: {counted(config.num_prompt_tokens, 'token')} in {counted(config.num_prompt_layers, 'layer')}; "
             f"stages {config.cascade_stages} + final layer",
-            f"decoders: {config.num_decoders} x {config.decoder_num_layers} layers, "
-            f"{config.decoder_num_attention_heads} heads",
+            f"decoders: {config.num_decoders} x {counted(config.decoder_num_layers, 'layer')}, "
+            f"{counted(config.decoder_num_attention_heads, 'head')}",
             f"classes: {len(class_names)}, seen: {len(seen_classes)}, setting: {setting}",
             "class-token quirk folded into the first position embedding",
             f"written to {output_dir}",

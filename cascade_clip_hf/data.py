@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .errors import one_line
+from .errors import counted, one_line
 from .image_processing_cascade_clip import ImageInputError, to_label_array, to_rgb_uint8
 from .labels import LOOKUP_SIZE, identity_lookup, raw_coco_lookup, reduce_zero_lookup
 from .presets import BENCHMARKS, benchmark_facts
@@ -70,7 +70,7 @@ def rows_from_pairs(pairs: list[tuple[Path, Path]], what: str) -> datasets.Datas
         raise DatasetLayoutError(f"No samples found for {what}.")
     missing = [str(path) for pair in pairs for path in pair if not path.is_file()]
     if missing:
-        raise DatasetLayoutError(f"{len(missing)} files of {what} are missing, e.g. {missing[:3]}.")
+        raise DatasetLayoutError(f"Missing {counted(len(missing), 'file')} of {what}, e.g. {missing[:3]}.")
     return datasets.Dataset.from_dict(
         {
             "image": [str(image) for image, _ in pairs],

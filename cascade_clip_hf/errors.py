@@ -1,10 +1,17 @@
-"""What the command line, the scripts and the demo tell a user about bad input: one line, never a traceback."""
+"""What the command line, the scripts and the demo tell a user: about bad input, one line, never a traceback; and
+counts, in words that agree with them."""
 
 from huggingface_hub.errors import StrictDataclassError
 
 
 # What bad input raises (files, options, model folders, configurations), as opposed to faults of the program.
 INPUT_ERRORS = (ValueError, OSError, StrictDataclassError)
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`count` and `noun`, in the plural (`plural`, by default `noun` + "s") unless the count is one: "1 template",
+    "3 classes"."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def one_line(error: BaseException, spellings: dict[str, str] | None = None) -> str:

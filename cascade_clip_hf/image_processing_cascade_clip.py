@@ -2,6 +2,7 @@
 
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -47,30 +48,88 @@ def download(url: str, timeout: float | None = None) -> bytes:
     return response.content
 
 
+# What a path names when it is not a regular file, for messages; reading a named pipe would wait for a writer forever.
+NOT_REGULAR_FILES = {
+    stat.S_ISDIR: "a folder",
+    stat.S_ISFIFO: "a named pipe",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a device",
+    stat.S_ISBLK: "a device",
+}
+
+
+def not_regular_file(mode: int) -> str | None:
+    """What a file of `mode` (`os.stat`'s `st_mode`) is when it is not a regular file; None for a regular one."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for is_kind, what in NOT_REGULAR_FILES.items() if is_kind(mode)), "a special file")
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """
+    Checks, without opening it, that `path` is a regular file (or a link to one) that can be read.
+
+    Raises:
+        ImageInputError: naming `path`, when it is missing, a broken link, a folder, a named pipe, a socket, a
+            device, or not readable.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as error:
+        if os.path.islink(path):
+            raise ImageInputError(f"{path}: a link to {os.readlink(path)}, which does not exist.") from error
+        raise ImageInputError(f"{path}: no such file.") from error
+    except OSError as error:
+        raise ImageInputError(f"{path}: cannot be read ({error.strerror}).") from error
+    what = not_regular_file(mode)
+    if what is not None:
+        raise ImageInputError(f"{path}: {what}, not an image file.")
+    if not os.access(path, os.R_OK):
+        raise ImageInputError(f"{path}: cannot be read (permission denied).")
+
+
+def open_regular_file(path: str | os.PathLike):
+    """
+    `path` opened for reading in binary, after `check_image_file`; opened without waiting, so that a file swapped
+    for a named pipe in between is refused rather than waited on.
+    """
+    check_image_file(path)
+    try:
+        file = open(path, "rb", opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NONBLOCK", 0)))
+    except FileNotFoundError as error:
+        raise ImageInputError(f"{path}: no such file.") from error
+    except OSError as error:
+        raise ImageInputError(f"{path}: cannot be read ({error.strerror}).") from error
+    what = not_regular_file(os.fstat(file.fileno()).st_mode)
+    if what is not None:
+        file.close()
+        raise ImageInputError(f"{path}: {what}, not an image file.")
+    return file
+
+
 def open_image(path: str | os.PathLike, timeout: float | None = None) -> PIL.Image.Image:
     """
     Opens and fully decodes an image file or `http(s)://` URL, so that a truncated or corrupt file fails here,
-    naming the path.
+    naming the path. A path must be a readable regular file: a named pipe, socket or device is refused without
+    reading it (see `check_image_file`).
 
     Raises:
-        ImageInputError: the path is missing or a folder, the URL cannot be downloaded, the file is not a readable
-            image, or its header claims more than `PIL.Image.MAX_IMAGE_PIXELS` pixels (a possible decompression
-            bomb, refused before its pixels are allocated).
+        ImageInputError: the path is missing, a broken link, a folder or another file that is not a regular one, or
+            not readable; the URL cannot be downloaded; the file is not a readable image, or its header claims
+            more than `PIL.Image.MAX_IMAGE_PIXELS` pixels (a possible decompression bomb, refused before its pixels
+            are allocated).
     """
-    source = path
     if isinstance(path, str) and path.startswith(("http://", "https://")):
         source = io.BytesIO(download(path, timeout))
+    else:
+        source = open_regular_file(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), source:
             # PIL only warns between MAX_IMAGE_PIXELS and twice as many, and would then allocate them all.
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             with PIL.Image.open(source) as image:
                 image.load()
                 return image.copy()
-    except FileNotFoundError as error:
-        raise ImageInputError(f"{path}: no such file.") from error
-    except IsADirectoryError as error:
-        raise ImageInputError(f"{path}: a folder, not an image.") from error
     except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError) as error:
         raise ImageInputError(f"{path}: refused as a possible decompression bomb ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -453,7 +512,9 @@ class CascadeClipImageProcessor(PilBackend):
             raise ValueError("No images were given.")
         label_maps = as_list(segmentation_maps) if segmentation_maps is not None else None
         if label_maps is not None and len(label_maps) != len(images):
-            raise ValueError(f"Got {len(images)} images but {len(label_maps)} segmentation maps.")
+            raise ValueError(
+                f"The number of segmentation maps ({len(label_maps)}) is not that of images ({len(images)})."
+            )
 
         images = self._prepare_image_like_inputs(
             images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format
@@ -624,7 +685,9 @@ class CascadeClipImageProcessor(PilBackend):
         if isinstance(target_sizes, torch.Tensor):
             target_sizes = target_sizes.tolist()
         if target_sizes is not None and len(target_sizes) != maps.shape[0]:
-            raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {maps.shape[0]} images.")
+            raise ValueError(
+                f"The number of target sizes ({len(target_sizes)}) is not that of images ({maps.shape[0]})."
+            )
 
         results = []
         for index, image_maps in enumerate(maps):

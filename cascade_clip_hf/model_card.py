@@ -8,8 +8,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from .atomic import FILES, output_files
+from .atomic import output_files
 from .configuration_cascade_clip import CascadeClipConfig
+from .errors import counted
 from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
 
 
@@ -91,8 +92,9 @@ def training_markdown(config: CascadeClipConfig, dataset: str | None, training: 
     if dataset in BENCHMARKS:
         facts = benchmark_facts(dataset, config.setting)
         lines.append(
-            f"Trained on the {len(facts['seen_class_ids'])} seen classes of {DATASET_NAMES[dataset]} "
-            f"({config.setting}); the {len(facts['unseen_class_ids'])} unseen classes were never labelled."
+            f"Trained on the {counted(len(facts['seen_class_ids']), 'seen class', 'seen classes')} of "
+            f"{DATASET_NAMES[dataset]} ({config.setting}); the "
+            f"{counted(len(facts['unseen_class_ids']), 'unseen class', 'unseen classes')} were never labelled."
         )
     recipe = load_benchmarks()["_common"]
     lines += [
@@ -100,7 +102,8 @@ def training_markdown(config: CascadeClipConfig, dataset: str | None, training: 
         f"- Optimiser: {recipe['optimizer']}.",
         f"- Schedule: {recipe['schedule']}.",
         f"- Loss: {recipe['loss']}.",
-        f"- Prompts: {config.num_prompt_tokens} tokens in {config.num_prompt_layers} layers; cascade stages "
+        f"- Prompts: {counted(config.num_prompt_tokens, 'token')} in {counted(config.num_prompt_layers, 'layer')}; "
+        "cascade stages "
         f"{config.cascade_stages} plus the final layer.",
     ]
     if training:
@@ -236,10 +239,11 @@ def training_provenance(clip_model: str, init_from: str | None = None, license: 
     return {"base_model": base_model or None, "license": license, "license_note": note, "origin": origin}
 
 
-def write_model_card(output_dir: str | os.PathLike, card: ModelCard, kind: str = FILES) -> Path:
+def write_model_card(output_dir: str | os.PathLike, card: ModelCard, kind: str) -> Path:
     """
-    `output_dir`/README.md; one this program did not write is refused (`OutputFolderError`). `kind`: `MODEL` when
-    the card is part of a model folder (see `cascade_clip_hf.atomic.output_files`).
+    `output_dir`/README.md; one this program did not write as an output of `kind` is refused (`OutputFolderError`).
+    `kind`: `MODEL` when the card is part of a model folder, `MODEL_CARD` when it is written alone (see
+    `cascade_clip_hf.atomic`).
     """
     with output_files(output_dir, kind) as staging:
         card.save(staging / "README.md")

@@ -37,7 +37,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .atomic import write_unless_taken
+from .atomic import MODEL, write_unless_taken
 from .calibration import seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
@@ -746,7 +746,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
         handler_file = Path(__file__).with_name("handler.py")
         # A copy of this module loaded as remote code has no handler beside it, and saves none.
-        if handler_file.is_file() and not write_unless_taken(save_directory, "handler.py", handler_file.read_bytes()):
+        if handler_file.is_file() and not write_unless_taken(
+            save_directory, "handler.py", handler_file.read_bytes(), MODEL
+        ):
             logger.warning(
                 f"Kept the handler.py in {save_directory}, which cascade-clip did not write; the model's Inference "
                 "Endpoints handler is not saved there (move that file away to get it)."
@@ -1198,7 +1200,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         else:
             output_sizes = list(output_size)
         if len(output_sizes) != len(images):
-            raise ValueError(f"Got {len(output_sizes)} output sizes for {len(images)} images.")
+            raise ValueError(
+                f"The number of output sizes ({len(output_sizes)}) is not that of images ({len(images)})."
+            )
         if isinstance(pixel_values, torch.Tensor) and len({tuple(size) for size in output_sizes}) > 1:
             raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
         crop_size = crop_size if crop_size is not None else self.config.slide_crop_size

@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .configuration_cascade_clip import CascadeClipConfig
-from .errors import INPUT_ERRORS, one_line
+from .errors import INPUT_ERRORS, counted, one_line
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 from .processing_cascade_clip import CascadeClipProcessor
@@ -101,7 +101,8 @@ def load_for_inference(
         if keys:
             keys = sorted(key if isinstance(key, str) else key[0] for key in keys)
             raise ValueError(
-                f"{model_name}: the weights {what} {len(keys)} tensors, e.g. {keys[:3]}; the file is incomplete or "
+                f"{model_name}: the weights {what} {counted(len(keys), 'tensor')}, e.g. {keys[:3]}; the file is "
+                "incomplete or "
                 "belongs to another model."
             )
     return model.eval(), processor

@@ -214,7 +214,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, posit
                 f"refusing to write into {output_dir}: it holds {staging.name}, which "
                 f"cascade-clip did not write (move {staging.name} away)"
             )
-        record_staging(output_dir, staging.name, MODEL)
+        record_staging(output_dir, staging.name)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     accelerator.wait_for_everyone()
@@ -222,8 +222,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, posit
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / TRAINING_STATE_FILE).write_text(json.dumps({"step": step, **asdict(position)}, indent=2))
-        publish_directory(staging, target)
-        record_staging(output_dir, staging.name, MODEL, add=False)
+        publish_directory(staging, target, kind=MODEL)
+        record_staging(output_dir, staging.name, add=False)
     accelerator.wait_for_everyone()
     return target
 
@@ -247,7 +247,7 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
         if path.exists():
             logger.warning(f"Removing the interrupted checkpoint save {path}.")
             shutil.rmtree(path, ignore_errors=True)
-        record_staging(output_dir, name, MODEL, add=False)
+        record_staging(output_dir, name, add=False)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTokenizer
 from transformers.utils import logging
 
-from .atomic import output_files, shown
+from .atomic import VOCABULARY, output_files, shown
 from .pipeline_cascade_clip import check_class_embeds
 
 
@@ -403,7 +403,7 @@ def save_vocabulary(vocabulary: ClassVocabulary, path: str | os.PathLike) -> Non
         "model": vocabulary.model_name,
         "tokenizer": vocabulary.tokenizer_name,
     }
-    with output_files(path.parent) as staging:
+    with output_files(path.parent, VOCABULARY) as staging:
         save_file({"class_embeds": vocabulary.class_embeds.contiguous()}, staging / path.name, metadata=metadata)
 
 

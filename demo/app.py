@@ -17,6 +17,11 @@ if __name__ == "__main__":
     model_name = os.environ.get("CASCADE_CLIP_MODEL") or str(DEMO_MODEL)
     dtype = os.environ.get("CASCADE_CLIP_DTYPE") or INFERENCE_DTYPES[0]
     try:
+        if dtype not in INFERENCE_DTYPES:
+            raise ValueError(
+                f"the environment variable CASCADE_CLIP_DTYPE is {dtype!r}: set it to one of "
+                f"{', '.join(INFERENCE_DTYPES)}, or leave it unset for {INFERENCE_DTYPES[0]}."
+            )
         demo = build_demo(model_name, example_labels="cat, grass, sky", dtype=dtype)
     except INPUT_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)

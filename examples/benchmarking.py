@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from cascade_clip_hf.atomic import output_files
+from cascade_clip_hf.atomic import BENCHMARK, output_files
 
 
 def synchronize(device: str) -> None:
@@ -90,7 +90,7 @@ def machine_description(device: str) -> dict:
 def write_text(path: str | None, text: str) -> None:
     """Writes `text` to `path`, when one is given, atomically and never over a file this program did not write."""
     if path:
-        with output_files(Path(path).parent) as staging:
+        with output_files(Path(path).parent, BENCHMARK) as staging:
             (staging / Path(path).name).write_text(text, encoding="utf-8")
 
 

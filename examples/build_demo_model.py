@@ -34,7 +34,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
 from cascade_clip_hf.arguments import check_output_argument
-from cascade_clip_hf.atomic import MODEL, atomic_directory, output_files
+from cascade_clip_hf.atomic import MODEL, SCENES, atomic_directory, output_files
 from cascade_clip_hf.evaluation import markdown_summary
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.toy_world import (
@@ -83,11 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Before the build: the working folder holds trainings and the shipped folder is replaced whole, so both may
     # hold only this program's outputs; the scenes are written beside anything else.
-    check_output_argument(parser, args.output_dir)
+    check_output_argument(parser, args.output_dir, kind=MODEL)
     if args.ship_to:
-        check_output_argument(parser, args.ship_to)
+        check_output_argument(parser, args.ship_to, kind=MODEL)
     if args.scenes_dir:
-        check_output_argument(parser, args.scenes_dir, [SCENE_FILE.format(i) for i in range(len(EXAMPLE_SCENES))])
+        scene_files = [SCENE_FILE.format(i) for i in range(len(EXAMPLE_SCENES))]
+        check_output_argument(parser, args.scenes_dir, scene_files, kind=SCENES)
     return args
 
 
@@ -100,7 +101,7 @@ def write_scene_datasets(folder: Path, seed: int, train_scenes: int, test_scenes
         return datasets.Dataset.from_list(rows, features=features)
 
     data = datasets.DatasetDict({"train": split(seed + 1, train_scenes), "test": split(seed + 2, test_scenes)})
-    with atomic_directory(folder / "scenes") as staging:
+    with atomic_directory(folder / "scenes", kind=MODEL) as staging:
         data.save_to_disk(str(staging))
     with output_files(folder, MODEL) as staging:  # part of the build folder, which a rebuild checks whole
         (staging / "id2label.json").write_text(json.dumps(dict(enumerate(CLASS_NAMES)), indent=2))
@@ -194,7 +195,7 @@ def train_clip(folder: Path, seed: int, steps: int, batch_size: int) -> Path:
         schedule.step()
         progress.set_postfix(loss=f"{outputs.loss.item():.3f}")
     path = folder / "tiny_clip"
-    with atomic_directory(path) as staging:
+    with atomic_directory(path, kind=MODEL) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return path
@@ -331,7 +332,7 @@ def main(argv=None) -> None:
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_card_and_report(folder / "cascade", report)
     if args.scenes_dir:
-        with output_files(args.scenes_dir) as staging:
+        with output_files(args.scenes_dir, SCENES) as staging:
             for index in range(len(EXAMPLE_SCENES)):
                 image, _, caption = example_scene(index)
                 PIL.Image.fromarray(image).save(staging / SCENE_FILE.format(index))
@@ -339,7 +340,7 @@ def main(argv=None) -> None:
     if args.ship_to:
         # Without the code files save_pretrained copies beside the weights: inside the package they would be stale
         # duplicates of its own modules (cascade_clip_hf.hub.push_model_to_hub adds them again for the Hub).
-        with atomic_directory(args.ship_to) as staging:
+        with atomic_directory(args.ship_to, kind=MODEL) as staging:
             shutil.copytree(folder / "cascade", staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.py"))
     logger.info("Cascade:\n" + markdown_summary(cascade) + "\nSingle decoder:\n" + markdown_summary(single))
     logger.info(f"Built in {minutes:.1f} min; report in {folder / 'report.json'}")

@@ -20,9 +20,9 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, data_source, positive_int
-from cascade_clip_hf.atomic import output_files
+from cascade_clip_hf.atomic import EVALUATION, output_files
 from cascade_clip_hf.data import load_segmentation_data
-from cascade_clip_hf.errors import INPUT_ERRORS, one_line
+from cascade_clip_hf.errors import INPUT_ERRORS, counted, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.presets import BENCHMARKS, benchmark_facts
 from cascade_clip_hf.segmenter import load_for_inference
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.dataset and not args.dataset_name:
         parser.error("pass --dataset (with --data_dir) or --dataset_name")
-    check_output_argument(parser, Path(args.output).parent, [Path(args.output).name])
+    check_output_argument(parser, Path(args.output).parent, [Path(args.output).name], kind=EVALUATION)
     return args
 
 
@@ -73,8 +73,8 @@ def main(argv=None) -> dict:
             embeddings = load_class_embeddings(args.class_embeddings, num_classes, projection_dim)
             model.set_vocabulary(data.class_names, embeddings, seen_class_ids=None)
         logger.info(
-            f"Cross-dataset evaluation: the model's {model.config.num_labels} classes differ from the dataset's "
-            f"{len(data.class_names)}; every dataset class counts as seen, as in the original."
+            f"Cross-dataset evaluation: the model's {counted(model.config.num_labels, 'class', 'classes')} differ "
+            f"from the dataset's {len(data.class_names)}; every dataset class counts as seen, as in the original."
         )
     metrics = evaluate_split(
         accelerator,
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
         num_processes=accelerator.num_processes,
     )
     output = Path(args.output)
-    with output_files(output.parent) as staging:
+    with output_files(output.parent, EVALUATION) as staging:
         (staging / output.name).write_text(json.dumps(record, indent=2) + "\n")
     print(markdown_summary(record))
     logger.info(f"Results written to {output}")

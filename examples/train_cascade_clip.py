@@ -38,7 +38,7 @@ from cascade_clip_hf.arguments import (
 from cascade_clip_hf.atomic import MODEL, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segmentation_data
-from cascade_clip_hf.errors import INPUT_ERRORS, one_line
+from cascade_clip_hf.errors import INPUT_ERRORS, counted, one_line
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import check_push, push_folder
 from cascade_clip_hf.model_card import build_model_card, training_provenance, write_model_card
@@ -154,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         except ValueError as error:
             parser.error(f"--push_to_hub: {error}")
     # The model's file names depend on it and on transformers: the folder may hold only this program's outputs.
-    check_output_argument(parser, args.output_dir)
+    check_output_argument(parser, args.output_dir, kind=MODEL)
     return args
 
 
@@ -248,7 +248,9 @@ def main(argv=None) -> None:
         generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_dataloader) == 0:
-        raise DatasetLayoutError(f"{len(data)} training images are fewer than one batch of {args.train_batch_size}.")
+        raise DatasetLayoutError(
+            f"The training set ({counted(len(data), 'image')}) is smaller than one batch of {args.train_batch_size}."
+        )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.learning_rate, args.weight_decay, no_decay_on_norms=args.no_decay_on_norms)
     )
@@ -281,8 +283,9 @@ def main(argv=None) -> None:
         # What the trackers create here (TensorBoard's logs) is the run's own: a resumed run may write there again.
         record_outputs(output_dir, set(os.listdir(output_dir)) - existing, MODEL)
     logger.info(
-        f"Training {args.setting} on {len(data)} images, {len(vocabulary.class_ids)} classes, "
-        f"{args.max_train_steps} steps of {args.train_batch_size} x {accelerator.num_processes} x "
+        f"Training {args.setting} on {counted(len(data), 'image')}, "
+        f"{counted(len(vocabulary.class_ids), 'class', 'classes')}, {counted(args.max_train_steps, 'step')} of "
+        f"{args.train_batch_size} x {accelerator.num_processes} x "
         f"{args.gradient_accumulation_steps} images."
     )
     progress = tqdm(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cascade_clip_hf import CascadeClipConfig
 from cascade_clip_hf.arguments import check_output_argument
+from cascade_clip_hf.atomic import MODEL_CARD
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.presets import BENCHMARKS
 
@@ -46,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for benchmark in BENCHMARKS:
         for setting in SETTINGS:
-            check_output_argument(parser, Path(args.output_dir) / card_name(benchmark, setting), ["README.md"])
+            card_folder = Path(args.output_dir) / card_name(benchmark, setting)
+            check_output_argument(parser, card_folder, ["README.md"], kind=MODEL_CARD)
     return args
 
 
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
                 results=results,
                 split=results.get("split", "val") if results else "val",
             )
-            logger.info(f"Wrote {write_model_card(Path(args.output_dir) / name, card)}")
+            logger.info(f"Wrote {write_model_card(Path(args.output_dir) / name, card, MODEL_CARD)}")
 
 
 if __name__ == "__main__":

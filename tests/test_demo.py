@@ -7,8 +7,6 @@ import PIL.Image
 import pytest
 import torch
 
-from cascade_clip_hf.segmenter import DEMO_MODEL
-
 from .helpers import EXAMPLES, free_port, random_image
 
 
@@ -59,5 +57,6 @@ def test_demo_app_refuses_an_unknown_dtype_in_one_line():
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.splitlines() == [
-        f"error: unknown dtype 'float64' for {DEMO_MODEL}: use one of float32, bfloat16, float16."
+        "error: the environment variable CASCADE_CLIP_DTYPE is 'float64': set it to one of float32, bfloat16, "
+        "float16, or leave it unset for float32."
     ]

@@ -18,7 +18,7 @@ from transformers.testing_utils import CaptureLogger
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf import modeling_cascade_clip as modeling
-from cascade_clip_hf.atomic import record_outputs
+from cascade_clip_hf.atomic import MODEL, SEGMENTATION, record_outputs
 from cascade_clip_hf.pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 
 from .helpers import python_without_package, random_image
@@ -270,7 +270,15 @@ def test_save_pretrained_writes_the_handler_but_never_over_a_users(tmp_path, tin
     ours = tmp_path / "ours"
     ours.mkdir()
     (ours / "handler.py").write_text("an earlier version of the package's handler\n")
-    record_outputs(ours, ["handler.py"])
+    record_outputs(ours, ["handler.py"], MODEL)
     tiny_model.save_pretrained(ours)
     assert (ours / "handler.py").read_bytes() == PACKAGE_HANDLER.read_bytes()
     assert not [path.name for path in ours.iterdir() if "staging" in path.name]
+
+    # A handler.py another of the program's writers made is not a model file either.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "handler.py").write_text("written by segment\n")
+    record_outputs(other, ["handler.py"], SEGMENTATION)
+    tiny_model.save_pretrained(other)
+    assert (other / "handler.py").read_text() == "written by segment\n"

@@ -2,6 +2,9 @@
 
 import http.server
 import io
+import logging
+import os
+import socket
 import struct
 import threading
 import zlib
@@ -14,7 +17,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-from cascade_clip_hf import cli
+from cascade_clip_hf import cli, image_processing_cascade_clip
 from cascade_clip_hf.demo import build_demo
 from cascade_clip_hf.segmenter import DEMO_MODEL, load_segmenter
 from cascade_clip_hf.toy_world import CLASS_NAMES
@@ -216,7 +219,6 @@ FOLDER_CASES = {
         "not a readable",
     ),
     "zero-byte file": ("b.jpg", lambda path: path.touch(), "not a readable image"),
-    "folder named like an image": ("b.png", lambda path: path.mkdir(), "a folder, not an image"),
     "truncated JPEG": ("b.jpg", lambda path: path.write_bytes(encoded(scene(1), "JPEG")[:900]), "truncated"),
     "truncated PNG": ("b.png", lambda path: path.write_bytes(encoded(scene(1), "PNG")[:-300]), "not a readable"),
     "header claims 16384x16384": ("b.png", lambda path: path.write_bytes(png_claiming(16384, 16384)), "bomb"),
@@ -295,3 +297,98 @@ def test_a_file_deleted_after_listing_is_named_and_skipped(tmp_path, segmenter, 
     code, errors = run_segment(folder, tmp_path / "segmented", 2, caplog, capsys)
     assert code == 1 and errors == [f"error: {folder / 'b.png'}: no such file."]
     assert_segmented_upright(tmp_path / "segmented", "a", good, segmenter)
+
+
+def finished(function, *args):
+    """
+    `function(*args)`'s result or the exception it raised, failing the test instead of hanging when it waits
+    forever, as opening a named pipe does until a writer comes.
+    """
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(function(*args))
+        except BaseException as error:  # handed to the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), f"{function.__name__} still waits after 60 s"
+    return outcome[0]
+
+
+def unix_socket(path: Path) -> None:
+    """A socket file at `path` (which stays after the socket closes), bound from its folder: a socket's path may
+    hold only about 100 bytes."""
+    working_folder = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(path.name)
+    finally:
+        os.chdir(working_folder)
+
+
+def without_read_permission(path: Path, monkeypatch) -> None:
+    """`path`, a file, made unreadable (root reads any file: then `os.access` says what it would say to a user)."""
+    save(scene(1), path)
+    path.chmod(0)
+    if os.geteuid() == 0:
+        access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda name, mode: access(name, mode) and not (Path(name) == path and mode & os.R_OK)
+        )
+
+
+# Per case: how to make b.png something that is not a readable regular file, and what the warning calls it.
+NOT_REGULAR_FILES = {
+    "named pipe": (lambda path, monkeypatch: os.mkfifo(path), "a named pipe, not an image file."),
+    "socket": (lambda path, monkeypatch: unix_socket(path), "a socket, not an image file."),
+    "link to a device": (lambda path, monkeypatch: path.symlink_to(os.devnull), "a device, not an image file."),
+    "broken link": (
+        lambda path, monkeypatch: path.symlink_to(path.with_name("gone.png")),
+        "a link to {folder}/gone.png, which does not exist.",
+    ),
+    "folder named like an image": (lambda path, monkeypatch: path.mkdir(), "a folder, not an image file."),
+    "file without read permission": (without_read_permission, "cannot be read (permission denied)."),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_REGULAR_FILES))
+def test_a_folder_entry_that_is_not_a_readable_regular_file_is_skipped_with_a_warning(
+    case, tmp_path, segmenter, caplog, capsys, monkeypatch
+):
+    make, reason = NOT_REGULAR_FILES[case]
+    folder, output = tmp_path / "photos", tmp_path / "segmented"
+    folder.mkdir()
+    good = {"a": save(scene(0), folder / "a.png"), "c": save(scene(2), folder / "c.png")}
+    make(folder / "b.png", monkeypatch)
+
+    code = finished(cli.main, ["segment", str(folder), "--output", str(output), "--batch-size", "2"])
+    assert code == 0
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warnings == [f"warning: skipping {folder / 'b.png'}: {reason.format(folder=folder)}"]
+    assert not list(output.glob("b*"))
+    for name, upright in good.items():
+        assert_segmented_upright(output, name, upright, segmenter)
+
+
+@pytest.mark.parametrize("case", [case for case in NOT_REGULAR_FILES if case != "folder named like an image"])
+def test_every_entry_point_refuses_a_path_that_is_not_a_readable_regular_file(
+    case, tmp_path, segmenter, caplog, monkeypatch
+):
+    make, reason = NOT_REGULAR_FILES[case]
+    path = tmp_path / "b.png"
+    make(path, monkeypatch)
+    expected = f"{path}: {reason.format(folder=tmp_path)}"
+
+    error = finished(segmenter.image_processor.read_image, str(path))
+    assert isinstance(error, image_processing_cascade_clip.ImageInputError) and str(error) == expected
+    error = finished(segmenter, str(path))
+    assert isinstance(error, ValueError) and expected in str(error)
+    code = finished(cli.main, ["segment", str(path), "--output", str(tmp_path / "segmented")])
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert (code, errors) == (1, [f"error: {expected}"])

@@ -89,7 +89,7 @@ def labels_file_case(name: str, content: str | None, phrase: str):
 CLI_CASES = {
     "weights-without-decoders": model_case("no-decoders", "the weights lack"),
     "weights-with-unexpected-tensors": model_case("unexpected", "the weights hold unexpected"),
-    "weights-of-the-wrong-shape": model_case("wrong-shape", "the weights hold wrongly shaped 1 tensors"),
+    "weights-of-the-wrong-shape": model_case("wrong-shape", "the weights hold wrongly shaped 1 tensor,"),
     "truncated-weights": model_case("truncated", "model.safetensors: damaged or incomplete weights file"),
     "zero-byte-weights": model_case("zero-bytes", "model.safetensors: damaged or incomplete weights file"),
     "missing-model-folder": option_case(["--model", "./no/such/model"], "no such model folder"),
@@ -113,7 +113,7 @@ CLI_CASES = {
     "window-smaller-than-a-patch": option_case(["--crop-size", "1", "--stride", "1"], "smaller than one 8x8 patch"),
     "alpha-above-one": option_case(["--alpha", "1.5"], "argument --alpha: must lie in [0, 1]"),
     "alpha-not-a-number": option_case(["--alpha", "nan"], "must lie in [0, 1]"),
-    "device-without-cuda": option_case(["--device", "cuda"], "CUDA device(s); use cpu"),
+    "device-without-cuda": option_case(["--device", "cuda"], "CUDA devices; use cpu"),
     "device-nonsense": option_case(["--device", "nonsense"], "'nonsense' is not a device"),
     "batch-size-not-a-number": option_case(["--batch-size", "two"], "expected a whole number"),
 }
@@ -225,7 +225,7 @@ def test_from_clip_pretrained_takes_every_clip_checkpoint(tmp_path):
 
 def test_shallow_clip_follows_its_depth_or_names_the_option(tmp_path):
     clip = save_clip(tmp_path / "clip", vision_layers=4)
-    with pytest.raises(ValueError, match=r"has 4 layers.*set cascade_stages"):
+    with pytest.raises(ValueError, match=r"12 vision layers, not this tower.s 4: set cascade_stages"):
         CascadeClipForZeroShotSegmentation.from_clip_pretrained(str(clip), image_size=64)
     model = CascadeClipForZeroShotSegmentation.from_clip_pretrained(
         str(clip), image_size=64, cascade_stages=[[1], [2]]

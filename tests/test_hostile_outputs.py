@@ -1,10 +1,12 @@
 """Nothing a user owns is lost: every writer refuses to write over what it did not write, never leaves a half-written
 output, and writes with the permissions the umask gives (see `cascade_clip_hf.atomic`)."""
 
+import errno
 import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from accelerate import Accelerator
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.atomic import check_output_folder
+from cascade_clip_hf.atomic import BENCHMARK, MODEL, MODEL_CARD, SCENES, STAGING, check_output_folder
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL
 from cascade_clip_hf.training import DataPosition, save_checkpoint, save_final
@@ -140,6 +142,37 @@ def in_empty_folder(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
     return scenes_folder(tmp_path, ["scene-0.png"])
 
 
+def embed(fixture: Callable, output: Path) -> tuple[int, list[str]]:
+    """Embeds two class names with the shipped demo model (the default) into the vocabulary file `output`."""
+    return cascade_clip(fixture, "embed", "--labels", "cat,dog", "--output", output)
+
+
+def evaluate(fixture: Callable, output: Path) -> tuple[int, list[str]]:
+    """The evaluation script as far as its refusals before any work (it loads no model, reads no dataset)."""
+    evaluation = EXAMPLES / "evaluate_cascade_clip.py"
+    return script(fixture, evaluation, "--model", "m", "--dataset_name", "d", "--output", output)
+
+
+def converted_in_the_previous_record_format(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    """A conversion into tmp_path/out recorded as the previous version did: one kind for the whole folder."""
+    converted(tmp_path, fixture)
+    record = tmp_path / "out" / ".cascade-clip-outputs"
+    names = sorted(json.loads(record.read_text())["names"])
+    record.write_text(json.dumps({"format": 2, "kind": "model", "names": names}))
+    return {}
+
+
+def converted_beside_config_png(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    """A conversion into tmp_path/out, and the user's image tmp_path/in/config.png (results: config.json, ...)."""
+    converted(tmp_path, fixture)
+    return scenes_folder(tmp_path, ["config.png"])
+
+
+def embedded_into_run(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    assert embed(fixture, tmp_path / "run" / "vocabulary.safetensors") == (0, [])
+    return {}
+
+
 @dataclass
 class Situation:
     """
@@ -199,19 +232,21 @@ SITUATIONS = {
         ),
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         2,
-        r"refusing to replace .*/out whole: .* written by cascade-clip as files, does not say it is a model folder",
+        r"refusing to write into .*/out: it holds scene-0\.png, which cascade-clip wrote as scenes output, not "
+        r"model output \(choose another output, or move scene-0\.png away\)",
     ),
     "convert into a folder of segment results": Situation(
         segmented_once,
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         2,
-        r"refusing to replace .*/out whole",
+        r"/out: it holds scene-0\.json, which cascade-clip wrote as segmentation output, not model output",
     ),
     "convert into a folder with a record of an earlier version": Situation(
         lambda tmp, fixture: place(tmp, {"out/.cascade-clip-outputs": b"config.json\n", "out/config.json": b"{}"}),
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         2,
-        r"refusing to replace .*/out whole: .*an earlier version of cascade-clip.*delete .*/out or its record",
+        r"refusing to write into .*/out: it holds config\.json, which an earlier version of cascade-clip wrote "
+        "without recording what it is",
     ),
     "train into a folder holding the user's .checkpoint-3.partial": Situation(
         lambda tmp, fixture: place(tmp, {"run/.checkpoint-3.partial/notes.txt": b"notes"}),
@@ -319,6 +354,64 @@ SITUATIONS = {
         2,
         r"/cascade-clip-pascal-voc-2012-inductive: it holds README\.md",
     ),
+    # A file is replaced only by a writer of the kind that wrote it: no result, report or vocabulary ever replaces a
+    # model's files, nor one writer's results another's.
+    "embed over a converted model's weights": Situation(
+        converted,
+        lambda tmp, fixture: embed(fixture, tmp / "out" / "model.safetensors"),
+        2,
+        r"^error: refusing to write into .*/out: it holds model\.safetensors, which cascade-clip wrote as model "
+        r"output, not vocabulary output \(choose another output, or move model\.safetensors away\)$",
+    ),
+    "embed over the weights of a model recorded by the previous version": Situation(
+        converted_in_the_previous_record_format,
+        lambda tmp, fixture: embed(fixture, tmp / "out" / "model.safetensors"),
+        2,
+        r"/out: it holds model\.safetensors, which cascade-clip wrote as model output, not vocabulary output",
+    ),
+    "convert over a model recorded by the previous version": Situation(
+        converted_in_the_previous_record_format,
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        0,
+    ),
+    "segment config.png into a model folder": Situation(
+        converted_beside_config_png,
+        lambda tmp, fixture: segment_folder(fixture, tmp / "in" / "config.png", tmp / "out"),
+        2,
+        r"/out: it holds config\.json, which cascade-clip wrote as model output, not segmentation output",
+    ),
+    "segment beside a model under names of its own": Situation(
+        converted,
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        0,
+        written=segmented,
+    ),
+    "evaluate onto a model's config.json": Situation(
+        converted,
+        lambda tmp, fixture: evaluate(fixture, tmp / "out" / "config.json"),
+        2,
+        r"/out: it holds config\.json, which cascade-clip wrote as model output, not evaluation output",
+    ),
+    "evaluate onto segment results": Situation(
+        segmented_once,
+        lambda tmp, fixture: evaluate(fixture, tmp / "out" / "scene-0.json"),
+        2,
+        r"/out: it holds scene-0\.json, which cascade-clip wrote as segmentation output, not evaluation output",
+    ),
+    "segment over results recorded by the first version": Situation(
+        lambda tmp, fixture: place(tmp, {"out/.cascade-clip-outputs": b"scene-0.json\n", "out/scene-0.json": b"{}"}),
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        2,
+        r"/out: it holds scene-0\.json, which an earlier version of cascade-clip wrote without recording what it is",
+    ),
+    "train into a folder holding a vocabulary": Situation(
+        embedded_into_run,
+        lambda tmp, fixture: script(
+            fixture, EXAMPLES / "train_cascade_clip.py", *training_arguments(fixture, tmp / "run")
+        ),
+        2,
+        r"/run: it holds vocabulary\.safetensors, which cascade-clip wrote as vocabulary output, not model output",
+    ),
 }
 
 
@@ -343,11 +436,38 @@ def test_hostile_output_folder(name, tmp_path, request):
 
 def test_the_repositorys_own_outputs_may_be_rebuilt():
     """The shipped demo model, scenes, model cards and benchmark reports carry the record their writers check."""
-    check_output_folder(DEMO_MODEL)
-    check_output_folder(EXAMPLES / "scenes", [path.name for path in (EXAMPLES / "scenes").glob("*.png")])
-    check_output_folder(REPOSITORY / "benchmarks", [path.name for path in (REPOSITORY / "benchmarks").glob("*.json")])
+    check_output_folder(DEMO_MODEL, kind=MODEL)
+    scenes = [path.name for path in (EXAMPLES / "scenes").glob("*.png")]
+    check_output_folder(EXAMPLES / "scenes", scenes, kind=SCENES)
+    benchmarks = [path.name for path in (REPOSITORY / "benchmarks").glob("[!.]*")]
+    check_output_folder(REPOSITORY / "benchmarks", benchmarks, kind=BENCHMARK)
     for card in (REPOSITORY / "model_cards").glob("*/README.md"):
-        check_output_folder(card.parent, [card.name])
+        check_output_folder(card.parent, [card.name], kind=MODEL_CARD)
+
+
+# Each writer of the command line, run on its output path (a folder, or embed's file).
+COMMANDS = {
+    "convert": lambda fixture, output: convert(fixture, CHECKPOINT, output),
+    "segment": segment,
+    "embed": lambda fixture, output: embed(fixture, output / "vocabulary.safetensors"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_folder_that_cannot_be_written_is_named_as_the_user_gave_it(command, tmp_path, request, monkeypatch):
+    """Where the file system refuses the write (read-only, no permission), the error names the user's output, not
+    the hidden staging name the program made up."""
+    make_folder = tempfile.mkdtemp
+
+    def read_only(suffix=None, prefix=None, dir=None):
+        if prefix and prefix.startswith(STAGING):
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}abcd1234"))
+        return make_folder(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    output = tmp_path / "out"
+    exit_code, errors = COMMANDS[command](request.getfixturevalue, output)
+    assert (exit_code, errors) == (2, [f"error: [Errno 13] Permission denied: '{output}'"])
 
 
 class DiskFull(OSError):
@@ -371,7 +491,7 @@ def trained_model(fixture) -> tuple[Accelerator, CascadeClipForZeroShotSegmentat
 def save_trained_model(tmp_path: Path, fixture: Callable) -> None:
     accelerator, model, processor = trained_model(fixture)
     save_final(accelerator, model, processor, tmp_path / "out")
-    save_checkpoint(accelerator, tmp_path / "out", 2, DataPosition(epoch=0, batches=2, batches_per_epoch=4))
+    save_checkpoint(accelerator, tmp_path / "out", 2, DataPosition(epoch=0, batches=2, batches_per_epoch=5))
 
 
 def interrupted_conversion(tmp_path: Path, fixture: Callable, monkeypatch) -> str:

@@ -162,7 +162,7 @@ def test_bad_label_maps_get_clear_errors(image_processor):
         image_processor(image, segmentation_maps=np.zeros((8, 16), np.uint8))
     with pytest.raises(ImageInputError, match="fractional"):
         image_processor(image, segmentation_maps=np.full((16, 16), 0.5))
-    with pytest.raises(ValueError, match="2 images but 1"):
+    with pytest.raises(ValueError, match=r"segmentation maps \(1\) is not that of images \(2\)"):
         image_processor([image, image], segmentation_maps=[np.zeros((16, 16), np.uint8)])
 
 

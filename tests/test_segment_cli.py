@@ -1,12 +1,15 @@
+import configparser
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 
+import cascade_clip_command
 from cascade_clip_hf.cli import main
 
 from .helpers import random_image, reference_segmentation
@@ -119,3 +122,29 @@ def test_segment_names_an_unknown_model_in_one_line(tmp_path, photos):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot load the model 'org/no-such-model'" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_while_the_command_imports_torch_ends_it_in_one_line_with_130(monkeypatch, caplog, capsys):
+    def interrupted_import(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cascade_clip_command, "import_module", interrupted_import)
+    assert cascade_clip_command.main(["segment", "photo.png", "--output", "out"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert [record.getMessage() for record in caplog.records] == [
+        "interrupted: outputs written so far are complete; nothing half-written is left"
+    ]
+
+
+def test_the_console_command_imports_nothing_before_it_can_catch_ctrl_c():
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parent.parent / "setup.cfg")
+    assert setup["options.entry_points"]["console_scripts"].split() == [
+        "cascade-clip",
+        "=",
+        "cascade_clip_command:main",
+    ]
+    heavy = ("torch", "transformers", "cascade_clip_hf")
+    imported = f"import sys, cascade_clip_command; print([name for name in {heavy} if name in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", imported], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

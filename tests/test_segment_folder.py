@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
+import cascade_clip_command
 from cascade_clip_hf import cli
 from cascade_clip_hf.atomic import STAGING, read_record
 from cascade_clip_hf.modeling_cascade_clip import CascadeClipForZeroShotSegmentation
@@ -151,7 +152,8 @@ def test_an_interrupt_mid_folder_leaves_only_whole_results(tmp_path, photos, tin
 
     monkeypatch.setattr(CascadeClipForZeroShotSegmentation, "sliding_window_inference", interrupted_on_the_third)
     output = tmp_path / "out"
-    assert segment(photos, "--model", tiny_hub_model_dir, "--output", output) == 130
+    argv = ["segment", str(photos), "--model", str(tiny_hub_model_dir), "--output", str(output)]
+    assert cascade_clip_command.main(argv) == 130
     assert "interrupted" in caplog.text
     names = {path.name for path in output.iterdir()}
     assert not [name for name in names if STAGING in name]
