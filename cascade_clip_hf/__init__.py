@@ -1,6 +1,12 @@
 """Cascade-CLIP for zero-shot semantic segmentation, on Hugging Face transformers."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    AutoProcessor,
+)
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_cascade_clip import CascadeClipConfig
@@ -17,6 +23,7 @@ from .processing_cascade_clip import CascadeClipProcessor
 __version__ = "0.1.0"
 
 AutoConfig.register(CascadeClipConfig.model_type, CascadeClipConfig, exist_ok=True)
+AutoModel.register(CascadeClipConfig, CascadeClipForZeroShotSegmentation, exist_ok=True)
 AutoModelForSemanticSegmentation.register(CascadeClipConfig, CascadeClipForZeroShotSegmentation, exist_ok=True)
 AutoImageProcessor.register(
     CascadeClipConfig, image_processor_classes={"pil": CascadeClipImageProcessor}, exist_ok=True

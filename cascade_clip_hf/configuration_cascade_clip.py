@@ -2,6 +2,7 @@
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .labels import IGNORE_INDEX
 from .vocabulary import DEFAULT_TEMPLATES, check_class_names, check_templates, seen_class_names
@@ -11,6 +12,24 @@ SETTINGS = ("inductive", "transductive")
 # The original taps layers 5-10 of ViT-B/16's 12 layers, in two stages of three.
 ORIGINAL_STAGES = [[5, 6, 7], [8, 9, 10]]
 ORIGINAL_VISION_LAYERS = 12
+
+
+def pipelines_to_load_from_the_model(custom_pipelines: dict) -> dict:
+    """
+    The entries of a saved `config.custom_pipelines` whose code transformers' `pipeline()` must load from the model
+    folder: those for which this process has not registered a pipeline class of the same name for the task.
+
+    A saved model names its pipeline there for machines without this package (see
+    `CascadeClipForZeroShotSegmentation.save_pretrained`). Where the package is imported, its pipeline is registered
+    with transformers, and a kept entry would make `pipeline()` ignore it: refuse without `trust_remote_code`, and
+    with it look for a code file that the shipped demo model does not have.
+    """
+    kept = {}
+    for task, entry in custom_pipelines.items():
+        registered = PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl")
+        if getattr(registered, "__name__", None) != str(entry.get("impl", "")).rsplit(".", 1)[-1]:
+            kept[task] = entry
+    return kept
 
 
 @strict
@@ -88,6 +107,9 @@ class CascadeClipConfig(PreTrainedConfig):
             Window stride of sliding-window inference.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialisation of the decoders' linear layers.
+        toy_world (`bool`, *optional*, defaults to `False`):
+            Whether the model knows only the toy world of `cascade_clip_hf.toy_world` (the demo model shipped in the
+            package): it cannot segment photos, and building it logs a notice saying so, once per process.
 
     Example:
 
@@ -128,6 +150,7 @@ class CascadeClipConfig(PreTrainedConfig):
     slide_crop_size: int = 512
     slide_stride: int = 426
     initializer_range: float = 0.02
+    toy_world: bool = False
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
@@ -159,6 +182,8 @@ class CascadeClipConfig(PreTrainedConfig):
                 )
             self.cascade_stages = ORIGINAL_STAGES
         self.cascade_stages = [list(stage) for stage in self.cascade_stages]
+        if getattr(self, "custom_pipelines", None):
+            self.custom_pipelines = pipelines_to_load_from_the_model(self.custom_pipelines)
 
     @property
     def extract_layers(self) -> list[int]:

@@ -36,17 +36,26 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", d
         shares = {name: share for name, share in class_fractions(segmentation, class_names).items() if share > 0}
         return overlay_with_legend(image, segmentation, class_names), shares
 
+    config = segmenter.model.config
+    toy_notice = (
+        "\n\n**A toy model**: it knows only the toy world's scenes (e.g. `examples/scenes`) and classes (such as "
+        f"{', '.join(config.class_names[:3])}), not photos; set `CASCADE_CLIP_MODEL` to a converted or trained "
+        "Cascade-CLIP for those."
+        if config.toy_world
+        else ""
+    )
     with gr.Blocks(title="Cascade-CLIP zero-shot segmentation") as demo:
         gr.Markdown(
             "# Cascade-CLIP zero-shot segmentation\n"
             f"Model: `{model_name}` ({dtype}). Name any classes, separated by commas; leave the box empty for the "
-            "model's own vocabulary. Each pixel goes to the class that scores best there."
+            "model's own vocabulary. Each pixel goes to the class that scores best there." + toy_notice
         )
         with gr.Row():
             # The uploaded file as it is, read as the pipeline and the command line read it (any mode, EXIF).
             image_input = gr.Image(type="filepath", image_mode=None, label="Image")
             overlay_output = gr.Image(type="pil", format="png", label="Segmentation")
-        labels_input = gr.Textbox(label="Class names", value=example_labels, placeholder="cat, grass, sky")
+        placeholder = ", ".join(config.class_names[:3]) if config.toy_world else "cat, grass, sky"
+        labels_input = gr.Textbox(label="Class names", value=example_labels, placeholder=placeholder)
         run_button = gr.Button("Segment", variant="primary")
         shares_output = gr.Label(label="Share of the pixels")
         run_button.click(

@@ -681,6 +681,12 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         self.clear_text_tower_cache()
         self.post_init()
+        if config.toy_world:
+            logger.warning_once(
+                "This is a toy model (the shipped demo model): it knows only the toy-world scenes of "
+                "cascade_clip_hf.toy_world, and its results on photos mean nothing: segment photos with a converted "
+                "or trained Cascade-CLIP checkpoint."
+            )
 
     def _apply(self, fn, *args, **kwargs):
         # `.to()`, `.half()`, `.cuda()` swap the weights' data under the same tensor objects and version counters,
@@ -734,10 +740,10 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         """
         `PreTrainedModel.save_pretrained`, also writing the zero-shot segmentation pipeline's code and naming it in
         `config.custom_pipelines`, so that `pipeline("zero-shot-image-segmentation", model=...,
-        trust_remote_code=True)` works where this package is not installed, and the Inference Endpoints handler
-        (`handler.py`), unless the folder holds a different `handler.py` this package did not write, which is kept.
-        (The model's own code and `auto_map` are written by transformers because the package registers its classes
-        for the Auto classes.)
+        trust_remote_code=True)` works where this package is not installed, naming the model for `AutoModel` too, and
+        the Inference Endpoints handler (`handler.py`), unless the folder holds a different `handler.py` this package
+        did not write, which is kept. (The model's own code and the rest of `auto_map` are written by transformers
+        because the package registers its classes for the Auto classes.)
         """
         from .pipeline_cascade_clip import zero_shot_pipeline_entry
 
@@ -754,6 +760,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 "Endpoints handler is not saved there (move that file away to get it)."
             )
         self.config.custom_pipelines = zero_shot_pipeline_entry()
+        # transformers names a class for one Auto class only (its `_auto_class`) and adds it to this map.
+        model_reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": model_reference}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod

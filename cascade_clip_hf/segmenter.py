@@ -4,6 +4,14 @@ import json
 import os
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download, is_offline_mode
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from safetensors import SafetensorError, safe_open
 
 from .configuration_cascade_clip import CascadeClipConfig
@@ -29,6 +37,56 @@ def looks_like_a_path(model_name: str) -> bool:
         or model_name.count("/") > 1
         or "\\" in model_name
     )
+
+
+def find_model_config(model_name: str) -> tuple[str, Path | None]:
+    """
+    Where a model named by the user is, before its weights are read: a folder, or a Hub id (its `config.json`
+    downloaded, or taken from the cache).
+
+    Returns:
+        What to pass to `from_pretrained` (the folder or the Hub id) and the model's `config.json` (None when a
+        folder has none).
+
+    Raises:
+        ValueError: one line saying why the name cannot be a model here: no such folder, not a Hub id, no such or
+            no accessible model on the Hub, the Hub out of reach (offline) with nothing cached, or a file.
+    """
+    folder = Path(model_name).expanduser()
+    if folder.is_file():
+        raise ValueError(f"{model_name}: a file; pass the model's folder (with config.json and the weights).")
+    if folder.is_dir():
+        config_file = folder / "config.json"
+        return str(folder), config_file if config_file.is_file() else None
+    if looks_like_a_path(model_name):
+        raise ValueError(f"no model folder {model_name!r}: no such folder.")
+    unknown = f"no model folder or Hub id {model_name!r}"
+    try:
+        return model_name, Path(hf_hub_download(model_name, "config.json"))
+    except HFValidationError as error:
+        raise ValueError(
+            f"{unknown}: no such folder here, and not a Hub id (org/name, of letters, digits, '-', '_' and '.')."
+        ) from error
+    except GatedRepoError as error:
+        raise ValueError(
+            f"the Hub model {model_name!r} is gated: accept its conditions on its Hub page, then log in "
+            "(`hf auth login` or HF_TOKEN)."
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ValueError(
+            f"{unknown}: no such folder here, and no such model on the Hub (if it is private, log in with "
+            "`hf auth login` or HF_TOKEN)."
+        ) from error
+    except RemoteEntryNotFoundError as error:
+        raise ValueError(f"the Hub repository {model_name!r} holds no config.json: it is not a model.") from error
+    except LocalEntryNotFoundError as error:
+        reason = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached"
+        raise ValueError(
+            f"{unknown}: no such folder here, and {reason}, with no copy of it in the cache; give a model folder, "
+            "or download the model once while online."
+        ) from error
+    except OSError as error:
+        raise ValueError(f"{unknown}: the Hub cannot give it ({one_line(error)}).") from error
 
 
 def read_model_type(config_file: Path) -> str | None:
@@ -70,15 +128,16 @@ def load_for_inference(
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} for {model_name}: use one of {', '.join(INFERENCE_DTYPES)}.")
-    folder = Path(model_name).expanduser()
-    if looks_like_a_path(model_name) and not folder.exists():
-        raise ValueError(f"{model_name}: no such model folder.")
-    if folder.is_file():
-        raise ValueError(f"{model_name}: a file; pass the model's folder (with config.json and the weights).")
-    model_type = read_model_type(folder / "config.json") if folder.is_dir() else None
-    source = str(folder) if folder.is_dir() else model_name
-    if model_type not in (None, CascadeClipConfig.model_type):
-        raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json says model_type {model_type!r}).")
+    source, config_file = find_model_config(model_name)
+    if config_file is None:
+        raise ValueError(
+            f"{model_name}: not a model folder (no config.json); pass a folder written by save_pretrained or "
+            "`cascade-clip convert`."
+        )
+    model_type = read_model_type(config_file)
+    if model_type != CascadeClipConfig.model_type:
+        said = f"says model_type {model_type!r}" if model_type else "names no model_type, or cannot be read"
+        raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json {said}).")
     try:
         # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
         model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
@@ -86,7 +145,7 @@ def load_for_inference(
         )
         processor = CascadeClipProcessor.from_pretrained(source)
     except SafetensorError as error:
-        damaged = damaged_weights_file(folder) if folder.is_dir() else None
+        damaged = damaged_weights_file(Path(source)) if Path(source).is_dir() else None
         raise ValueError(
             f"{damaged or model_name}: damaged or incomplete weights file ({one_line(error)})."
         ) from error

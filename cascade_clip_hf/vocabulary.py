@@ -165,8 +165,17 @@ def check_tokenizer(tokenizer, source: str) -> None:
         )
 
 
+# How many unreadable class names a warning quotes; it counts them all.
+NAMES_QUOTED = 5
+
+
 def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
-    """Warns about class names the tokenizer reads partly as unknown tokens: it cannot tell such names apart."""
+    """
+    Warns, naming a few and counting all, about class names the tokenizer reads partly as its unknown token (its
+    `unk_token_id`): words or characters outside its vocabulary. CLIP's byte-level tokenizer reads anything; a
+    small vocabulary such as the shipped toy model's does not, and its unknown token is also the end of the text,
+    where CLIP's text tower stops reading, so "class 0" ... "class 199" all read as "clas".
+    """
     if tokenizer.unk_token_id is None:
         return
     unreadable = [
@@ -175,8 +184,14 @@ def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
         if tokenizer.unk_token_id in tokenizer(name.strip(), add_special_tokens=False)["input_ids"]
     ]
     if unreadable:
+        quoted = ", ".join(repr(name) for name in unreadable[:NAMES_QUOTED])
+        more = f" and {len(unreadable) - NAMES_QUOTED} more" if len(unreadable) > NAMES_QUOTED else ""
         # Once per vocabulary: a run checks its vocabulary, then tokenizes it again for every batch.
-        logger.warning_once(f"The tokenizer does not know some characters of these class names: {unreadable[:10]}.")
+        logger.warning_once(
+            f"The tokenizer cannot read {len(unreadable)} of {len(class_names)} class names ({quoted}{more}): "
+            "words or characters outside its vocabulary become its unknown token, so these names lose their "
+            "meaning and may all embed alike; use words the model's tokenizer knows."
+        )
 
 
 def tokenize_class_prompts(

@@ -5,6 +5,7 @@ toy-world model shipped in the package, which works offline. CASCADE_CLIP_DTYPE 
 default, the original's results), bfloat16 or float16 (faster where the hardware has them).
 """
 
+import logging
 import os
 import sys
 
@@ -13,8 +14,12 @@ from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.segmenter import DEMO_MODEL, INFERENCE_DTYPES
 
 
+logger = logging.getLogger("cascade_clip_hf")
+
+
 if __name__ == "__main__":
-    model_name = os.environ.get("CASCADE_CLIP_MODEL") or str(DEMO_MODEL)
+    logging.basicConfig(format="%(message)s")
+    named_model = os.environ.get("CASCADE_CLIP_MODEL")
     dtype = os.environ.get("CASCADE_CLIP_DTYPE") or INFERENCE_DTYPES[0]
     try:
         if dtype not in INFERENCE_DTYPES:
@@ -22,8 +27,11 @@ if __name__ == "__main__":
                 f"the environment variable CASCADE_CLIP_DTYPE is {dtype!r}: set it to one of "
                 f"{', '.join(INFERENCE_DTYPES)}, or leave it unset for {INFERENCE_DTYPES[0]}."
             )
-        demo = build_demo(model_name, example_labels="cat, grass, sky", dtype=dtype)
+        # Photo classes for a named model; the toy model reads none of them, and starts from its own vocabulary.
+        demo = build_demo(
+            named_model or str(DEMO_MODEL), example_labels="cat, grass, sky" if named_model else "", dtype=dtype
+        )
     except INPUT_ERRORS as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        logger.error(f"error: {one_line(error)}")
         sys.exit(2)
     demo.launch()

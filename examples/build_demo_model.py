@@ -2,6 +2,7 @@
 
     python examples/build_demo_model.py --output_dir build/demo --ship_to cascade_clip_hf/demo_model \
         --scenes_dir examples/scenes
+    python examples/build_demo_model.py --ship_from build/demo/cascade --ship_to cascade_clip_hf/demo_model
 
 1. Renders toy-world scenes (`cascade_clip_hf.toy_world`), trains a byte-pair tokenizer on their captions with the
    `tokenizers` library (saved as a CLIP tokenizer) and a tiny transformers `CLIPModel` with its contrastive loss.
@@ -11,8 +12,9 @@
 3. Evaluates both with `examples/evaluate_cascade_clip.py` on held-out scenes, beside the best trivial baseline
    (the constant map that scores best).
 4. Writes the cascade model (safetensors), processor and a model card with the measured numbers to
-   `OUTPUT_DIR/cascade`, copies it to `--ship_to` and writes the bundled example scenes to `--scenes_dir` when
-   given. `--quick` shrinks every stage for tests.
+   `OUTPUT_DIR/cascade`, publishes it to `--ship_to` (marked as the toy model, without remote code) and writes
+   the bundled example scenes to `--scenes_dir` when given. `--quick` shrinks every stage for tests;
+   `--ship_from` publishes a model built earlier (or the shipped folder itself, again) without building.
 """
 
 import argparse
@@ -61,6 +63,9 @@ CASCADE_CONFIG = {
     "decoder_num_attention_heads": 4,
     "decoder_intermediate_size": 256,
 }
+# What save_pretrained writes for loading a model as remote code: the code files, and the config entries naming them.
+REMOTE_CODE_FILES = "*.py"
+REMOTE_CODE_ENTRIES = ("auto_map", "custom_pipelines")
 DEMO_LIMITATIONS = """\
 - A demonstration and test model: it only knows the toy world's grounds, patterns and colours, at 64x64 pixels,
   and says nothing useful about photos.
@@ -75,12 +80,27 @@ SCENE_FILE = "scene-{}.png"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", required=True, help="working folder; the model ends in OUTPUT_DIR/cascade")
+    parser.add_argument(
+        "--output_dir", help="working folder; the model ends in OUTPUT_DIR/cascade (required unless --ship_from)"
+    )
     parser.add_argument("--ship_to", help="also publish the model to this folder (e.g. cascade_clip_hf/demo_model)")
+    parser.add_argument("--ship_from", help="publish this model folder, built earlier, to --ship_to; no build")
     parser.add_argument("--scenes_dir", help="write the bundled example scenes here (e.g. examples/scenes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny step counts, for tests")
     args = parser.parse_args(argv)
+    if args.ship_from:
+        if not args.ship_to or args.output_dir or args.scenes_dir or args.quick:
+            parser.error(
+                "--ship_from publishes to --ship_to and builds nothing: give --ship_to, without --output_dir, "
+                "--scenes_dir or --quick"
+            )
+        if not (Path(args.ship_from) / "config.json").is_file():
+            parser.error(f"--ship_from {args.ship_from}: not a model folder (no config.json)")
+        check_output_argument(parser, args.ship_to, kind=MODEL)
+        return args
+    if not args.output_dir:
+        parser.error("--output_dir is required (or --ship_from with --ship_to)")
     # Before the build: the working folder holds trainings and the shipped folder is replaced whole, so both may
     # hold only this program's outputs; the scenes are written beside anything else.
     check_output_argument(parser, args.output_dir, kind=MODEL)
@@ -303,6 +323,9 @@ def best_constant_baseline(data: Path) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.ship_from:
+        ship(Path(args.ship_from), args.ship_to)
+        return
     sizes = QUICK if args.quick else FULL
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -338,12 +361,37 @@ def main(argv=None) -> None:
                 PIL.Image.fromarray(image).save(staging / SCENE_FILE.format(index))
                 logger.info(f"{SCENE_FILE.format(index)}: {caption}")
     if args.ship_to:
-        # Without the code files save_pretrained copies beside the weights: inside the package they would be stale
-        # duplicates of its own modules (cascade_clip_hf.hub.push_model_to_hub adds them again for the Hub).
-        with atomic_directory(args.ship_to, kind=MODEL) as staging:
-            shutil.copytree(folder / "cascade", staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.py"))
+        ship(folder / "cascade", args.ship_to)
     logger.info("Cascade:\n" + markdown_summary(cascade) + "\nSingle decoder:\n" + markdown_summary(single))
     logger.info(f"Built in {minutes:.1f} min; report in {folder / 'report.json'}")
+
+
+def ship(model_dir: Path, ship_to: str) -> None:
+    """
+    Publishes the model into the package as its toy demo model (`toy_world` set in its config, so that using it
+    logs a notice), without the code files save_pretrained copies beside the weights and without the config entries
+    naming them: inside the package the files would be stale duplicates of its own modules, and the entries would
+    send transformers looking for files that are not there (importing the package registers its classes and
+    pipeline instead). `cascade_clip_hf.hub.push_model_to_hub` adds both for the Hub.
+    """
+    with atomic_directory(ship_to, kind=MODEL) as staging:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(REMOTE_CODE_FILES))
+        for path in sorted(staging.glob("*.json")):
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            published = without_entries(settings, REMOTE_CODE_ENTRIES)
+            if path.name == "config.json":  # saved with sorted keys by transformers
+                published = dict(sorted({**published, "toy_world": True}.items()))
+            if published != settings:
+                path.write_text(json.dumps(published, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def without_entries(value, keys: tuple[str, ...]):
+    """A JSON value with the entries of these keys removed from every object in it, however deep."""
+    if isinstance(value, dict):
+        return {key: without_entries(item, keys) for key, item in value.items() if key not in keys}
+    if isinstance(value, list):
+        return [without_entries(item, keys) for item in value]
+    return value
 
 
 def write_card_and_report(model_dir: Path, report: dict) -> None:

@@ -7,6 +7,8 @@ import PIL.Image
 import pytest
 import torch
 
+from cascade_clip_hf.segmenter import DEMO_MODEL
+
 from .helpers import EXAMPLES, free_port, random_image
 
 
@@ -60,3 +62,49 @@ def test_demo_app_refuses_an_unknown_dtype_in_one_line():
         "error: the environment variable CASCADE_CLIP_DTYPE is 'float64': set it to one of float32, bfloat16, "
         "float16, or leave it unset for float32."
     ]
+
+
+def test_demo_app_names_a_model_it_cannot_load_in_one_line(tmp_path):
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "empty_cache"),
+        "CASCADE_CLIP_MODEL": "org/cascade-clip-coco",
+    }
+    command = [sys.executable, str(EXAMPLES.parent / "demo" / "app.py")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        "error: no model folder or Hub id 'org/cascade-clip-coco': no such folder here, and HF_HUB_OFFLINE is set, "
+        "with no copy of it in the cache; give a model folder, or download the model once while online."
+    ]
+
+
+def page_text(demo) -> str:
+    import gradio as gr
+
+    return "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+
+
+def test_demo_page_says_when_its_model_is_the_toy(tiny_hub_model_dir):
+    from cascade_clip_hf.demo import build_demo
+
+    toy_page = page_text(build_demo(str(DEMO_MODEL)))
+    assert "A toy model" in toy_page and "sand, stone, soil" in toy_page
+    assert "toy" not in page_text(build_demo(str(tiny_hub_model_dir)))
+
+
+def test_demo_requirements_install_the_package_by_its_published_name():
+    from configparser import ConfigParser
+
+    from packaging.requirements import Requirement
+
+    import cascade_clip_hf
+
+    setup = ConfigParser()
+    setup.read(EXAMPLES.parent / "setup.cfg")
+    lines = (EXAMPLES.parent / "demo" / "requirements.txt").read_text().splitlines()
+    requirements = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    package = [requirement for requirement in requirements if requirement.name == setup["metadata"]["name"]]
+    assert len(package) == 1 and package[0].url is None and package[0].extras == {"demo"}
+    assert package[0].specifier.contains(cascade_clip_hf.__version__)

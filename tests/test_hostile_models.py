@@ -7,17 +7,27 @@ the user owns changed.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub.constants
 import pytest
 import torch
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, pipeline
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
+from cascade_clip_hf import segmenter as segmenter_module
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL, load_segmenter
 from cascade_clip_hf.vocabulary import SAME_CLASS_SIMILARITY, check_distinct_class_embeddings
@@ -45,7 +55,9 @@ def broken_model(tmp_path: Path, damage: str) -> Path:
     folder = tmp_path / f"model-{damage}"
     shutil.copytree(DEMO_MODEL, folder)
     weights = folder / "model.safetensors"
-    if damage == "truncated":
+    if damage == "no-weights":
+        weights.unlink()
+    elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:100_000])
     elif damage == "zero-bytes":
         weights.write_bytes(b"")
@@ -92,12 +104,16 @@ CLI_CASES = {
     "weights-of-the-wrong-shape": model_case("wrong-shape", "the weights hold wrongly shaped 1 tensor,"),
     "truncated-weights": model_case("truncated", "model.safetensors: damaged or incomplete weights file"),
     "zero-byte-weights": model_case("zero-bytes", "model.safetensors: damaged or incomplete weights file"),
-    "missing-model-folder": option_case(["--model", "./no/such/model"], "no such model folder"),
+    "missing-model-folder": option_case(["--model", "./no/such/model"], "no model folder './no/such/model': no such"),
+    "model-neither-folder-nor-hub-id": option_case(
+        ["--model", "my_model/"], "no model folder or Hub id 'my_model/': no such folder here, and not a Hub id"
+    ),
     "model-is-a-weights-file": option_case(["--model", str(DEMO_MODEL / "model.safetensors")], "a file; pass"),
     "labels-longer-than-the-text-tower": option_case(
         ["--labels", "sand," + " ".join(["plain"] * 40)], "but the text tower reads at most"
     ),
-    "folder-without-weights": option_case(["--model", str(EXAMPLES / "scenes")], "cannot load the model"),
+    "folder-without-config": option_case(["--model", str(EXAMPLES / "scenes")], "not a model folder (no config.json)"),
+    "folder-without-weights": model_case("no-weights", "cannot load the model"),
     "stride-larger-than-window": option_case(["--crop-size", "32", "--stride", "80"], "stride (80) is larger"),
     "missing-labels-file": labels_file_case("missing.txt", None, "missing.txt: no such file of class names"),
     "labels-in-a-csv": labels_file_case("names.csv", "sand,stone", "names.csv: class names are read from"),
@@ -309,6 +325,39 @@ def test_training_script_names_the_option_a_shallow_clip_needs(tmp_path, hub_dat
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(errors) == 1 and "set cascade_stages" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def hub_error(error_class: type) -> Exception:
+    """An error of huggingface_hub's as a download raises it (with a response, as its HTTP errors need)."""
+    return error_class("404 from the Hub", response=SimpleNamespace(headers={}, status_code=404, request=None))
+
+
+@pytest.mark.parametrize(
+    "error, phrase",
+    [
+        (hub_error(RepositoryNotFoundError), "no such folder here, and no such model on the Hub (if it is private"),
+        (hub_error(GatedRepoError), "the Hub model 'org/model' is gated: accept its conditions"),
+        (hub_error(RemoteEntryNotFoundError), "the Hub repository 'org/model' holds no config.json"),
+        (LocalEntryNotFoundError("offline"), "no such folder here, and HF_HUB_OFFLINE is set, with no copy of it"),
+    ],
+    ids=["not-on-the-hub", "gated", "not-a-model-repository", "offline-and-not-cached"],
+)
+def test_a_hub_id_that_cannot_be_loaded_is_refused_saying_why(error, phrase, monkeypatch):
+    def download(repo_id, filename):
+        raise error
+
+    monkeypatch.setattr(segmenter_module, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=re.escape(phrase)) as refusal:
+        load_segmenter("org/model")
+    assert "\n" not in str(refusal.value)
+
+
+def test_a_hub_id_of_another_kind_of_model_is_refused_before_its_weights(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    monkeypatch.setattr(segmenter_module, "hf_hub_download", lambda repo_id, filename: str(tmp_path / filename))
+    with pytest.raises(ValueError, match=r"^org/bert: not a Cascade-CLIP model .*model_type 'bert'"):
+        load_segmenter("org/bert")
 
 
 def test_a_clip_folder_is_not_taken_for_a_cascade_clip_model(tmp_path):

@@ -2,10 +2,22 @@ import json
 import os
 import subprocess
 
+import huggingface_hub.constants
 import numpy as np
+import PIL.Image
 import pytest
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor, pipeline
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPTokenizer,
+    ImageSegmentationPipeline,
+    pipeline,
+)
 
 from cascade_clip_hf import (
     CascadeClipConfig,
@@ -14,8 +26,23 @@ from cascade_clip_hf import (
     CascadeClipProcessor,
     CascadeClipZeroShotSegmentationPipeline,
 )
+from cascade_clip_hf.configuration_cascade_clip import pipelines_to_load_from_the_model
+from cascade_clip_hf.pipeline_cascade_clip import zero_shot_pipeline_entry
+from cascade_clip_hf.segmenter import DEMO_MODEL
 
-from .helpers import HUB_CLASSES, python_without_package, random_image, reference_segmentation
+from .helpers import EXAMPLES, HUB_CLASSES, python_without_package, random_image, reference_segmentation
+
+
+# What each Auto class gives for a Cascade-CLIP folder where the package is imported: its own classes, never copies
+# of them loaded as remote code.
+AUTO_CLASSES = {
+    AutoConfig: CascadeClipConfig,
+    AutoModel: CascadeClipForZeroShotSegmentation,
+    AutoModelForSemanticSegmentation: CascadeClipForZeroShotSegmentation,
+    AutoImageProcessor: CascadeClipImageProcessor,
+    AutoProcessor: CascadeClipProcessor,
+    AutoTokenizer: CLIPTokenizer,
+}
 
 
 def index_map(segments, class_names, size) -> np.ndarray:
@@ -38,10 +65,50 @@ def test_auto_classes_resolve_to_the_package(tiny_hub_model_dir):
     assert isinstance(AutoProcessor.from_pretrained(tiny_hub_model_dir), CascadeClipProcessor)
 
 
+@pytest.mark.parametrize("trust_remote_code", [None, True, False], ids=["unset", "trusted", "untrusted"])
+@pytest.mark.parametrize("folder", ["shipped", "saved"])
+def test_every_auto_class_and_both_pipelines_open_a_folder_by_path(
+    folder, trust_remote_code, tiny_hub_model_dir, monkeypatch
+):
+    """The shipped demo model (no code files) and a save_pretrained folder (code files, auto_map, custom_pipelines)
+    open alike, offline, with or without trust_remote_code; an interactive question would fail under pytest."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model_dir = str(DEMO_MODEL if folder == "shipped" else tiny_hub_model_dir)
+    options = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+    for auto_class, expected in AUTO_CLASSES.items():
+        assert type(auto_class.from_pretrained(model_dir, **options)) is expected, auto_class.__name__
+
+    image = PIL.Image.open(EXAMPLES / "scenes" / "scene-2.png") if folder == "shipped" else random_image(40, 60)
+    labels = ["plain blue", "plain red", "soil"] if folder == "shipped" else ["bicycle", "ocean"]
+    segmenter = pipeline("zero-shot-image-segmentation", model=model_dir, **options)
+    assert type(segmenter) is CascadeClipZeroShotSegmentationPipeline
+    expected = reference_segmentation(model_dir, image, labels)
+    np.testing.assert_array_equal(index_map(segmenter(image, candidate_labels=labels), labels, image.size), expected)
+    default_vocabulary = pipeline("image-segmentation", model=model_dir, **options)
+    assert type(default_vocabulary) is ImageSegmentationPipeline
+    assert type(default_vocabulary.model) is CascadeClipForZeroShotSegmentation
+    assert {segment["label"] for segment in default_vocabulary(image)} <= set(
+        default_vocabulary.model.config.class_names
+    )
+
+
+def test_only_pipelines_registered_under_another_class_are_loaded_from_the_model():
+    ours = zero_shot_pipeline_entry()
+    assert pipelines_to_load_from_the_model(ours) == {}
+    foreign = {"zero-shot-image-segmentation": {**ours["zero-shot-image-segmentation"], "impl": "other.OtherPipeline"}}
+    unregistered = {"custom-task": {"impl": "pipeline_cascade_clip.CascadeClipZeroShotSegmentationPipeline"}}
+    assert pipelines_to_load_from_the_model({**foreign, **unregistered}) == {**foreign, **unregistered}
+    # What the file says is kept for machines without the package; only the loaded config drops it.
+    config = json.loads((DEMO_MODEL / "config.json").read_text())
+    loaded = CascadeClipConfig.from_dict({**config, "custom_pipelines": {**ours, **unregistered}})
+    assert loaded.custom_pipelines == unregistered
+
+
 def test_saved_folder_carries_code_auto_map_and_custom_pipeline(tiny_hub_model_dir):
     config = json.loads((tiny_hub_model_dir / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_cascade_clip.CascadeClipConfig",
+        "AutoModel": "modeling_cascade_clip.CascadeClipForZeroShotSegmentation",
         "AutoModelForSemanticSegmentation": "modeling_cascade_clip.CascadeClipForZeroShotSegmentation",
     }
     assert config["custom_pipelines"]["zero-shot-image-segmentation"]["impl"] == (
@@ -102,9 +169,11 @@ def test_remote_code_without_the_package_gives_the_same_outputs(tmp_path, tiny_h
 import importlib.util, json
 import numpy as np, torch
 from PIL import Image
-from transformers import AutoModelForSemanticSegmentation, AutoProcessor, pipeline
+from transformers import AutoModel, AutoModelForSemanticSegmentation, AutoProcessor, pipeline
 assert importlib.util.find_spec("cascade_clip_hf") is None, "the package is importable"
 model = AutoModelForSemanticSegmentation.from_pretrained({str(tiny_hub_model_dir)!r}, trust_remote_code=True).eval()
+base = AutoModel.from_pretrained({str(tiny_hub_model_dir)!r}, trust_remote_code=True)
+assert type(base).__name__ == "CascadeClipForZeroShotSegmentation", type(base)
 processor = AutoProcessor.from_pretrained({str(tiny_hub_model_dir)!r}, trust_remote_code=True)
 image = Image.open({str(tmp_path / "image.png")!r})
 with torch.no_grad():

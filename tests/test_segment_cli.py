@@ -1,5 +1,6 @@
 import configparser
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from transformers import CLIPTokenizer
 
 import cascade_clip_command
 from cascade_clip_hf.cli import main
+from cascade_clip_hf.segmenter import DEMO_MODEL
+from cascade_clip_hf.vocabulary import warn_unreadable_names
 
-from .helpers import random_image, reference_segmentation
+from .helpers import CLIP_TOKENIZER, EXAMPLES, random_image, reference_segmentation
 
 
 @pytest.fixture
@@ -120,7 +124,10 @@ def test_segment_names_an_unknown_model_in_one_line(tmp_path, photos):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "cannot load the model 'org/no-such-model'" in errors[0]
+    assert errors == [
+        "error: no model folder or Hub id 'org/no-such-model': no such folder here, and HF_HUB_OFFLINE is set, with "
+        "no copy of it in the cache; give a model folder, or download the model once while online."
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -133,6 +140,57 @@ def test_ctrl_c_while_the_command_imports_torch_ends_it_in_one_line_with_130(mon
     assert "Traceback" not in capsys.readouterr().err
     assert [record.getMessage() for record in caplog.records] == [
         "interrupted: outputs written so far are complete; nothing half-written is left"
+    ]
+
+
+def test_the_shipped_toy_model_is_called_a_toy_once_and_other_models_are_not(tmp_path, tiny_hub_model_dir, caplog):
+    logging.Logger.warning_once.cache_clear()  # a notice given earlier in this process is given again
+    scenes = [str(EXAMPLES / "scenes" / f"scene-{index}.png") for index in range(2)]
+    with caplog.at_level("WARNING"):
+        assert main(["segment", *scenes, "--output", str(tmp_path / "toy")]) == 0
+        assert main(["segment", scenes[0], "--output", str(tmp_path / "toy-again")]) == 0
+    notices = [record.getMessage() for record in caplog.records if "toy model" in record.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0] and "photos mean nothing" in notices[0]
+
+    caplog.clear()
+    logging.Logger.warning_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert main(["segment", scenes[0], "--model", str(tiny_hub_model_dir), "--output", str(tmp_path / "o")]) == 0
+    assert not [record for record in caplog.records if "toy model" in record.getMessage()]
+
+
+def test_labels_the_tokenizer_cannot_read_are_named_and_counted(tmp_path, caplog):
+    """The toy model's tokenizer knows only toy-world words: "class 0" and "dog" become its unknown token in part."""
+    logging.Logger.warning_once.cache_clear()
+    labels = ["plain blue", "class 0", "dog", "sand", "class 1", "class 2", "class 3", "class 4 "]
+    with caplog.at_level("WARNING"):
+        main(
+            [
+                "segment",
+                str(EXAMPLES / "scenes" / "scene-0.png"),
+                "--labels",
+                ",".join(labels),
+                "--output",
+                str(tmp_path),
+            ]
+        )
+    warnings = [record.getMessage() for record in caplog.records if "cannot read" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        "The tokenizer cannot read 6 of 8 class names ('class 0', 'dog', 'class 1', 'class 2', 'class 3' and 1 more)"
+    )
+
+
+def test_the_real_clip_tokenizer_reads_any_label_and_the_toy_one_does_not(caplog):
+    names = ["class 0", "dog", "café", "plain blue"]
+    logging.Logger.warning_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        warn_unreadable_names(CLIPTokenizer.from_pretrained(CLIP_TOKENIZER), names)
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        warn_unreadable_names(CLIPTokenizer.from_pretrained(DEMO_MODEL), names)
+    assert [record.getMessage()[:48] for record in caplog.records] == [
+        "The tokenizer cannot read 3 of 4 class names ('c"
     ]
 
 

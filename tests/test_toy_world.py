@@ -111,6 +111,9 @@ def test_build_script_runs_end_to_end_in_quick_mode(tmp_path):
     assert set(report) >= {"cascade", "single_decoder", "best_constant_baseline"}
     assert (tmp_path / "shipped" / "model.safetensors").is_file() and (tmp_path / "shipped" / "README.md").is_file()
     assert not list((tmp_path / "shipped").glob("*.py"))  # the package's own modules serve the shipped model
+    shipped_config = json.loads((tmp_path / "shipped" / "config.json").read_text())
+    assert shipped_config["toy_world"] and "auto_map" not in shipped_config
+    assert "auto_map" in json.loads((tmp_path / "build" / "cascade" / "config.json").read_text())  # for the Hub
     for index in range(len(EXAMPLE_SCENES)):
         written = np.asarray(PIL.Image.open(tmp_path / "scenes" / f"scene-{index}.png"))
         np.testing.assert_array_equal(written, example_scene(index)[0])
