@@ -16,7 +16,7 @@ from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProce
 from cascade_clip_hf.atomic import check_output_folder
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL
-from cascade_clip_hf.training import save_checkpoint, save_final
+from cascade_clip_hf.training import DataPosition, save_checkpoint, save_final
 
 from .helpers import EXAMPLES, OFFICIAL_TINY, conversion_flags, load_script, run_script
 
@@ -371,7 +371,7 @@ def trained_model(fixture) -> tuple[Accelerator, CascadeClipForZeroShotSegmentat
 def save_trained_model(tmp_path: Path, fixture: Callable) -> None:
     accelerator, model, processor = trained_model(fixture)
     save_final(accelerator, model, processor, tmp_path / "out")
-    save_checkpoint(accelerator, tmp_path / "out", 2, {"epoch": 0})
+    save_checkpoint(accelerator, tmp_path / "out", 2, DataPosition(epoch=0, batches=2, batches_per_epoch=5))
 
 
 def interrupted_conversion(tmp_path: Path, fixture: Callable, monkeypatch) -> str:
