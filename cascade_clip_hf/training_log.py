@@ -68,8 +68,9 @@ def series(lines: list[dict], key: str) -> tuple[list[int], list[float]]:
 def plot_training_curves(run_dir: str | os.PathLike) -> Path:
     """
     Plots the losses, the learning rate and (when the run evaluated during training) the evaluation metrics of
-    `run_dir/scalars.jsonl` over optimizer steps into `run_dir/training_curves.png` (900 x 1000 pixels), with the
-    step of the best model (`run_dir/best`) marked. Written with matplotlib's Agg canvas, through a rename.
+    `run_dir/scalars.jsonl` over optimizer steps into `run_dir/training_curves.png` (900 x 1000 pixels, 900 x 700
+    without evaluations), with the step of the best model (`run_dir/best`) marked. Written with matplotlib's Agg
+    canvas, through a rename.
 
     Raises:
         `FileNotFoundError`: if `run_dir` holds no scalar log, or one without a line.
@@ -101,7 +102,11 @@ def plot_training_curves(run_dir: str | os.PathLike) -> Path:
                 )
                 metric_axes.plot(steps, values, marker=marker, fillstyle="none", label=name, **emphasis)
         best = saved_best_model(run_dir)
-        if best is not None and best.step is not None:
+        # Marked only when this log scored it: a run started afresh in an old run's folder finds its best/ there.
+        if best is not None and any(
+            line["step"] == best.step and line.get(EVAL_PREFIX + best.metric) == best.metrics[best.metric]
+            for line in lines
+        ):
             metric_axes.axvline(
                 best.step,
                 color="grey",

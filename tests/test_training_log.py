@@ -70,6 +70,25 @@ def test_plot_training_draws_a_run_folder(tmp_path, eval_steps, size):
     assert CURVES_FILE in read_record(tmp_path).names
 
 
+def grey_pixels(path) -> int:
+    """Pixels of the grey (128, 128, 128) the best step's line is drawn in."""
+    with PIL.Image.open(path) as image:
+        return sum(count for count, color in image.convert("RGB").getcolors(maxcolors=1 << 16) if color == (128,) * 3)
+
+
+def test_the_curves_mark_the_best_step_only_when_the_log_scored_it(tmp_path):
+    write_scalars(tmp_path, 6, eval_steps=2)
+    best_dir = tmp_path / BEST_DIR
+    best_dir.mkdir()
+    scored = {key: value + 4 for key, value in headline(30.0).items()}  # as write_scalars logs step 4
+    (best_dir / BEST_MODEL_FILE).write_text(json.dumps({"metric": "hiou", "step": 4, "metrics": scored}))
+    marked = grey_pixels(plot_training_curves(tmp_path))
+    # A best/ left by an earlier run in this folder: not this log's.
+    (best_dir / BEST_MODEL_FILE).write_text(json.dumps({"metric": "hiou", "step": 5, "metrics": scored}))
+    unmarked = grey_pixels(plot_training_curves(tmp_path))  # a few, where text is smoothed
+    assert marked > 100 + unmarked, (marked, unmarked)
+
+
 def test_plot_training_names_a_folder_without_a_log(tmp_path):
     with pytest.raises(FileNotFoundError, match="no scalars to plot"):
         plot_training_curves(tmp_path)
