@@ -258,12 +258,25 @@ def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
     assert (tmp_path / "a_file").read_text() == "mine"
 
 
-def test_a_best_model_by_unseen_classes_needs_some(tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch):
+def train_in_process(argv: list[str], monkeypatch) -> None:
+    """
+    The training script's `main` in this process, on the CPU and one thread as `run_script` runs it: its sums come
+    out bit for bit as a run's in a process of its own, without the seconds a new process takes to start.
+    """
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_script(EXAMPLES / "train_cascade_clip.py").main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_best_model_by_unseen_classes_needs_some(tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch):
     output = tmp_path / "run"
     argv = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=["--eval_steps", "2"])
     with pytest.raises(ValueError, match="--metric_for_best_model hiou needs unseen classes, but every class of"):
-        load_script(EXAMPLES / "train_cascade_clip.py").main(argv)
+        train_in_process(argv, monkeypatch)
     assert not output.exists()
 
 
@@ -519,7 +532,7 @@ def test_evaluation_during_training_is_logged_everywhere_and_keeps_the_best_mode
     # run that does not evaluate.
     unevaluated = tmp_path / "unevaluated"
     quiet = ["--seen_class_ids", "0,1,2", "--checkpointing_steps", "0", "--learning_rate", "2e-4", "--skip_eval"]
-    run_script("train_cascade_clip.py", train_args(hub_dataset, unevaluated, tiny_hub_model_dir, 8, extra=quiet))
+    train_in_process(train_args(hub_dataset, unevaluated, tiny_hub_model_dir, 8, extra=quiet), monkeypatch)
     evaluated_weights = load_file(str(output / "model.safetensors"))
     unevaluated_weights = load_file(str(unevaluated / "model.safetensors"))
     assert all(torch.equal(evaluated_weights[key], unevaluated_weights[key]) for key in evaluated_weights)
@@ -536,14 +549,12 @@ def test_the_same_seed_trains_the_same_weights_and_another_seed_others(
     tmp_path, hub_dataset, tiny_clip_dir, monkeypatch
 ):
     """From CLIP with dropout: the seed decides the prompts' initialisation, the data order, augmentation, dropout."""
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    script = load_script(EXAMPLES / "train_cascade_clip.py")
     tiny = json.dumps({"num_prompt_tokens": 3, "decoder_num_attention_heads": 2, "decoder_intermediate_size": 32})
     extra = ["--clip_model", str(tiny_clip_dir), "--image_size", "64", "--model_config", tiny, "--skip_eval"]
 
     def trained_weights(name: str, seed: int) -> dict:
         output = tmp_path / name
-        script.main(train_args(hub_dataset, output, None, 2, extra=[*extra, "--seed", str(seed)]))
+        train_in_process(train_args(hub_dataset, output, None, 2, extra=[*extra, "--seed", str(seed)]), monkeypatch)
         return load_file(str(output / "model.safetensors"))
 
     first, again, other = trained_weights("first", 1), trained_weights("again", 1), trained_weights("other", 2)
