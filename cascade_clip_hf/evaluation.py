@@ -2,6 +2,7 @@
 
 import logging
 import math
+import statistics
 from pathlib import Path
 
 import evaluate
@@ -20,6 +21,14 @@ from .vocabulary import embed_class_names
 logger = logging.getLogger(__name__)
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "zero_shot_miou"
+# The headline metrics of a `results.json` record (percent), by key, with the names tables and plots give them.
+HEADLINE_METRICS = {
+    "miou": "mIoU",
+    "miou_seen": "mIoU(seen)",
+    "miou_unseen": "mIoU(unseen)",
+    "hiou": "hIoU",
+    "pixel_accuracy": "pixel acc.",
+}
 
 
 def load_metric(config_name: str = "maps"):
@@ -155,17 +164,41 @@ def results_record(metrics: dict, class_names: list[str], **metadata) -> dict:
     }
 
 
+def markdown_cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
 def markdown_summary(record: dict) -> str:
     """A markdown table of the headline metrics."""
+    cells = [markdown_cell(record[key]) for key in HEADLINE_METRICS]
+    return markdown_table([*HEADLINE_METRICS.values(), "images"], [[*cells, str(record["num_images"])]])
 
-    def cell(value):
-        return "n/a" if value is None else f"{value:.2f}"
 
-    return "\n".join(
-        [
-            "| mIoU | mIoU(seen) | mIoU(unseen) | hIoU | pixel acc. | images |",
-            "| --- | --- | --- | --- | --- | --- |",
-            f"| {cell(record['miou'])} | {cell(record['miou_seen'])} | {cell(record['miou_unseen'])} | "
-            f"{cell(record['hiou'])} | {cell(record['pixel_accuracy'])} | {record['num_images']} |",
-        ]
-    )
+def aggregate_metrics(records: list[dict]) -> dict[str, tuple[float | None, float | None, int]]:
+    """
+    The mean and sample standard deviation (divided by n - 1) of each headline metric over several runs'
+    `results.json` records, with the number n of runs that have it (a run without unseen classes has no hIoU).
+    The mean is None without any value, the deviation without two.
+    """
+    aggregated = {}
+    for key in HEADLINE_METRICS:
+        values = [record[key] for record in records if record.get(key) is not None]
+        mean = statistics.mean(values) if values else None
+        deviation = statistics.stdev(values) if len(values) > 1 else None
+        aggregated[key] = (mean, deviation, len(values))
+    return aggregated
+
+
+def aggregate_markdown(records: dict[str, dict]) -> str:
+    """A markdown table of the headline metrics of several runs' records (by run name), one row each, then their
+    mean and sample standard deviation (see `aggregate_metrics`)."""
+    aggregated = aggregate_metrics(list(records.values()))
+    rows = [[name, *(markdown_cell(record.get(key)) for key in HEADLINE_METRICS)] for name, record in records.items()]
+    rows.append(["mean", *(markdown_cell(aggregated[key][0]) for key in HEADLINE_METRICS)])
+    rows.append(["std. dev. (n - 1)", *(markdown_cell(aggregated[key][1]) for key in HEADLINE_METRICS)])
+    return markdown_table(["run", *HEADLINE_METRICS.values()], rows)

@@ -61,18 +61,30 @@ def eval_results(results: dict, dataset: str, split: str) -> list[EvalResult]:
     ]
 
 
-def results_markdown(results: dict | None, dataset: str | None, setting: str) -> str:
-    """Our measured results and, for a paper benchmark, the original authors' reported numbers beside them."""
+def results_markdown(
+    results: dict | None, dataset: str | None, setting: str, best_during_training: dict | None = None
+) -> str:
+    """
+    Our measured results, the best evaluation during training (a `best_model.json` record: `step` and `metrics`,
+    in percent) and, for a paper benchmark, the original authors' reported numbers beside them.
+    """
     rows = ["| source | mIoU(seen) | mIoU(unseen) | hIoU | mIoU |", "| --- | --- | --- | --- | --- |"]
 
     def cell(value):
         return "n/a" if value is None else f"{value:.1f}"
 
+    def measured(source: str, record: dict) -> str:
+        return (
+            f"| {source} | {cell(record.get('miou_seen'))} | {cell(record.get('miou_unseen'))} | "
+            f"{cell(record.get('hiou'))} | {cell(record.get('miou'))} |"
+        )
+
     if results:
+        rows.append(measured(f"measured with this checkpoint ({results.get('num_images', '?')} images)", results))
+    if best_during_training and best_during_training.get("step") is not None:
+        step = best_during_training["step"]
         rows.append(
-            f"| measured with this checkpoint ({results.get('num_images', '?')} images) | "
-            f"{cell(results.get('miou_seen'))} | {cell(results.get('miou_unseen'))} | {cell(results.get('hiou'))} | "
-            f"{cell(results.get('miou'))} |"
+            measured(f"best evaluation during training: step {step} (`best/`)", best_during_training["metrics"])
         )
     paper = load_benchmarks()["_common"]["paper_results_readme_average"].get(dataset or "", {}).get(setting)
     if paper:
@@ -111,6 +123,21 @@ def training_markdown(config: CascadeClipConfig, dataset: str | None, training: 
     return "\n".join(lines)
 
 
+def training_run_markdown(best_during_training: dict | None, curves: str | None) -> str:
+    """The best step of a run that evaluated during training (a `best_model.json` record) and its curves (a PNG's
+    path relative to the card)."""
+    parts = []
+    if best_during_training and best_during_training.get("step") is not None:
+        parts.append(
+            f"Evaluated during training; the best evaluation by `{best_during_training['metric']}` came after step "
+            f"{best_during_training['step']} (its numbers are under Results). That model is kept in `best/`; the "
+            "model here is the last step's."
+        )
+    if curves:
+        parts.append(f"![Loss, learning rate and evaluation metrics over training steps]({curves})")
+    return "\n\n".join(parts)
+
+
 def build_model_card(
     config: CascadeClipConfig,
     repo_id: str,
@@ -129,6 +156,8 @@ def build_model_card(
     example_labels: tuple[str, ...] = ("cat", "grass", "sky"),
     limitations: str = CLIP_LIMITATIONS,
     recipe: str | None = None,
+    best_during_training: dict | None = None,
+    curves: str | None = None,
 ) -> ModelCard:
     """
     A model card for a Cascade-CLIP checkpoint, with `results` (a `results.json` record) in its model-index.
@@ -136,6 +165,8 @@ def build_model_card(
     weights, photos); a model of another kind passes its own license, base model, usage example, limitations and
     `recipe` (markdown for the Training section, instead of the original recipe's). `origin`: a sentence opening
     the Training section, naming what the model was trained from (see `training_provenance`).
+    `best_during_training`: the `best_model.json` record (`metric`, `step`, `metrics`) of a run that evaluated
+    during training; `curves`: the path of its training curves' PNG relative to the card, embedded in it.
     """
     num_seen = len(config.seen_class_ids) if config.seen_class_ids is not None else config.num_labels
     card_data = ModelCardData(
@@ -165,8 +196,17 @@ def build_model_card(
         num_unseen=config.num_labels - num_seen,
         setting=config.setting,
         seen_score_shift=config.seen_score_shift,
-        training="\n\n".join(filter(None, [origin, recipe or training_markdown(config, dataset, training)])),
-        results=results_markdown(results, dataset, config.setting),
+        training="\n\n".join(
+            filter(
+                None,
+                [
+                    origin,
+                    recipe or training_markdown(config, dataset, training),
+                    training_run_markdown(best_during_training, curves),
+                ],
+            )
+        ),
+        results=results_markdown(results, dataset, config.setting, best_during_training),
         license_note=license_note,
         example_image=example_image,
         example_folder=example_folder,

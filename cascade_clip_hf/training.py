@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 100
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 TRAINING_STATE_FILE = "training_state.json"
+# The best model by the chosen metric, and the record of its step and metrics inside it.
+BEST_DIR, BEST_MODEL_FILE = "best", "best_model.json"
 
 
 def parameter_groups(
@@ -198,34 +200,94 @@ def read_training_state(checkpoint: Path, batches_per_epoch: int, accumulation: 
     return step, DataPosition(state["epoch"], batches, batches_per_epoch)
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, position: DataPosition) -> Path:
+@dataclass
+class BestModel:
     """
-    `accelerator.save_state` into a hidden staging folder, with `training_state.json` recording the steps done and
-    the data position to resume from, then a rename to `checkpoint-{step}`: a crash or kill during the save leaves
-    the previous checkpoints as they were.
+    The best evaluation during a run by `metric`, a key of `evaluation.HEADLINE_METRICS` (greater is better): its
+    optimizer `step` and its headline `metrics` (percent), both None until an evaluation computes the metric.
+    """
+
+    metric: str
+    step: int | None = None
+    metrics: dict | None = None
+
+    def improved_by(self, metrics: dict) -> bool:
+        """Whether `metrics` beat the best so far; a metric that could not be computed (None) never does, a tie
+        keeps the earlier step."""
+        value = metrics.get(self.metric)
+        return value is not None and (self.metrics is None or value > self.metrics[self.metric])
+
+
+def read_best_model(checkpoint: Path, metric: str) -> BestModel:
+    """The best evaluation up to a checkpoint, as its `training_state.json` records it; none if it records none
+    or chose the best by another metric."""
+    recorded = json.loads((checkpoint / TRAINING_STATE_FILE).read_text()).get("best")
+    if recorded is None or recorded["metric"] != metric:
+        return BestModel(metric)
+    return BestModel(**recorded)
+
+
+def saved_best_model(output_dir: str | os.PathLike) -> BestModel | None:
+    """What `output_dir/best/best_model.json` records (see `save_best`), None without it."""
+    path = Path(output_dir) / BEST_DIR / BEST_MODEL_FILE
+    return BestModel(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def start_staging(output_dir: Path, name: str) -> Path:
+    """
+    An empty staging folder `output_dir/name` for a save of the main process, recorded before it exists: only a
+    recorded staging folder is the program's to remove after a kill (`remove_partial_checkpoints`).
+
+    Raises:
+        `OutputFolderError`: if `output_dir` holds `name` and the program did not record it as its staging.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / name
+    if os.path.lexists(staging) and name not in read_record(output_dir).staging:
+        raise OutputFolderError(
+            f"refusing to write into {output_dir}: it holds {name}, which cascade-clip did not write "
+            f"(move {name} away)"
+        )
+    record_staging(output_dir, name)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def publish_staging(staging: Path, target: Path) -> None:
+    """Renames a completely written staging folder of `start_staging` to `target` and forgets it as staging."""
+    publish_directory(staging, target, kind=MODEL)
+    record_staging(staging.parent, staging.name, add=False)
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, position: DataPosition, best: BestModel | None = None
+) -> Path:
+    """
+    `accelerator.save_state` into a hidden staging folder, with `training_state.json` recording the steps done, the
+    data position to resume from and the `best` evaluation so far (if there was one), then a rename to
+    `checkpoint-{step}`: a crash or kill during the save leaves the previous checkpoints as they were.
     """
     output_dir = Path(output_dir)
-    staging, target = output_dir / f".checkpoint-{step}.partial", output_dir / f"checkpoint-{step}"
+    staging = output_dir / f".checkpoint-{step}.partial"
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # Recorded before it exists: only a recorded staging folder is the program's to remove after a kill.
-        if os.path.lexists(staging) and staging.name not in read_record(output_dir).staging:
-            raise OutputFolderError(
-                f"refusing to write into {output_dir}: it holds {staging.name}, which "
-                f"cascade-clip did not write (move {staging.name} away)"
-            )
-        record_staging(output_dir, staging.name)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        start_staging(output_dir, staging.name)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (staging / TRAINING_STATE_FILE).write_text(json.dumps({"step": step, **asdict(position)}, indent=2))
-        publish_directory(staging, target, kind=MODEL)
-        record_staging(output_dir, staging.name, add=False)
+        evaluated = best is not None and best.step is not None
+        state = {"step": step, **asdict(position), **({"best": asdict(best)} if evaluated else {})}
+        (staging / TRAINING_STATE_FILE).write_text(json.dumps(state, indent=2))
+        publish_staging(staging, output_dir / f"checkpoint-{step}")
     accelerator.wait_for_everyone()
-    return target
+    return output_dir / f"checkpoint-{step}"
+
+
+def write_model(accelerator, model, processor, folder: Path) -> None:
+    """The unwrapped model and its processor, `save_pretrained` (safetensors) into `folder`."""
+    accelerator.unwrap_model(model).save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
 
 
 def save_final(accelerator, model, processor, output_dir: str | os.PathLike) -> None:
@@ -235,13 +297,27 @@ def save_final(accelerator, model, processor, output_dir: str | os.PathLike) -> 
     """
     if accelerator.is_main_process:
         with output_files(output_dir, MODEL) as staging:
-            accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
-            processor.save_pretrained(staging)
+            write_model(accelerator, model, processor, staging)
     accelerator.wait_for_everyone()
 
 
+def save_best(accelerator, model, processor, output_dir: str | os.PathLike, best: BestModel) -> Path:
+    """
+    The model and processor of the main process, with `best_model.json` (the step and metrics of `best`), into
+    `output_dir/best`, replacing the previous best by renames (see `start_staging`). Main process only: the others
+    go on training meanwhile.
+    """
+    output_dir = Path(output_dir)
+    staging = start_staging(output_dir, f".{BEST_DIR}.partial")
+    write_model(accelerator, model, processor, staging)
+    (staging / BEST_MODEL_FILE).write_text(json.dumps(asdict(best), indent=2) + "\n")
+    publish_staging(staging, output_dir / BEST_DIR)
+    return output_dir / BEST_DIR
+
+
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> None:
-    """Deletes what interrupted saves left behind: the staging folders the record names, never a user's file."""
+    """Deletes what interrupted saves (checkpoints, the best model) left behind: the staging folders the record
+    names, never a user's file."""
     for name in sorted(read_record(output_dir).staging):
         path = Path(output_dir) / name
         if path.exists():

@@ -10,7 +10,9 @@ Transductive continuation from the inductive model:
     accelerate launch examples/train_cascade_clip.py --dataset coco-stuff-164k --data_dir data/coco_stuff164k \
         --setting transductive --init_from runs/coco-inductive --output_dir runs/coco-transductive
 
-Mixed precision and the distributed backend (DDP, DeepSpeed, FSDP) come from `accelerate config`.
+Mixed precision and the distributed backend (DDP, DeepSpeed, FSDP) come from `accelerate config`. With
+`--eval_steps N` the run evaluates every N steps and keeps the best model in `OUTPUT_DIR/best`; every run logs its
+scalars to `OUTPUT_DIR/scalars.jsonl` and plots them into `OUTPUT_DIR/training_curves.png`.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,29 +36,35 @@ from cascade_clip_hf.arguments import (
     check_output_argument,
     comma_separated_ints,
     data_source,
+    positive_int,
     trackers_argument,
 )
 from cascade_clip_hf.atomic import MODEL, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segmentation_data
 from cascade_clip_hf.errors import INPUT_ERRORS, counted, one_line
-from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
+from cascade_clip_hf.evaluation import HEADLINE_METRICS, evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import check_push, push_folder
 from cascade_clip_hf.model_card import build_model_card, training_provenance, write_model_card
 from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
+    BEST_DIR,
     AugmentedSegmentation,
+    BestModel,
     DataPosition,
     parameter_groups,
     poly_schedule,
+    read_best_model,
     read_training_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
+    save_best,
     save_checkpoint,
     save_final,
     training_vocabulary,
 )
+from cascade_clip_hf.training_log import EVAL_PREFIX, ScalarLog, plot_training_curves, read_scalars
 from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings, load_tokenizer
 
 
@@ -120,16 +129,32 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="trackers, comma-separated (tensorboard, wandb, ...; each must be installed), all or none",
     )
     train.add_argument("--logging_steps", type=int, default=10)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds everything random: prompt initialisation, data order, augmentation, dropout",
+    )
     train.add_argument("--num_workers", type=int, default=2, help="data loading processes per training process")
-    evaluation = parser.add_argument_group("evaluation at the end")
-    evaluation.add_argument("--skip_eval", action="store_true")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--skip_eval", action="store_true", help="evaluate neither during training nor after")
+    evaluation.add_argument(
+        "--eval_steps",
+        type=positive_int,
+        help="also evaluate every N optimizer steps and after the last, keeping the best model in OUTPUT_DIR/best",
+    )
+    evaluation.add_argument(
+        "--metric_for_best_model",
+        choices=HEADLINE_METRICS,
+        default="hiou",
+        help="the metric the best model has the greatest value of (default: hiou)",
+    )
     evaluation.add_argument(
         "--eval_split",
         help="default: val for a benchmark folder; the one of validation and val a Hugging Face dataset has",
     )
     evaluation.add_argument("--eval_batch_size", type=int, default=1)
-    evaluation.add_argument("--max_eval_samples", type=int)
+    evaluation.add_argument("--max_eval_samples", type=positive_int, help="evaluate only the first N images")
     hub = parser.add_argument_group("model card and hub")
     hub.add_argument(
         "--license",
@@ -146,6 +171,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.dataset not in BENCHMARKS:
             parser.error("--max_train_steps is required for a dataset without a preset")
         args.max_train_steps = default_train_steps(args.dataset, args.setting)
+    if args.eval_steps and args.skip_eval:
+        parser.error("--eval_steps evaluates during training, --skip_eval not at all: pass one of them")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     if args.push_to_hub:
@@ -198,6 +225,44 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
     return model, processor
 
 
+def check_metric_for_best_model(args, eval_data) -> None:
+    """A run that keeps its best model by a metric of unseen classes needs some: found out before the first step."""
+    if not args.eval_steps or args.metric_for_best_model not in ("miou_unseen", "hiou"):
+        return
+    seen = eval_data.seen_class_ids
+    if seen is None or set(range(len(eval_data.class_names))) <= set(seen):
+        raise ValueError(
+            f"--metric_for_best_model {args.metric_for_best_model} needs unseen classes, but every class of the "
+            "evaluation split is seen: pass --seen_class_ids, or choose miou, miou_seen or pixel_accuracy"
+        )
+
+
+def evaluate_model(accelerator, model, processor, eval_data, args, split: str) -> dict | None:
+    """
+    The `results.json` record (metrics in percent) of the model on the evaluation split, by the test-time path of
+    `examples/evaluate_cascade_clip.py`, on every process; None on all but the main one. The model is left in
+    training mode and the random streams as they were (the evaluation's data loader draws a seed from them), so
+    that a run evaluating during training trains exactly as one that does not.
+    """
+    device = accelerator.device
+    with torch.random.fork_rng(
+        devices=[] if device.type == "cpu" else [device], device_type=None if device.type == "cpu" else device.type
+    ):
+        metrics = evaluate_split(
+            accelerator,
+            accelerator.unwrap_model(model),
+            processor,
+            eval_data,
+            batch_size=args.eval_batch_size,
+            num_workers=args.num_workers,
+            max_samples=args.max_eval_samples,
+        )
+    model.train()
+    if not accelerator.is_main_process:
+        return None
+    return results_record(metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=split)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -219,6 +284,7 @@ def main(argv=None) -> None:
     data = load_segmentation_data(source, "train")
     eval_split = None if args.skip_eval else args.eval_split or evaluation_split(source)
     eval_data = None if args.skip_eval else load_segmentation_data(source, eval_split)
+    check_metric_for_best_model(args, eval_data)
     provenance = training_provenance(args.clip_model, args.init_from, args.license)
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -263,6 +329,7 @@ def main(argv=None) -> None:
     seen_class_mask = vocabulary.seen_class_mask.to(accelerator.device)
 
     completed_steps, position = 0, DataPosition(epoch=0, batches=0, batches_per_epoch=len(train_dataloader))
+    best = BestModel(args.metric_for_best_model)
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
         if checkpoint is None:
@@ -272,6 +339,7 @@ def main(argv=None) -> None:
             completed_steps, position = read_training_state(
                 checkpoint, len(train_dataloader), args.gradient_accumulation_steps
             )
+            best = read_best_model(checkpoint, args.metric_for_best_model)
             logger.info(
                 f"Resumed from {checkpoint} at step {completed_steps}, epoch {position.epoch}, "
                 f"batch {position.batches}."
@@ -279,9 +347,17 @@ def main(argv=None) -> None:
 
     if accelerator.is_main_process:
         existing = set(os.listdir(output_dir))
-        accelerator.init_trackers("cascade_clip", config={k: v for k, v in vars(args).items() if v is not None})
+        # Trackers take numbers, strings and booleans (TensorBoard's hyperparameters refuse anything else).
+        config = {
+            key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            for key, value in vars(args).items()
+            if value is not None
+        }
+        accelerator.init_trackers("cascade_clip", config=config)
         # What the trackers create here (TensorBoard's logs) is the run's own: a resumed run may write there again.
         record_outputs(output_dir, set(os.listdir(output_dir)) - existing, MODEL)
+        # Written whatever the trackers; a resumed run drops the lines logged after its checkpoint.
+        scalar_log = ScalarLog(output_dir, completed_steps)
     logger.info(
         f"Training {args.setting} on {counted(len(data), 'image')}, "
         f"{counted(len(vocabulary.class_ids), 'class', 'classes')}, {counted(args.max_train_steps, 'step')} of "
@@ -294,6 +370,9 @@ def main(argv=None) -> None:
         desc="Training",
         disable=not accelerator.is_local_main_process,
     )
+    postfix = {}  # the last loss and learning rate, and hIoU once evaluated
+    evaluates_during_training = eval_data is not None and args.eval_steps is not None
+    results, evaluated_step = None, None
     model.train()
     while completed_steps < args.max_train_steps:
         train_dataset.set_epoch(position.epoch)
@@ -323,44 +402,52 @@ def main(argv=None) -> None:
             scheduler.step()
             completed_steps += 1
             learning_rate = scheduler.get_last_lr()[0]
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
+            scalars = {}
             if completed_steps % args.logging_steps == 0:
-                accelerator.log(
-                    {
-                        "loss": loss.item(),
-                        "loss_mask": outputs.mask_loss.item(),
-                        "loss_dice": outputs.dice_loss.item(),
-                        "lr": learning_rate,
-                    },
-                    step=completed_steps,
-                )
+                scalars = {
+                    "loss": loss.item(),
+                    "loss_mask": outputs.mask_loss.item(),
+                    "loss_dice": outputs.dice_loss.item(),
+                    "lr": learning_rate,
+                }
+            if evaluates_during_training and (
+                completed_steps % args.eval_steps == 0 or completed_steps == args.max_train_steps
+            ):
+                results = evaluate_model(accelerator, model, processor, eval_data, args, eval_split)
+                evaluated_step = completed_steps
+                if accelerator.is_main_process:
+                    headline = {key: results[key] for key in HEADLINE_METRICS}
+                    scalars.update({EVAL_PREFIX + key: value for key, value in headline.items() if value is not None})
+                    postfix["hIoU"] = "n/a" if headline["hiou"] is None else f"{headline['hiou']:.2f}"
+                    if best.improved_by(headline):
+                        best = BestModel(args.metric_for_best_model, completed_steps, headline)
+                        save_best(accelerator, model, processor, output_dir, best)
+            if scalars:
+                accelerator.log(scalars, step=completed_steps)
+                if accelerator.is_main_process:
+                    scalar_log.write(completed_steps, scalars)
+            progress.update(1)
+            postfix.update(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
+            progress.set_postfix(postfix)
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, completed_steps, position)
+                save_checkpoint(accelerator, output_dir, completed_steps, position, best)
             if completed_steps >= args.max_train_steps:
                 break
     progress.close()
 
     save_final(accelerator, model, processor, output_dir)
-    results = None
-    if eval_data is not None:
-        metrics = evaluate_split(
-            accelerator,
-            unwrapped,
-            processor,
-            eval_data,
-            batch_size=args.eval_batch_size,
-            num_workers=args.num_workers,
-            max_samples=args.max_eval_samples,
-        )
-        if accelerator.is_main_process:
-            results = results_record(
-                metrics, eval_data.class_names, dataset=args.dataset or args.dataset_name, split=eval_split
-            )
+    # The evaluation after the last step, unless the run has just done it.
+    if eval_data is not None and evaluated_step != args.max_train_steps:
+        results = evaluate_model(accelerator, model, processor, eval_data, args, eval_split)
+    if accelerator.is_main_process:
+        scalar_log.close()
+        if results is not None:
             with output_files(output_dir, MODEL) as staging:
                 (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
             logger.info("Evaluation:\n" + markdown_summary(results))
-    if accelerator.is_main_process:
+        if best.step is not None:
+            logger.info(f"Best model by {best.metric}: step {best.step}, kept in {output_dir / BEST_DIR}.")
+        curves = plot_training_curves(output_dir) if read_scalars(scalar_log.path) else None
         card = build_model_card(
             unwrapped.config,
             repo_id=args.hub_model_id or output_dir.name,
@@ -373,7 +460,10 @@ def main(argv=None) -> None:
                 "crop": args.crop_size,
                 "learning rate": args.learning_rate,
                 "seed": args.seed,
+                **({"evaluated every": f"{args.eval_steps} steps"} if evaluates_during_training else {}),
             },
+            best_during_training=asdict(best),
+            curves=curves and curves.name,
             **provenance,
         )
         write_model_card(output_dir, card, MODEL)

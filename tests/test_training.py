@@ -11,12 +11,15 @@ import time
 from dataclasses import asdict
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
+from cascade_clip_hf.atomic import RECORD
 from cascade_clip_hf.data import hub_split, read_id2label
+from cascade_clip_hf.evaluation import HEADLINE_METRICS
 from cascade_clip_hf.labels import HIDDEN_LABEL, IGNORE_INDEX
 from cascade_clip_hf.modeling_cascade_clip import fill_pseudo_labels, segmentation_loss
 from cascade_clip_hf.training import (
@@ -28,6 +31,7 @@ from cascade_clip_hf.training import (
     resolve_checkpoint,
     training_vocabulary,
 )
+from cascade_clip_hf.training_log import CURVES_FILE, SCALARS_FILE, read_scalars
 
 from .helpers import EXAMPLES, HUB_CLASSES, load_script, run_script, save_tiny_cascade
 from .synthetic import write_hub_dataset
@@ -150,6 +154,7 @@ def test_resolve_checkpoint(tmp_path):
 
 
 def train_args(dataset, output_dir, init_from, steps, batch_size=2, extra=()):
+    """The training script's arguments for a tiny run; `init_from` None builds the model from `--clip_model`."""
     path, id2label = dataset
     return [
         "--dataset_name",
@@ -158,8 +163,7 @@ def train_args(dataset, output_dir, init_from, steps, batch_size=2, extra=()):
         str(id2label),
         "--eval_split",
         "validation",
-        "--init_from",
-        str(init_from),
+        *(["--init_from", str(init_from)] if init_from else []),
         "--output_dir",
         str(output_dir),
         "--max_train_steps",
@@ -238,6 +242,8 @@ def test_a_missing_evaluation_split_is_refused_before_the_first_step(tmp_path, h
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
         (["--push_to_hub", "--hub_model_id", "org/bad name"], "'org/bad name' is not a Hub repository id"),
         (["--output_dir", "{tmp_path}/a_file/run"], "a_file is a file, not a folder"),
+        (["--eval_steps", "2", "--skip_eval"], "--eval_steps evaluates during training, --skip_eval not at all"),
+        (["--metric_for_best_model", "loss"], "argument --metric_for_best_model: invalid choice: 'loss'"),
     ],
 )
 def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
@@ -250,6 +256,28 @@ def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
     lines = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def train_in_process(argv: list[str], monkeypatch) -> None:
+    """
+    The training script's `main` in this process, on the CPU and one thread as `run_script` runs it: its sums come
+    out bit for bit as a run's in a process of its own, without the seconds a new process takes to start.
+    """
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_script(EXAMPLES / "train_cascade_clip.py").main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_best_model_by_unseen_classes_needs_some(tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch):
+    output = tmp_path / "run"
+    argv = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=["--eval_steps", "2"])
+    with pytest.raises(ValueError, match="--metric_for_best_model hiou needs unseen classes, but every class of"):
+        train_in_process(argv, monkeypatch)
+    assert not output.exists()
 
 
 def test_a_tracker_that_is_not_installed_is_refused(tmp_path, hub_dataset, tiny_hub_model_dir, capsys):
@@ -284,7 +312,14 @@ def test_resuming_continues_exactly(
     tmp_path, request, tiny_hub_model_dir, dataset, num_processes, batch_size, accumulation, steps, checkpoint_step
 ):
     dataset = request.getfixturevalue(dataset)
-    extra = ["--gradient_accumulation_steps", str(accumulation), "--checkpointing_steps", str(checkpoint_step)]
+    extra = [
+        "--gradient_accumulation_steps",
+        str(accumulation),
+        "--checkpointing_steps",
+        str(checkpoint_step),
+        "--logging_steps",
+        "1",
+    ]
     straight = tmp_path / "straight"
     run_script(
         "train_cascade_clip.py",
@@ -299,6 +334,10 @@ def test_resuming_continues_exactly(
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / checkpoint, resumed / checkpoint)
+    # The scalar log as the uninterrupted run left it, steps after the checkpoint included, with the record that
+    # says the program wrote it: as if the run had been killed after its last step.
+    for name in (SCALARS_FILE, RECORD):
+        shutil.copy(straight / name, resumed / name)
     saved_optimizer = torch.load(resumed / checkpoint / "optimizer.bin", weights_only=False)
     assert all(state["step"] == checkpoint_step for state in saved_optimizer["state"].values())
     result = run_script(
@@ -318,6 +357,10 @@ def test_resuming_continues_exactly(
     assert expected.keys() == actual.keys()
     differences = {key: (actual[key] - expected[key]).abs().max().item() for key in expected}
     assert max(differences.values()) == 0.0, differences
+    # Each step logged once, with the uninterrupted run's values: the lines after the checkpoint were dropped.
+    straight_scalars = read_scalars(straight / SCALARS_FILE)
+    assert [line["step"] for line in straight_scalars] == list(range(1, steps + 1))
+    assert read_scalars(resumed / SCALARS_FILE) == straight_scalars
     reference = load_file(str(tiny_hub_model_dir / "model.safetensors"))
     assert not torch.equal(
         expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"]
@@ -440,3 +483,82 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, hub_dataset, tiny_h
     results_two = json.loads((two / "eval_results.json").read_text())
     for key in ("miou", "miou_seen", "pixel_accuracy", "per_class_iou", "num_images"):
         assert results_two[key] == results_one[key], key
+
+
+def test_evaluation_during_training_is_logged_everywhere_and_keeps_the_best_model(
+    tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = tmp_path / "run"
+    extra = [
+        *("--seen_class_ids", "0,1,2", "--eval_steps", "2", "--metric_for_best_model", "miou"),
+        *("--max_eval_samples", "2", "--report_to", "tensorboard", "--logging_steps", "1"),
+        *("--checkpointing_steps", "0", "--learning_rate", "2e-4"),
+    ]
+    result = run_script("train_cascade_clip.py", train_args(hub_dataset, output, tiny_hub_model_dir, 8, extra=extra))
+    lines = read_scalars(output / SCALARS_FILE)
+    assert [line["step"] for line in lines] == list(range(1, 9))
+    metric_tags = {f"eval/{key}" for key in HEADLINE_METRICS}
+    evaluations = {line["step"]: line for line in lines if metric_tags <= line.keys()}
+    assert list(evaluations) == [2, 4, 6, 8] and all({"loss", "lr"} <= line.keys() for line in lines)
+
+    events = EventAccumulator(str(output / "cascade_clip"))
+    events.Reload()
+    assert metric_tags | {"loss", "lr"} <= set(events.Tags()["scalars"])
+    for tag in metric_tags:
+        logged = {event.step: event.value for event in events.Scalars(tag)}
+        assert logged == pytest.approx({step: line[tag] for step, line in evaluations.items()}, abs=1e-4), tag
+
+    # best/: the first step with the greatest mIoU, its metrics as logged, and the model that scored them.
+    best = json.loads((output / "best" / "best_model.json").read_text())
+    mious = {step: line["eval/miou"] for step, line in evaluations.items()}
+    assert best["metric"] == "miou" and best["step"] == next(s for s in mious if mious[s] == max(mious.values()))
+    assert best["metrics"] == {key: evaluations[best["step"]][f"eval/{key}"] for key in HEADLINE_METRICS}
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    path, id2label = hub_dataset
+    rescored = load_script(EXAMPLES / "evaluate_cascade_clip.py").main(
+        [
+            *("--model", str(output / "best"), "--dataset_name", str(path), "--id2label", str(id2label)),
+            *("--split", "validation", "--seen_class_ids", "0,1,2", "--max_samples", "2", "--num_workers", "0"),
+            *("--output", str(tmp_path / "best_results.json")),
+        ]
+    )
+    assert {key: rescored[key] for key in HEADLINE_METRICS} == best["metrics"]
+    final = json.loads((output / "eval_results.json").read_text())
+    assert {f"eval/{key}": final[key] for key in HEADLINE_METRICS} == {tag: evaluations[8][tag] for tag in metric_tags}
+
+    # Evaluating draws nothing from the run's random streams (stochastic depth is on): the weights are those of a
+    # run that does not evaluate.
+    unevaluated = tmp_path / "unevaluated"
+    quiet = ["--seen_class_ids", "0,1,2", "--checkpointing_steps", "0", "--learning_rate", "2e-4", "--skip_eval"]
+    train_in_process(train_args(hub_dataset, unevaluated, tiny_hub_model_dir, 8, extra=quiet), monkeypatch)
+    evaluated_weights = load_file(str(output / "model.safetensors"))
+    unevaluated_weights = load_file(str(unevaluated / "model.safetensors"))
+    assert all(torch.equal(evaluated_weights[key], unevaluated_weights[key]) for key in evaluated_weights)
+
+    with PIL.Image.open(output / CURVES_FILE) as curves:
+        assert curves.format == "PNG" and curves.size == (900, 1000)
+    card = (output / "README.md").read_text()
+    assert f"![Loss, learning rate and evaluation metrics over training steps]({CURVES_FILE})" in card
+    assert f"| best evaluation during training: step {best['step']} (`best/`) |" in card
+    assert "hIoU=0.00" in result.stderr  # the progress bar shows the last hIoU
+
+
+def test_the_same_seed_trains_the_same_weights_and_another_seed_others(
+    tmp_path, hub_dataset, tiny_clip_dir, monkeypatch
+):
+    """From CLIP with dropout: the seed decides the prompts' initialisation, the data order, augmentation, dropout."""
+    tiny = json.dumps({"num_prompt_tokens": 3, "decoder_num_attention_heads": 2, "decoder_intermediate_size": 32})
+    extra = ["--clip_model", str(tiny_clip_dir), "--image_size", "64", "--model_config", tiny, "--skip_eval"]
+
+    def trained_weights(name: str, seed: int) -> dict:
+        output = tmp_path / name
+        train_in_process(train_args(hub_dataset, output, None, 2, extra=[*extra, "--seed", str(seed)]), monkeypatch)
+        return load_file(str(output / "model.safetensors"))
+
+    first, again, other = trained_weights("first", 1), trained_weights("again", 1), trained_weights("other", 2)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["vision_encoder.prompts.embeddings"], other["vision_encoder.prompts.embeddings"])
+    assert sum(not torch.equal(first[key], other[key]) for key in first) > 10

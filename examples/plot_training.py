@@ -1,0 +1,33 @@
+"""Plot a training run's loss, learning rate and evaluation metrics over steps into RUN_DIR/training_curves.png.
+
+    python examples/plot_training.py runs/coco-inductive
+
+Reads RUN_DIR/scalars.jsonl, which every run of examples/train_cascade_clip.py writes as it trains (also while it
+is still running, or after it was killed), and marks the step of the best model in RUN_DIR/best when there is one.
+"""
+
+import argparse
+import logging
+import sys
+
+from cascade_clip_hf.errors import INPUT_ERRORS, one_line
+from cascade_clip_hf.training_log import plot_training_curves
+
+
+logger = logging.getLogger("plot_training")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="the --output_dir of a training run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logger.info(f"Curves written to {plot_training_curves(args.run_dir)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except INPUT_ERRORS as error:
+        logger.error(f"error: {one_line(error)}")
+        sys.exit(2)
