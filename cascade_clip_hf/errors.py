@@ -1,6 +1,10 @@
 """What the command line, the scripts and the demo tell a user: about bad input, one line, never a traceback; and
 counts, in words that agree with them."""
 
+import logging
+import sys
+from collections.abc import Callable
+
 from huggingface_hub.errors import StrictDataclassError
 
 
@@ -29,3 +33,12 @@ def one_line(error: BaseException, spellings: dict[str, str] | None = None) -> s
         text = text.replace(original, spelling)
     text = text.strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Runs a script's `main`; bad input ends it with one `error:` line (on the root logger) and exit code 2."""
+    try:
+        main()
+    except INPUT_ERRORS as error:
+        logging.getLogger().error(f"error: {one_line(error)}")
+        sys.exit(2)

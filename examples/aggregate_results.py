@@ -10,14 +10,9 @@ metric a run could not compute (hIoU without unseen classes) is left out of its 
 
 import argparse
 import json
-import logging
-import sys
 
-from cascade_clip_hf.errors import INPUT_ERRORS, one_line
+from cascade_clip_hf.errors import run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, aggregate_markdown
-
-
-logger = logging.getLogger("aggregate_results")
 
 
 def main(argv=None) -> str:
@@ -37,8 +32,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except INPUT_ERRORS as error:
-        logger.error(f"error: {one_line(error)}")
-        sys.exit(2)
+    run_script(main)

@@ -14,7 +14,6 @@ benchmark's classes (cross-dataset) embeds them with its text tower.
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -22,7 +21,7 @@ from accelerate import Accelerator
 from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, data_source, positive_int
 from cascade_clip_hf.atomic import EVALUATION, output_files
 from cascade_clip_hf.data import load_segmentation_data
-from cascade_clip_hf.errors import INPUT_ERRORS, counted, one_line
+from cascade_clip_hf.errors import counted, run_script
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.presets import BENCHMARKS, benchmark_facts
 from cascade_clip_hf.segmenter import load_for_inference
@@ -106,8 +105,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except INPUT_ERRORS as error:
-        logger.error(f"error: {one_line(error)}")
-        sys.exit(2)
+    run_script(main)

@@ -8,9 +8,8 @@ is still running, or after it was killed), and marks the step of the best model 
 
 import argparse
 import logging
-import sys
 
-from cascade_clip_hf.errors import INPUT_ERRORS, one_line
+from cascade_clip_hf.errors import run_script
 from cascade_clip_hf.training_log import plot_training_curves
 
 
@@ -26,8 +25,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except INPUT_ERRORS as error:
-        logger.error(f"error: {one_line(error)}")
-        sys.exit(2)
+    run_script(main)

@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from cascade_clip_hf.arguments import (
 from cascade_clip_hf.atomic import MODEL, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segmentation_data
-from cascade_clip_hf.errors import INPUT_ERRORS, counted, one_line
+from cascade_clip_hf.errors import counted, run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import check_push, push_folder
 from cascade_clip_hf.model_card import build_model_card, training_provenance, write_model_card
@@ -477,8 +476,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except INPUT_ERRORS as error:
-        logger.error(f"error: {one_line(error)}")
-        sys.exit(2)
+    run_script(main)
