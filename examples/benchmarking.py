@@ -13,8 +13,6 @@ from pathlib import Path
 import torch
 import transformers
 
-from cascade_clip_hf.atomic import BENCHMARK, output_files
-
 
 def synchronize(device: str) -> None:
     """Waits for queued GPU work, so that a timer measures it."""
@@ -89,6 +87,9 @@ def machine_description(device: str) -> dict:
 
 def write_text(path: str | None, text: str) -> None:
     """Writes `text` to `path`, when one is given, atomically and never over a file this program did not write."""
+    # Imported here: benchmark workers import this module beside the code of an older revision, which may lack it.
+    from cascade_clip_hf.atomic import BENCHMARK, output_files
+
     if path:
         with output_files(Path(path).parent, BENCHMARK) as staging:
             (staging / Path(path).name).write_text(text, encoding="utf-8")
