@@ -14,7 +14,7 @@ import json
 import multiprocessing
 
 import torch
-from benchmarking import machine_description, time_runs, write_report
+from benchmarking import check_report_paths, machine_description, time_runs, write_report
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
 
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
+    check_report_paths(parser, args.output)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no CUDA device")
 

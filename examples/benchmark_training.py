@@ -12,7 +12,7 @@ import json
 import multiprocessing
 
 import torch
-from benchmarking import machine_description, time_runs, write_report
+from benchmarking import check_report_paths, machine_description, time_runs, write_report
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
 from cascade_clip_hf.training import parameter_groups, training_vocabulary
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", nargs="+", type=int, default=[0], help="1: recompute layers")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
+    check_report_paths(parser, args.output)
     context = multiprocessing.get_context("spawn")
     results = []
     for dtype_name in args.dtypes:

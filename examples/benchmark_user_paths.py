@@ -902,6 +902,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     scale = 1 / TINY_SHRINK**2 if args.tiny else 1
     args.scale = scale
     args.megapixels = args.megapixels or [size * scale for size in (1, 4, TARGET_MEGAPIXELS, 24)]
+    if not args.worker:
+        from benchmarking import check_report_paths
+
+        check_report_paths(parser, args.output, args.markdown)
     return args
 
 

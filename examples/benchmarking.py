@@ -85,6 +85,16 @@ def machine_description(device: str) -> dict:
     return description
 
 
+def check_report_paths(parser, *paths: str | None) -> None:
+    """Ends the script before it measures anything, in one line, where writing a report to a path would replace a
+    file this program did not write as a benchmark report (see `write_text`)."""
+    from cascade_clip_hf.arguments import check_output_argument
+    from cascade_clip_hf.atomic import BENCHMARK
+
+    for path in filter(None, paths):
+        check_output_argument(parser, Path(path).parent, [Path(path).name], kind=BENCHMARK)
+
+
 def write_text(path: str | None, text: str) -> None:
     """Writes `text` to `path`, when one is given, atomically and never over a file this program did not write."""
     # Imported here: benchmark workers import this module beside the code of an older revision, which may lack it.
