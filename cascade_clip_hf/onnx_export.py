@@ -14,6 +14,7 @@ An export folder holds:
   versions, and the largest differences ONNX Runtime showed against PyTorch on random inputs.
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ from .vocabulary import text_tower_fingerprint
 logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("int8",)
+# What the export runs on: torch.onnx translates with onnxscript; ONNX Runtime checks and quantizes.
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # The exported float32 graphs must reproduce PyTorch's outputs this closely (relative to the outputs' largest
 # magnitude, at least 1): rounding differs between the two, nothing else may.
 EXPORT_TOLERANCE = 1e-4
@@ -325,9 +328,12 @@ def export_onnx(
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}.")
+    missing = [package for package in EXPORT_PACKAGES if importlib.util.find_spec(package) is None]
+    if missing:
+        raise ValueError(f"exporting {model_name} needs {', '.join(missing)}: pip install 'cascade-clip-hf[onnx]'.")
     output = Path(output_dir)
     source = Path(model_name).expanduser()
-    inputs = sorted(source.iterdir()) if source.is_dir() else []
+    inputs = sorted(path for path in source.iterdir() if path.is_file()) if source.is_dir() else []
     onnx_files = [IMAGE_MODEL, TEXT_MODEL] + ([IMAGE_MODEL_INT8] if quantize else [])
     check_output_folder(output, [*onnx_files, MANIFEST, "config.json", "README.md"], inputs)
     model, processor = load_for_inference(model_name)

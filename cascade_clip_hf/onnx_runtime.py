@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from .calibration import seen_score_shift
 from .configuration_cascade_clip import CascadeClipConfig
+from .errors import one_line
 from .modeling_cascade_clip import TEXT_TOWER_CACHE_SIZE
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 from .processing_cascade_clip import CascadeClipProcessor
@@ -50,9 +51,15 @@ def export_folder(model: str | os.PathLike) -> Path:
     for candidate in (folder, folder / ONNX_SUBFOLDER):
         if (candidate / MANIFEST).is_file():
             return candidate
+    # A model folder gets its export beside its weights; any other name is where an export should be.
+    command = (
+        f"{model} --output {folder / ONNX_SUBFOLDER}"
+        if (folder / "config.json").is_file()
+        else f"MODEL --output {model}"
+    )
     raise ValueError(
         f"{model}: no ONNX export here (no {MANIFEST}, nor {ONNX_SUBFOLDER}/{MANIFEST}); make one with "
-        f"`cascade-clip export-onnx MODEL --output {model}`."
+        f"`cascade-clip export-onnx {command}`."
     )
 
 
@@ -99,16 +106,22 @@ class OnnxCascadeClip:
         providers: Sequence[str] | None = None,
     ):
         self.folder = Path(folder)
-        manifest = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
-        if manifest.get("format") != MANIFEST_FORMAT:
+        try:
+            manifest = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
+        except ValueError as error:
             raise ValueError(
-                f"{self.folder / MANIFEST}: an export of format {manifest.get('format')!r}, this version reads "
-                f"{MANIFEST_FORMAT}; export the model again."
+                f"{self.folder / MANIFEST}: not readable ({one_line(error)}); export the model again."
+            ) from error
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise ValueError(
+                f"{self.folder / MANIFEST}: an export of format {found!r}, this version reads {MANIFEST_FORMAT}; "
+                "export the model again."
             )
         self.manifest = manifest
         self.config = CascadeClipConfig.from_pretrained(self.folder)
         image_model = IMAGE_MODEL_INT8 if quantized else IMAGE_MODEL
-        if quantized and image_model not in manifest["files"]:
+        if quantized and image_model not in manifest.get("files", []):
             raise ValueError(
                 f"{self.folder}: exported without an int8 image model; export with `--quantize int8` for it."
             )
@@ -120,7 +133,7 @@ class OnnxCascadeClip:
         )
         self.default_seen_class_mask = seen_class_mask(self.config.class_names, self.config.seen_class_names)
         # What the export recorded of the text tower's weights, and the results computed since (they never change).
-        self.recorded_text_results = {("text_tower_fingerprint",): manifest["text_tower_fingerprint"]}
+        self.recorded_text_results = {("text_tower_fingerprint",): manifest.get("text_tower_fingerprint")}
         self.text_tower_results = OrderedDict()
         self.min_window = MIN_WINDOW_PATCHES * self.config.vision_config.patch_size
 
