@@ -3,12 +3,13 @@
 Full-size Cascade-CLIP (ViT-B/16 at 512x512, the COCO-Stuff preset: 171 classes, random weights, built as
 benchmark_user_paths.py builds it) is exported by `export_onnx(..., quantize="int8")`; then four backends run side by
 side, each in a fresh process so that its peak memory is its own, with the same threads:
-torch float32, torch bfloat16, ONNX Runtime float32 and ONNX Runtime int8.
+torch float32, torch bfloat16, ONNX Runtime float32 and ONNX Runtime int8. The four processes are loaded first and
+then timed in turns, one run of each a round, so that a shared machine's load falls on all four alike.
 
-    forward       one 512x512 window through the image path with the 171 classes: median of --repeats after a
-                  warm-up; the largest absolute logit difference from torch float32 on it
+    forward       one 512x512 window through the image path with the 171 classes: median of --repeats rounds after
+                  a warm-up round; the largest absolute logit difference from torch float32 on it
     window path   the same window through the sliding-window path (forward, calibration, class map)
-    peak memory   the process's peak resident memory after both (weights included)
+    peak memory   the process's peak resident memory (weights, the timed runs and the photo below included)
     full size     class-map agreement with torch float32 on a random 1024x768 photo (two windows)
     demo model    class-map agreement with torch float32 on the shipped demo model (exported in the run) over
                   examples/scenes and held-out toy-world scenes, as benchmark_user_paths.py measures bf16
@@ -21,6 +22,7 @@ import argparse
 import logging
 import multiprocessing
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +38,9 @@ REFERENCE = BACKENDS[0]
 PHOTO_SIZE = (1024, 768)
 # The CPU features that make dynamic int8 fast: 8-bit dot products (VNNI) or AMX tiles.
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# A pause before each timed run: the thread pools of the backend that ran last (OpenMP's, ONNX Runtime's) spin a
+# while after their work, which would slow the next backend down.
+SETTLE_S = 0.2
 SCENE_SETS = ("bundled", "held_out")
 
 
@@ -78,45 +83,81 @@ def forward_of(segmenter, pixel_values, class_embeds):
     return lambda: model(pixel_values=pixel_values, class_embeds=class_embeds).logits.float().numpy()
 
 
-def measure_worker(params: dict) -> dict:
-    """One backend in this fresh process: forward and window path timed, logits and class maps kept for the parent."""
+def backend_server(connection, params: dict) -> None:
+    """
+    Runs in a fresh process for one backend: loads it, then times one run of what the parent names at a time
+    (`forward` or `window_path`), until the parent says `finish`: then it keeps the window's logits and the class map
+    of a photo for the parent, and answers with its peak memory.
+    """
     import torch
     from benchmark_user_paths import random_photo
-    from benchmarking import load_average, time_runs
 
     from cascade_clip_hf.visualization import segmentation_from_masks
 
-    load_start = load_average()
     segmenter = load_backend(params["backend"], params["model_dir"], params["onnx_dir"], params["threads"])
     side = segmenter.model.config.vision_config.image_size
     pixel_values, class_embeds = window_inputs(segmenter, side)
-    forward = forward_of(segmenter, pixel_values, class_embeds)
+    runs = {
+        "forward": forward_of(segmenter, pixel_values, class_embeds),
+        "window_path": lambda: segmenter.model.sliding_window_inference(pixel_values, output="segmentation"),
+    }
+    connection.send("ready")
     with torch.inference_mode():
-        forward_timing = time_runs(forward, params["repeats"], "cpu")
-        window_timing = time_runs(
-            lambda: segmenter.model.sliding_window_inference(pixel_values, output="segmentation"),
-            params["repeats"],
-            "cpu",
-        )
-        logits = forward()
+        while (request := connection.recv()) != "finish":
+            start = time.perf_counter()
+            runs[request]()
+            connection.send(time.perf_counter() - start)
+        logits = runs["forward"]()
     width, height = PHOTO_SIZE if not params["tiny"] else (PHOTO_SIZE[0] // 8, PHOTO_SIZE[1] // 8)
     photo = random_photo(width, height, seed=5)
     class_map = segmentation_from_masks(segmenter(photo), segmenter.model.config.class_names, photo.size)
     scratch = Path(params["scratch"])
     np.save(scratch / f"{params['backend']}-logits.npy", logits)
     np.save(scratch / f"{params['backend']}-class-map.npy", class_map)
-    return {
-        "forward_s": forward_timing["median_s"],
-        "forward_min_s": forward_timing["min_s"],
-        "window_path_s": window_timing["median_s"],
-        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "window": side,
-        "classes": int(class_embeds.shape[0]),
-        "photo_size": [width, height],
-        "threads": params["threads"],
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-    }
+    connection.send(
+        {
+            "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "window": side,
+            "classes": int(class_embeds.shape[0]),
+            "photo_size": [width, height],
+        }
+    )
+
+
+def measure_backends(common: dict) -> dict:
+    """
+    The four backends, each in a process of its own, loaded one after the other and then timed in turns (one run
+    of each backend a round, a warm-up round first), so that the shared machine's noise falls on all of them alike.
+    """
+    from benchmarking import load_average
+
+    context = multiprocessing.get_context("spawn")
+    servers = {}
+    for backend in BACKENDS:
+        logger.info(f"Loading {backend} ...")
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=backend_server, args=(child_end, {**common, "backend": backend}))
+        process.start()
+        if parent_end.recv() != "ready":
+            raise RuntimeError(f"{backend} did not start")
+        servers[backend] = (process, parent_end)
+    results = {backend: {"load_average_start": load_average()} for backend in BACKENDS}
+    for run in ("forward", "window_path"):
+        logger.info(f"Timing {run} ...")
+        times = {backend: [] for backend in BACKENDS}
+        for _ in range(common["repeats"] + 1):
+            for backend, (_, connection) in servers.items():
+                time.sleep(SETTLE_S)
+                connection.send(run)
+                times[backend].append(connection.recv())
+        for backend in BACKENDS:
+            timed = times[backend][1:]  # the first round warms up
+            results[backend].update({f"{run}_s": statistics.median(timed), f"{run}_times_s": timed})
+    for backend, (process, connection) in servers.items():
+        connection.send("finish")
+        results[backend].update(connection.recv(), load_average_end=load_average(), threads=common["threads"])
+        process.join()
+    return results
 
 
 def build_worker(params: dict) -> dict:
@@ -192,8 +233,6 @@ def compare_to_reference(results: dict, scratch: Path) -> None:
     reference_logits = np.load(scratch / f"{REFERENCE}-logits.npy")
     reference_map = np.load(scratch / f"{REFERENCE}-class-map.npy")
     for backend, result in results.items():
-        if "failed" in result:
-            continue
         logits = np.load(scratch / f"{backend}-logits.npy")
         class_map = np.load(scratch / f"{backend}-class-map.npy")
         result["max_abs_logit_difference"] = float(np.abs(logits.astype(np.float64) - reference_logits).max())
@@ -254,9 +293,6 @@ def markdown(report: dict) -> str:
     ]
     reference = report["backends"][REFERENCE].get("forward_s")
     for backend, result in report["backends"].items():
-        if "failed" in result:
-            lines.append(f"| {backend} | failed: {result['failed'][:120]} | | | | | | |")
-            continue
         demo = report["demo"].get("backends", {}).get(backend)
         demo_cell = (
             f"{demo['bundled']['agreement']:.2%} / {demo['held_out']['agreement']:.2%}" if demo else "reference"
@@ -322,12 +358,7 @@ def main() -> None:
         report["export"] = in_fresh_process(build_worker, common)
         if "failed" in report["export"]:
             raise SystemExit(f"error: building or exporting the model failed: {report['export']['failed']}")
-        report["backends"] = {}
-        for backend in BACKENDS:
-            logger.info(f"{backend} ...")
-            report["backends"][backend] = in_fresh_process(measure_worker, {**common, "backend": backend})
-        if "failed" in report["backends"][REFERENCE]:
-            raise SystemExit(f"error: the torch float32 reference failed: {report['backends'][REFERENCE]['failed']}")
+        report["backends"] = measure_backends(common)
         compare_to_reference(report["backends"], scratch)
         logger.info("Demo model agreement ...")
         report["demo"] = in_fresh_process(demo_agreement_worker, common)
