@@ -29,8 +29,9 @@ from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
 from .errors import INPUT_ERRORS, counted, one_line
 from .image_processing_cascade_clip import ImageInputError, check_image_file
+from .onnx_export import QUANTIZATIONS
 from .presets import BENCHMARKS
-from .segmenter import INFERENCE_DTYPES
+from .segmenter import BACKENDS, INFERENCE_DTYPES
 
 
 logger = logging.getLogger("cascade_clip_hf")
@@ -150,6 +151,13 @@ def add_segment_parser(subparsers) -> None:
         help=f"threads torch computes with (default: torch's own choice, {torch.get_num_threads()} here)",
     )
     add_dtype_argument(parser)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=BACKENDS[0],
+        help="what runs the model (default: %(default)s); onnx and onnx-int8 run an `export-onnx` folder (--model: "
+        "it, or a model folder with it in onnx/) in ONNX Runtime on the CPU",
+    )
     parser.set_defaults(run=run_segment)
 
 
@@ -376,7 +384,7 @@ def run_segment(args) -> int:
     # Before any work; the names are exact when every image is readable, and each write checks its own again.
     names = [name for path in paths for name in segmentation_files(unique_stem(path, stems))]
     check_output_folder(args.output, names, kind=SEGMENTATION)
-    segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device, args.dtype)
+    segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device, args.dtype, args.backend, args.threads)
     if own_vocabulary is not None:
         check_vocabulary_fits(own_vocabulary, segmenter.model, segmenter.processor, args.vocabulary)
     class_names = vocabulary(segmenter, labels)
@@ -466,6 +474,28 @@ def run_embed(args) -> int:
     return 0
 
 
+def add_export_onnx_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx",
+        help="export a model to ONNX, to segment with ONNX Runtime",
+        description="Exports the image path (pixel values and class embeddings to mask logits) and the text tower "
+        "(class prompts to class embeddings) to ONNX, beside the config, processor and a model card carrying the "
+        "weights' licence, and checks ONNX Runtime against PyTorch on random inputs.",
+    )
+    parser.add_argument("model", help="a Cascade-CLIP model: folder or Hub id")
+    parser.add_argument("--output", required=True, help="the folder to write the export into")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="also write the image path with int8 weights")
+    parser.add_argument("--opset", type=positive_int, help="ONNX opset (default: torch's)")
+    parser.set_defaults(run=run_export_onnx)
+
+
+def run_export_onnx(args) -> int:
+    from .onnx_export import export_onnx
+
+    export_onnx(args.model, args.output, args.quantize, args.opset)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="cascade-clip", description="Cascade-CLIP zero-shot segmentation tools.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -473,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_parity_parser(subparsers)
     add_segment_parser(subparsers)
     add_embed_parser(subparsers)
+    add_export_onnx_parser(subparsers)
     return parser
 
 

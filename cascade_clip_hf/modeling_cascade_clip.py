@@ -42,7 +42,7 @@ from .calibration import seen_score_shift, upsample_mask_logits
 from .configuration_cascade_clip import CascadeClipConfig
 from .labels import HIDDEN_LABEL
 from .pipeline_cascade_clip import check_class_embeds
-from .sliding_window import ClassMap, check_window, resize_scores, segment_scores, sliding_window_scores
+from .sliding_window import ClassMap, check_window, sliding_window_results
 from .vocabulary import check_distinct_class_embeddings, digest_tensors, seen_class_mask
 
 
@@ -165,6 +165,25 @@ def drop_token_positions(branch: torch.Tensor, rate: float) -> torch.Tensor:
     """
     keep = 1 - rate
     return branch * branch.new_empty(1, branch.shape[1], 1).bernoulli_(keep).div_(keep)
+
+
+def class_embeddings_of_prompts(prompt_embeds: torch.Tensor, prompts_shape: tuple[int, ...]) -> torch.Tensor:
+    """
+    Class embeddings from the projected text embeddings of their prompts, as the original computes them: each
+    prompt's embedding L2-normalised and, with several templates a class, averaged over them and normalised again.
+
+    Args:
+        prompt_embeds (`torch.Tensor` of shape `(num_prompts, projection_dim)`): in the order of the flattened
+            `input_ids`.
+        prompts_shape: `(num_classes,)` for one prompt a class, or `(num_classes, num_templates)`.
+
+    Returns:
+        `torch.Tensor` of shape `(num_classes, projection_dim)`.
+    """
+    class_embeds = F.normalize(prompt_embeds, dim=-1)
+    if len(prompts_shape) == 2:
+        class_embeds = F.normalize(class_embeds.view(*prompts_shape, -1).mean(dim=1), dim=-1)
+    return class_embeds
 
 
 class CascadeClipEncoderLayer(CLIPEncoderLayer):
@@ -911,10 +930,8 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
 
         def compute() -> torch.Tensor:
             flat_mask = attention_mask.reshape(-1, sequence_length) if attention_mask is not None else None
-            class_embeds = F.normalize(self.embed_prompts(input_ids.reshape(-1, sequence_length), flat_mask), dim=-1)
-            if input_ids.dim() == 3:
-                class_embeds = F.normalize(class_embeds.view(*input_ids.shape[:2], -1).mean(dim=1), dim=-1)
-            return class_embeds
+            prompt_embeds = self.embed_prompts(input_ids.reshape(-1, sequence_length), flat_mask)
+            return class_embeddings_of_prompts(prompt_embeds, input_ids.shape[:-1])
 
         needs_gradients = torch.is_grad_enabled() and any(p.requires_grad for p in self.text_encoder.parameters())
         drops_out = self.text_encoder.training and self.text_encoder.config.attention_dropout > 0
@@ -1197,23 +1214,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             (`torch.LongTensor` of shape `(height, width)`: each pixel's best class, as `argmax` over the scores
             takes it) and `scores` (`torch.FloatTensor` of shape `(height, width)`: that class's score).
         """
-        if output not in ("scores", "segmentation"):
-            raise ValueError(f'output must be "scores" or "segmentation", got {output!r}.')
         images = list(pixel_values)
-        if not images:
-            raise ValueError("No images were given.")
         for image in images:
             self.check_pixel_values(image[None] if image.dim() == 3 else image)
-        if output_size is None or isinstance(output_size[0], int):
-            output_sizes = [output_size or tuple(image.shape[-2:]) for image in images]
-        else:
-            output_sizes = list(output_size)
-        if len(output_sizes) != len(images):
-            raise ValueError(
-                f"The number of output sizes ({len(output_sizes)}) is not that of images ({len(images)})."
-            )
-        if isinstance(pixel_values, torch.Tensor) and len({tuple(size) for size in output_sizes}) > 1:
-            raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
         crop_size = crop_size if crop_size is not None else self.config.slide_crop_size
         stride = stride if stride is not None else self.config.slide_stride
         check_window(crop_size, stride, self.config.vision_config.patch_size)
@@ -1225,19 +1228,17 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         def window_logits(crops: torch.Tensor) -> torch.Tensor:
             return self(pixel_values=crops, class_embeds=class_embeds).logits
 
-        image_scores = sliding_window_scores(
-            images,
+        return sliding_window_results(
+            pixel_values,
             window_logits,
             score_shift,
+            output_size,
             crop_size,
             stride,
             self.config.vision_config.image_size,
             window_batch_size,
+            output,
         )
-        if output == "segmentation":
-            return [segment_scores(scores, size) for scores, size in zip(image_scores, output_sizes, strict=True)]
-        results = [resize_scores(scores, size) for scores, size in zip(image_scores, output_sizes, strict=True)]
-        return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results
 
 
 # Saved weights keep the layout of earlier releases (and of every published checkpoint): the decode head's

@@ -27,6 +27,8 @@ DEMO_MODEL = Path(__file__).parent / "demo_model"
 # The number formats a model can be loaded in for inference; float32, the first, is the default, for fidelity to the
 # original. Half precision runs on CPU too (torch computes float16 there, slowly where the CPU lacks it natively).
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+# What runs the model: PyTorch, or ONNX Runtime on an export (see `onnx_runtime.py`), in float32 or int8.
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def looks_like_a_path(model_name: str) -> bool:
@@ -168,9 +170,27 @@ def load_for_inference(
 
 
 def load_segmenter(
-    model_name: str, device: str = "cpu", dtype: str = "float32"
+    model_name: str, device: str = "cpu", dtype: str = "float32", backend: str = "torch", threads: int | None = None
 ) -> CascadeClipZeroShotSegmentationPipeline:
-    """The zero-shot pipeline for a model folder or Hub id in `dtype`, loaded strictly (see `load_for_inference`)."""
+    """
+    The zero-shot pipeline for a model folder or Hub id in `dtype`, loaded strictly (see `load_for_inference`); with
+    an ONNX `backend` (one of `BACKENDS`), for an export folder run by ONNX Runtime with `threads` threads (see
+    `onnx_runtime.load_onnx_segmenter`).
+
+    Raises:
+        ValueError: for an unknown backend, or a device or dtype that an ONNX backend does not take.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for {model_name}: use one of {', '.join(BACKENDS)}.")
+    if backend != "torch":
+        from .onnx_runtime import load_onnx_segmenter
+
+        if (device, dtype) != ("cpu", "float32"):
+            raise ValueError(
+                f"--backend {backend} runs on the CPU in the export's own precision: leave --device and --dtype at "
+                "their defaults."
+            )
+        return load_onnx_segmenter(model_name, quantized=backend == "onnx-int8", threads=threads)
     model, processor = load_for_inference(model_name, dtype)
     return CascadeClipZeroShotSegmentationPipeline(model=model, processor=processor, device=device)
 

@@ -4,7 +4,8 @@ Three steps, each usable by any backend that turns a batch of crops into mask lo
 runtime returning numpy arrays): planning the windows (`plan_windows`, `window_batches`), summing their calibrated
 scores at the processed resolution in float32 (`sliding_window_scores`), and the step to the output size
 (`resize_scores` for every class's scores, `segment_in_class_chunks` for the class map alone, in pieces whose size
-does not grow with the number of classes times the output's pixels).
+does not grow with the number of classes times the output's pixels). `sliding_window_results` composes them as
+the PyTorch model and the ONNX Runtime segmenter both run them.
 """
 
 import itertools
@@ -260,3 +261,55 @@ def segment_scores(
     return segment_in_class_chunks(
         len(scores), size, lambda classes: resize_scores(scores[classes], size), chunk_elements, keep_class_scores
     )
+
+
+def sliding_window_results(
+    pixel_values: torch.Tensor | Sequence[torch.Tensor],
+    window_logits: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
+    score_shift: torch.Tensor,
+    output_size: tuple[int, int] | Sequence[tuple[int, int]] | None,
+    crop_size: int,
+    stride: int,
+    mask_size: int | None = None,
+    window_batch_size: int | None = None,
+    output: str = "scores",
+) -> torch.Tensor | list[torch.Tensor] | list[ClassMap]:
+    """
+    The whole test-time path after the model, whichever backend scores the windows: `sliding_window_scores`, then
+    every class's scores resized to the output size, or the class map made a few classes at a time.
+
+    Args:
+        pixel_values: a `(batch_size, num_channels, height, width)` tensor, or a list of `(num_channels, height,
+            width)` tensors of different sizes.
+        window_logits, score_shift, crop_size, stride, mask_size, window_batch_size: see `sliding_window_scores`.
+        output_size (`tuple[int, int]` or a list of them, *optional*): `(height, width)` of the result, for every
+            image or one per image; each input's own size when None.
+        output (`str`): `"scores"` or `"segmentation"`.
+
+    Returns:
+        With `output="scores"`: a `(batch_size, num_classes, *output_size)` tensor for a tensor input, else one
+        `(num_classes, height, width)` tensor per image. With `output="segmentation"`: one [`ClassMap`] per image.
+
+    Raises:
+        ValueError: for an unknown `output`, no images, or output sizes that do not match the images.
+    """
+    if output not in ("scores", "segmentation"):
+        raise ValueError(f'output must be "scores" or "segmentation", got {output!r}.')
+    images = list(pixel_values)
+    if not images:
+        raise ValueError("No images were given.")
+    if output_size is None or isinstance(output_size[0], int):
+        output_sizes = [output_size or tuple(image.shape[-2:]) for image in images]
+    else:
+        output_sizes = list(output_size)
+    if len(output_sizes) != len(images):
+        raise ValueError(f"The number of output sizes ({len(output_sizes)}) is not that of images ({len(images)}).")
+    if isinstance(pixel_values, torch.Tensor) and len({tuple(size) for size in output_sizes}) > 1:
+        raise ValueError("A batch tensor gets one output size; pass a list of images for several sizes.")
+    image_scores = sliding_window_scores(
+        images, window_logits, score_shift, crop_size, stride, mask_size, window_batch_size
+    )
+    if output == "segmentation":
+        return [segment_scores(scores, size) for scores, size in zip(image_scores, output_sizes, strict=True)]
+    results = [resize_scores(scores, size) for scores, size in zip(image_scores, output_sizes, strict=True)]
+    return torch.stack(results) if isinstance(pixel_values, torch.Tensor) else results

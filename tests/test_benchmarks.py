@@ -20,7 +20,7 @@ def test_user_paths_benchmark_measures_this_tree_beside_the_baseline(tmp_path):
 def test_a_benchmark_refuses_to_replace_a_users_file_before_measuring(tmp_path):
     mine = tmp_path / "mine.json"
     mine.write_text("my notes")
-    for script in ("benchmark_user_paths.py", "benchmark_inference.py", "benchmark_training.py"):
+    for script in ("benchmark_user_paths.py", "benchmark_inference.py", "benchmark_training.py", "benchmark_onnx.py"):
         result = run_script(script, ["--output", str(mine)], returncode=2)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "mine.json" in errors[0], result.stderr[-2000:]
