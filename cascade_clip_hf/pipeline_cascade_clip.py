@@ -199,6 +199,8 @@ def check_class_embeds(
             f"{source} must be a tensor of shape {expected}: one row per class name, each the model's "
             f"projection_dim long; got shape {tuple(class_embeds.shape)}."
         )
+    if torch.compiler.is_compiling():  # values are data: a traced or exported graph checks the shape only
+        return class_embeds
     not_finite = (~torch.isfinite(class_embeds)).any(dim=1).nonzero().flatten().tolist()
     if not_finite:
         raise ValueError(
