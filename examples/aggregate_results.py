@@ -8,11 +8,11 @@ and sample standard deviation (n - 1) of mIoU, mIoU(seen), mIoU(unseen), hIoU an
 metric a run could not compute (hIoU without unseen classes) is left out of its mean.
 """
 
-import argparse
 import json
 import logging
 import sys
 
+from cascade_clip_hf.arguments import CommandLineParser
 from cascade_clip_hf.errors import INPUT_ERRORS, one_line
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, aggregate_markdown
 
@@ -21,7 +21,7 @@ logger = logging.getLogger("aggregate_results")
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="results.json files, one per run")
     args = parser.parse_args(argv)
     records = {}
