@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,11 +13,69 @@ from .errors import counted, one_line
 from .presets import BENCHMARKS
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line, like every other error of the command line."""
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """
+    Help that ends each option's text with its default, where there is one worth reading: not for options without
+    a default (None), switches, empty lists, or texts that already say what happens by default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help, action.default  # argparse asks only for options with a help text
+        if (
+            default in (None, argparse.SUPPRESS)
+            or isinstance(default, bool)
+            or (isinstance(default, (list, tuple, dict)) and not default)
+            or "default" in text.lower()
+            or (not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            # Several values are typed apart; a list that one value holds is typed with commas (`2048,512`).
+            separator = "," if action.nargs in (None, argparse.OPTIONAL) else " "
+            shown_default = separator.join(map(str, default))
+        else:
+            shown_default = str(default)
+        # The help text is a %-format string (argparse fills in %(default)s and the like).
+        return f"{text} (default: {shown_default.replace('%', '%%')})"
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """
+    The argument parser of `cascade-clip` and the example scripts: usage errors are one line, like every other
+    error of the command line; the help shows defaults; and every long option is accepted spelled with dashes or
+    with underscores (`--output-dir` and `--output_dir`), whichever of the two the parser names it by. The command
+    line names its options with dashes, the scripts with underscores, as transformers' scripts do.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Subcommands' parsers (of this class too) respell their own options when the main parser hands them over.
+        args = sys.argv[1:] if args is None else list(args)
+        end = args.index("--") if "--" in args else len(args)
+        respelled = [self.known_spelling(argument) for argument in args[:end]] + args[end:]
+        return super().parse_known_args(respelled, namespace)
+
+    def known_spelling(self, argument: str) -> str:
+        """
+        `argument` (`--name` or `--name=value`) with `name` spelled as this parser knows it, when it knows only the
+        other spelling (dashes for underscores or the reverse); any other argument as it is.
+        """
+        if not argument.startswith("--"):
+            return argument
+        option, equals, value = argument.partition("=")
+        known = self._option_string_actions  # argparse's table of this parser's options, its groups' included
+        if option in known:
+            return argument
+        for respelled in ("--" + option[2:].replace("_", "-"), "--" + option[2:].replace("-", "_")):
+            if respelled in known:
+                return respelled + equals + value
+        return argument
 
 
 def positive_int(text: str) -> int:
@@ -42,22 +101,47 @@ def unit_interval(text: str) -> float:
 
 
 def torch_device(text: str) -> str:
-    """A device this torch can run on: `cpu`, or `cuda`/`cuda:N`/`mps` where present."""
+    """
+    A device this torch can run on: `cpu`, `cuda`, `cuda:N` or `mps` where present, or `auto`, which picks the
+    first CUDA GPU if there is one, else Apple's MPS if there is, else the CPU (the name it picks is returned).
+    """
     import torch
 
+    if text == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        raise argparse.ArgumentTypeError(
-            f"{text}: this torch sees {counted(torch.cuda.device_count(), 'CUDA device')}; use cpu"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda, cuda:N or mps")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda":
+        check_cuda_device(text, device.index)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: use auto, cpu, cuda, cuda:N or mps")
     return text
+
+
+def check_cuda_device(text: str, index: int | None) -> None:
+    """Refuses (`ArgumentTypeError`) the CUDA device `text`, of index `index`, when this torch cannot use it."""
+    import torch
+
+    if not torch.backends.cuda.is_built():
+        raise argparse.ArgumentTypeError(
+            f"{text}: CUDA is not available in this torch build (a CPU-only build); use --device cpu or auto"
+        )
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{text}: CUDA is not available on this machine (no GPU or driver found); use --device cpu or auto"
+        )
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        devices = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has {counted(count, 'CUDA device')} ({devices}); use one of them, or auto"
+        )
 
 
 def comma_separated_ints(text: str) -> list[int]:
@@ -145,11 +229,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--dataset_name", help="a Hugging Face dataset (name, or a folder written by save_to_disk)")
     group.add_argument("--id2label", help="id2label.json with the class names of --dataset_name")
-    group.add_argument("--image_column", default="image")
-    group.add_argument("--label_column", default="label")
+    group.add_argument("--image_column", default="image", help="the dataset's column of images")
+    group.add_argument("--label_column", default="label", help="the dataset's column of label maps")
     group.add_argument("--reduce_labels", action="store_true", help="label 0 is background: ignore it, shift the rest")
     group.add_argument("--seen_class_ids", type=comma_separated_ints, help="classes seen in training, e.g. 0,1,2")
-    group.add_argument("--setting", choices=SETTINGS, default="inductive")
+    group.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="inductive",
+        help="zero-shot setting: unseen classes' pixels ignored or used",
+    )
 
 
 def data_source(args: argparse.Namespace):

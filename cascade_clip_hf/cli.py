@@ -4,20 +4,24 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import tempfile
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import PIL.Image
 import torch
+import transformers
 from transformers.utils import logging as transformers_logging
 
+from . import __version__
 from .arguments import (
-    OneLineErrorParser,
+    CommandLineParser,
     class_names_argument,
     comma_separated_ints,
     positive_int,
@@ -48,16 +52,18 @@ def add_convert_parser(subparsers) -> None:
     parser.add_argument("checkpoint", help="the original .pth checkpoint")
     parser.add_argument("--output-dir", required=True, help="where to write the converted model")
     parser.add_argument("--preset", choices=BENCHMARKS, help="the benchmark the checkpoint was trained on")
-    parser.add_argument("--setting", choices=SETTINGS, help="default: inductive")
+    parser.add_argument(
+        "--setting", choices=SETTINGS, help="the setting the checkpoint was trained in (default: inductive)"
+    )
     parser.add_argument("--class-names", type=class_names_argument, help='"cat,dog,..." or a .txt/.json file')
     parser.add_argument("--class-embeddings", help="a .npy of precomputed class embeddings, one row per class")
     parser.add_argument("--seen-class-ids", type=comma_separated_ints, help="ids of the classes seen in training")
-    parser.add_argument("--extract-layers", type=comma_separated_ints, help="tapped layers, default 5,6,7,8,9,10")
+    parser.add_argument("--extract-layers", type=comma_separated_ints, help="tapped layers (default: 5,6,7,8,9,10)")
     parser.add_argument("--templates", nargs="+", help='prompt templates, e.g. "a photo of a {}."')
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="name or path of a CLIP tokenizer")
-    parser.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (default width/64)")
-    parser.add_argument("--text-heads", type=int, help="attention heads of the text tower (default width/64)")
-    parser.add_argument("--decoder-heads", type=int, help="attention heads of the decoders (default 8)")
+    parser.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (default: width/64)")
+    parser.add_argument("--text-heads", type=int, help="attention heads of the text tower (default: width/64)")
+    parser.add_argument("--decoder-heads", type=int, help="attention heads of the decoders (default: 8)")
     parser.set_defaults(run=run_convert)
 
 
@@ -96,8 +102,9 @@ def add_parity_parser(subparsers) -> None:
 def run_parity(args) -> int:
     from .fixture_parity import compare_to_expected, convert_fixture, fixture_outputs, format_report
     from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
+    from .segmenter import without_loading_bars
 
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory() as workdir, without_loading_bars():
         model_dir = convert_fixture(args.fixture_dir, Path(workdir) / "model", args.tokenizer)
         model = CascadeClipForZeroShotSegmentation.from_pretrained(model_dir)
     report = compare_to_expected(fixture_outputs(model, args.fixture_dir), args.fixture_dir)
@@ -121,11 +128,18 @@ def add_segment_parser(subparsers) -> None:
         "segment",
         help="segment images into the classes you name",
         description="Segments images (files, or folders of images) into the given class names, or the model's "
-        "default vocabulary, with the original's test-time sliding window. Writes for each image a class-id map "
-        "(NAME_classes.png, pixel values index --labels), a coloured overlay with a legend (NAME_overlay.png) and "
-        "the share of pixels each class wins (NAME.json).",
+        "default vocabulary, with the original's test-time sliding window. Writes for each image, named by its file "
+        "name with its suffix (photo.jpg), a class-id map (photo.jpg_classes.png, pixel values index --labels), a "
+        "coloured overlay with a legend (photo.jpg_overlay.png) and the share of pixels each class wins with the "
+        "image it came from (photo.jpg.json).",
     )
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also segment the images of the folders' subfolders, at any depth, except hidden ones (.name) and "
+        "links to folders; the results' folders mirror them under --output-dir",
+    )
     parser.add_argument(
         "--model",
         help="a Cascade-CLIP model: folder or Hub id (default: the tiny toy-world demo model shipped in the package, "
@@ -136,8 +150,10 @@ def add_segment_parser(subparsers) -> None:
     classes.add_argument(
         "--vocabulary", help="a .safetensors file of class names embedded once by `cascade-clip embed`"
     )
-    parser.add_argument("--output", required=True, help="folder for the results")
-    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--output-dir", "--output", dest="output", metavar="DIR", required=True, help="folder for the results"
+    )
+    add_device_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
     parser.add_argument("--crop-size", type=positive_int, help="sliding-window size (default: the model's)")
     parser.add_argument("--stride", type=positive_int, help="sliding-window stride (default: the model's)")
@@ -161,6 +177,16 @@ def add_segment_parser(subparsers) -> None:
     parser.set_defaults(run=run_segment)
 
 
+def add_device_argument(parser) -> None:
+    """`--device`, where the model runs, as `segment` and `embed` take it."""
+    parser.add_argument(
+        "--device",
+        type=torch_device,
+        default="auto",
+        help="auto (a CUDA GPU if there is one, else MPS, else the CPU), cpu, cuda, cuda:1 or mps",
+    )
+
+
 def add_dtype_argument(parser) -> None:
     """`--dtype`, the number format the model is loaded in, as `segment` and `embed` take it."""
     parser.add_argument(
@@ -172,21 +198,53 @@ def add_dtype_argument(parser) -> None:
     )
 
 
-def image_paths(inputs: list[str]) -> list[Path]:
+@dataclass(frozen=True)
+class ImageSource:
     """
-    Files as given (missing ones too, to be reported when read), and the images (by suffix) of folders, sorted. A
-    folder's entry named like an image that is not a readable regular file (a folder, named pipe, socket, device,
-    broken link, or a file without read permission) is left out with a warning.
+    An image to segment: `path`, its file; `given`, the input of the command line it was found from (a folder, or
+    the file itself); `relative`, its path relative to that folder (its name for a file given itself), which names
+    its results and the folder they go in.
     """
-    paths = []
+
+    path: Path
+    given: str
+    relative: PurePosixPath
+
+
+def image_sources(inputs: list[str], recursive: bool = False, output: Path | None = None) -> list[ImageSource]:
+    """
+    Files as given (missing ones too, to be reported when read), and the images (by suffix) of folders, sorted;
+    with `recursive`, those of their subfolders too, at any depth, except hidden ones, links to folders and the
+    folder `output`. A folder's entry named like an image that is not a readable regular file (a folder, named
+    pipe, socket, device, broken link, or a file without read permission) is left out with a warning.
+    """
+    sources = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            named_like_images = sorted(child for child in path.iterdir() if child.suffix.lower() in IMAGE_SUFFIXES)
-            paths += [child for child in named_like_images if readable_file(child)]
+            skipped = output.resolve() if output is not None else None
+            found = folder_images(path, recursive, skipped)
+            sources += [ImageSource(image, name, PurePosixPath(image.relative_to(path).as_posix())) for image in found]
         else:
-            paths.append(path)
-    return paths
+            sources.append(ImageSource(path, name, PurePosixPath(path.name)))
+    return sources
+
+
+def folder_images(folder: Path, recursive: bool, skipped: Path | None) -> list[Path]:
+    """The images of `folder`, in name order, and with `recursive` those of its subfolders (see `image_sources`)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as error:
+        logger.warning(f"warning: skipping the folder {shown(folder)}: {error.strerror or one_line(error)}")
+        return []
+    images = []
+    for entry in entries:
+        if recursive and entry.is_dir() and not entry.is_symlink():
+            if not entry.name.startswith(".") and entry.resolve() != skipped:
+                images += folder_images(entry, recursive, skipped)
+        elif entry.suffix.lower() in IMAGE_SUFFIXES and readable_file(entry):
+            images.append(entry)
+    return images
 
 
 def readable_file(path: Path) -> bool:
@@ -199,18 +257,35 @@ def readable_file(path: Path) -> bool:
     return True
 
 
-def unique_stem(path: Path, used: set[str]) -> str:
-    stem, number = path.stem, 1
-    while stem in used:
-        number += 1
-        stem = f"{path.stem}-{number}"
-    used.add(stem)
-    return stem
+def result_names(sources: list[ImageSource]) -> list[PurePosixPath]:
+    """
+    What each image's results are named by, relative to the output folder: its path relative to its input, suffix
+    included (`trip/photo.jpg`), so that `photo.jpg` and `photo.png` stay apart and a name does not change from run
+    to run. A name another input's image took already (ignoring case, as some file systems do) gets `-2`, `-3`, ...
+    """
+    taken, names = set(), []
+    for source in sources:
+        name, number = source.relative, 1
+        while str(name).casefold() in taken:
+            number += 1
+            name = source.relative.with_name(f"{source.relative.name}-{number}")
+        taken.add(str(name).casefold())
+        names.append(name)
+    return names
 
 
-def segmentation_files(stem: str) -> list[str]:
-    """The files written for the image `stem`: class-id map, overlay and class shares."""
-    return [f"{stem}_classes.png", f"{stem}_overlay.png", f"{stem}.json"]
+def check_result_folders(output: Path, names: list[PurePosixPath]) -> None:
+    """Checks, before any work, that the results named `names` can be written into `output` and its subfolders."""
+    files_by_folder = defaultdict(list)
+    for name in names:
+        files_by_folder[name.parent] += segmentation_files(name.name)
+    for folder, files in files_by_folder.items():
+        check_output_folder(output / folder, files, kind=SEGMENTATION)
+
+
+def segmentation_files(name: str) -> list[str]:
+    """The files written for the image of results name `name`: class-id map, overlay and class shares."""
+    return [f"{name}_classes.png", f"{name}_overlay.png", f"{name}.json"]
 
 
 # zlib's fastest level: a 12-megapixel overlay encodes 2-4x faster than at PIL's default (6) and 1-13% larger (level
@@ -218,17 +293,25 @@ def segmentation_files(stem: str) -> list[str]:
 PNG_COMPRESSION = 1
 
 
-def write_segmentation(image, segments: list[dict], class_names: list[str], output: Path, stem: str, alpha: float):
+def write_segmentation(
+    image, segments: list[dict], class_names: list[str], output: Path, name: PurePosixPath, alpha: float, source
+):
+    """Writes the results of `source`, the `ImageSource` of `image`, under the results name `name` in `output`."""
     from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
 
     segmentation = segmentation_from_masks(segments, class_names, image.size)
     dtype = "uint8" if len(class_names) <= 256 else "uint16"
-    classes_file, overlay_file, fractions_file = segmentation_files(stem)
-    with output_files(output, SEGMENTATION) as staging:
+    classes_file, overlay_file, fractions_file = segmentation_files(name.name)
+    with output_files(output / name.parent, SEGMENTATION) as staging:
         PIL.Image.fromarray(segmentation.astype(dtype)).save(staging / classes_file, compress_level=PNG_COMPRESSION)
         overlay = overlay_with_legend(image, segmentation, class_names, alpha=alpha)
         overlay.save(staging / overlay_file, compress_level=PNG_COMPRESSION)
-        shares = {"class_names": class_names, "fractions": class_fractions(segmentation, class_names)}
+        shares = {
+            "source": str(source.relative),
+            "input": source.given,
+            "class_names": class_names,
+            "fractions": class_fractions(segmentation, class_names),
+        }
         (staging / fractions_file).write_text(json.dumps(shares, indent=2))
 
 
@@ -256,14 +339,19 @@ def skip_message(path: Path, error: Exception) -> str:
 UNWRITABLE_NAME = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
 
 
-def own_outputs_left_out(paths: list[Path], output: Path) -> list[Path]:
-    """`paths` without the results an earlier run wrote into `output`, when `output` is also an input folder."""
+def own_outputs_left_out(sources: list[ImageSource], output: Path) -> list[ImageSource]:
+    """
+    `sources` without the results an earlier run wrote into `output` or its subfolders, when they are also input
+    folders.
+    """
     if not output.is_dir():
-        return paths
-    recorded, folder = recorded_names(output), output.resolve()
-    kept = [path for path in paths if not (path.name in recorded and path.parent.resolve() == folder)]
-    if len(kept) < len(paths):
-        left_out = counted(len(paths) - len(kept), "file")
+        return sources
+    folder = output.resolve()
+    folders = {source.path.parent for source in sources}
+    recorded = {parent: recorded_names(parent) for parent in folders if parent.resolve().is_relative_to(folder)}
+    kept = [source for source in sources if source.path.name not in recorded.get(source.path.parent, ())]
+    if len(kept) < len(sources):
+        left_out = counted(len(sources) - len(kept), "file")
         logger.info(f"Leaving out {left_out} cascade-clip wrote into {shown(output)} itself.")
     return kept
 
@@ -285,26 +373,26 @@ def check_run_settings(segmenter, labels: list[str] | None, crop_size: int | Non
         embed_class_names(segmenter.model, segmenter.processor.tokenizer, labels, segmenter.processor.templates)
 
 
-def read_ahead(read: Callable, paths: list[Path], reader: ThreadPoolExecutor, ahead: int) -> Iterator[tuple]:
+def read_ahead(read: Callable, sources: list[ImageSource], reader: ThreadPoolExecutor, ahead: int) -> Iterator[tuple]:
     """
-    `(path, pixels)` for each path in order, `pixels` being what `read(path)` returned or the exception it raised;
-    `reader` reads at most `ahead` images beyond the one last yielded, so memory stays bounded.
+    `(source, pixels)` for each source in order, `pixels` being what `read(source.path)` returned or the exception it
+    raised; `reader` reads at most `ahead` images beyond the one last yielded, so memory stays bounded.
     """
     pending = deque()
-    for path in paths:
-        pending.append((path, reader.submit(read, path)))
+    for source in sources:
+        pending.append((source, reader.submit(read, source.path)))
         if len(pending) > ahead:
             yield outcome(*pending.popleft())
     while pending:
         yield outcome(*pending.popleft())
 
 
-def outcome(path: Path, future: Future) -> tuple:
-    """`(path, result)` of a finished task, the result being the exception the task raised if it failed."""
+def outcome(source: ImageSource, future: Future) -> tuple:
+    """`(source, result)` of a finished task, the result being the exception the task raised if it failed."""
     try:
-        return path, future.result()
+        return source, future.result()
     except Exception as error:  # whatever fails on one image skips that image only
-        return path, error
+        return source, error
 
 
 def batches(items: Iterable, size: int) -> Iterator[list]:
@@ -377,13 +465,14 @@ def run_segment(args) -> int:
         check_class_names(args.labels, "--labels")
     own_vocabulary = load_vocabulary(args.vocabulary) if args.vocabulary is not None else None
     labels = own_vocabulary.class_names if own_vocabulary is not None else args.labels
-    paths = own_outputs_left_out(image_paths(args.inputs), Path(args.output))
-    if not paths:
+    check_output_folder(args.output, [], kind=SEGMENTATION)  # an empty name, a file, a folder not writable
+    output = Path(args.output)
+    sources = own_outputs_left_out(image_sources(args.inputs, args.recursive, output), output)
+    if not sources:
         raise ValueError(f"No images found in {', '.join(args.inputs)}.")
-    output, stems = Path(args.output), set()
-    # Before any work; the names are exact when every image is readable, and each write checks its own again.
-    names = [name for path in paths for name in segmentation_files(unique_stem(path, stems))]
-    check_output_folder(args.output, names, kind=SEGMENTATION)
+    names = result_names(sources)
+    # Before any work; each write checks its own files again.
+    check_result_folders(output, names)
     segmenter = load_segmenter(args.model or str(DEMO_MODEL), args.device, args.dtype, args.backend, args.threads)
     if own_vocabulary is not None:
         check_vocabulary_fits(own_vocabulary, segmenter.model, segmenter.processor, args.vocabulary)
@@ -396,35 +485,37 @@ def run_segment(args) -> int:
         "stride": args.stride,
         "window_batch_size": args.window_batch_size,
     }
-    failures, used_stems, writes = 0, set(), deque()
+    failures, names_in_order, writes = 0, iter(names), deque()
     with torch_threads(args.threads):
         check_run_settings(segmenter, args.labels, args.crop_size, args.stride)
         # The model runs here while one thread reads the next batch and another writes the previous one. Error
         # lines go above the progress bar, each on a line of its own, in the order of the inputs.
         with (
             logging_redirect_tqdm(),
-            tqdm(total=len(paths), desc="Segmenting", unit="image") as progress,
+            tqdm(total=len(sources), desc="Segmenting", unit="image") as progress,
             background_thread("read") as reader,
             background_thread("write") as writer,
         ):
             read = segmenter.image_processor.read_image
-            for batch in batches(read_ahead(read, paths, reader, args.batch_size), args.batch_size):
+            for batch in batches(read_ahead(read, sources, reader, args.batch_size), args.batch_size):
                 readable = [pixels for _, pixels in batch if not isinstance(pixels, Exception)]
                 results = iter(segment_each(segmenter, readable, **options) if readable else [])
                 failures += finished_writes(writes, progress)
-                for path, pixels in batch:
+                for source, pixels in batch:
+                    name = next(names_in_order)
                     segments = pixels if isinstance(pixels, Exception) else next(results)
                     if isinstance(segments, Exception):
-                        logger.error(skip_message(path, segments))
+                        logger.error(skip_message(source.path, segments))
                         failures += 1
                         progress.update()
                         continue
-                    stem = unique_stem(path, used_stems)
                     image = PIL.Image.fromarray(pixels)
-                    write = writer.submit(write_segmentation, image, segments, class_names, output, stem, args.alpha)
-                    writes.append((path, write))
+                    write = writer.submit(
+                        write_segmentation, image, segments, class_names, output, name, args.alpha, source
+                    )
+                    writes.append((source.path, write))
             failures += finished_writes(writes, progress)
-    logger.info(f"Segmented {len(paths) - failures} of {counted(len(paths), 'image')} into {output}.")
+    logger.info(f"Segmented {len(sources) - failures} of {counted(len(sources), 'image')} into {output}.")
     return 1 if failures else 0
 
 
@@ -439,10 +530,10 @@ def add_embed_parser(subparsers) -> None:
     parser.add_argument(
         "--labels", type=class_names_argument, required=True, help='"cat,grass,sky" or a .txt/.json file'
     )
-    parser.add_argument("--output", required=True, help="the .safetensors file to write")
+    parser.add_argument("--output", metavar="FILE", required=True, help="the .safetensors file to write")
     parser.add_argument("--model", help="a Cascade-CLIP model: folder or Hub id (default: the demo model)")
     parser.add_argument("--templates", nargs="+", help='prompt templates (default: the model\'s), e.g. "a {}."')
-    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda, cuda:1, mps")
+    add_device_argument(parser)
     add_dtype_argument(parser)
     parser.set_defaults(run=run_embed)
 
@@ -483,7 +574,9 @@ def add_export_onnx_parser(subparsers) -> None:
         "weights' licence, and checks ONNX Runtime against PyTorch on random inputs.",
     )
     parser.add_argument("model", help="a Cascade-CLIP model: folder or Hub id")
-    parser.add_argument("--output", required=True, help="the folder to write the export into")
+    parser.add_argument(
+        "--output-dir", "--output", dest="output", required=True, help="the folder to write the export into"
+    )
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="also write the image path with int8 weights")
     parser.add_argument("--opset", type=positive_int, help="ONNX opset (default: torch's)")
     parser.set_defaults(run=run_export_onnx)
@@ -496,15 +589,56 @@ def run_export_onnx(args) -> int:
     return 0
 
 
+def add_info_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show a model's classes and settings",
+        description="Shows a model's default vocabulary (id: name, and which classes it did not see in training), "
+        "its prompt templates and its settings: input size, test-time resize, sliding window, towers, cascade "
+        "stages and decoders, dtype, parameters, whether it is a toy, its license. Reads the configuration, "
+        "processor and model card only, never the weights.",
+    )
+    parser.add_argument(
+        "model", nargs="?", help="a Cascade-CLIP model: folder or Hub id (default: the shipped toy-world demo model)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the information as JSON, for programs")
+    parser.set_defaults(run=run_info)
+
+
+def run_info(args) -> int:
+    from .model_info import format_model_info, model_info
+    from .segmenter import DEMO_MODEL
+
+    info = model_info(args.model or str(DEMO_MODEL))
+    print(json.dumps(info, indent=2) if args.json else format_model_info(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="cascade-clip", description="Cascade-CLIP zero-shot segmentation tools.")
+    parser = CommandLineParser(
+        prog="cascade-clip",
+        description="Cascade-CLIP zero-shot segmentation tools. Options may be spelled with dashes or underscores "
+        "(--output-dir or --output_dir).",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_line(),
+        help="print the versions of cascade-clip-hf, torch and transformers, and exit",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_parser(subparsers)
     add_parity_parser(subparsers)
     add_segment_parser(subparsers)
     add_embed_parser(subparsers)
     add_export_onnx_parser(subparsers)
+    add_info_parser(subparsers)
     return parser
+
+
+def version_line() -> str:
+    """What `cascade-clip --version` prints: this package's version and those of torch and transformers."""
+    return f"cascade-clip-hf {__version__} (torch {torch.__version__}, transformers {transformers.__version__})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,7 +650,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     transformers_logging.set_verbosity_error()
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader of what was printed stopped early (`| head`); stdout now goes nowhere, so that Python's own
+        # flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except INPUT_ERRORS as error:
         logger.error(f"error: {one_line(error)}")
         return 2

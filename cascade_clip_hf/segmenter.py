@@ -2,6 +2,8 @@
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download, is_offline_mode
@@ -13,6 +15,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 from safetensors import SafetensorError, safe_open
+from transformers.utils import logging as transformers_logging
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import INPUT_ERRORS, counted, one_line
@@ -110,6 +113,42 @@ def damaged_weights_file(folder: Path) -> Path | None:
     return None
 
 
+def cascade_clip_source(model_name: str) -> str:
+    """
+    What to pass to `from_pretrained` for the Cascade-CLIP model that `model_name` (a folder or a Hub id) names,
+    once its `config.json` says it is one; no weights are read.
+
+    Raises:
+        ValueError: one line saying why `model_name` is not a Cascade-CLIP model here: see `find_model_config`, or
+            it has no `config.json`, or one of another model type.
+    """
+    source, config_file = find_model_config(model_name)
+    if config_file is None:
+        raise ValueError(
+            f"{model_name}: not a model folder (no config.json); pass a folder written by save_pretrained or "
+            "`cascade-clip convert`."
+        )
+    model_type = read_model_type(config_file)
+    if model_type != CascadeClipConfig.model_type:
+        said = f"says model_type {model_type!r}" if model_type else "names no model_type, or cannot be read"
+        raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json {said}).")
+    return source
+
+
+@contextmanager
+def without_loading_bars() -> Iterator[None]:
+    """
+    Within the block, transformers draws none of its own progress bars, such as the "Loading weights" bar of every
+    `from_pretrained`, which the tools would show on every run; downloads from the Hub (huggingface_hub's bars)
+    keep theirs.
+    """
+    transformers_logging.set_tqdm_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(None)
+
+
 def load_for_inference(
     model_name: str, dtype: str = "float32"
 ) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
@@ -130,22 +169,14 @@ def load_for_inference(
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} for {model_name}: use one of {', '.join(INFERENCE_DTYPES)}.")
-    source, config_file = find_model_config(model_name)
-    if config_file is None:
-        raise ValueError(
-            f"{model_name}: not a model folder (no config.json); pass a folder written by save_pretrained or "
-            "`cascade-clip convert`."
-        )
-    model_type = read_model_type(config_file)
-    if model_type != CascadeClipConfig.model_type:
-        said = f"says model_type {model_type!r}" if model_type else "names no model_type, or cannot be read"
-        raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json {said}).")
+    source = cascade_clip_source(model_name)
     try:
         # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
-        model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
-            source, output_loading_info=True, ignore_mismatched_sizes=True, dtype=dtype
-        )
-        processor = CascadeClipProcessor.from_pretrained(source)
+        with without_loading_bars():
+            model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
+                source, output_loading_info=True, ignore_mismatched_sizes=True, dtype=dtype
+            )
+            processor = CascadeClipProcessor.from_pretrained(source)
     except SafetensorError as error:
         damaged = damaged_weights_file(Path(source)) if Path(source).is_dir() else None
         raise ValueError(

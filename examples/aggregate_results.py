@@ -8,15 +8,15 @@ and sample standard deviation (n - 1) of mIoU, mIoU(seen), mIoU(unseen), hIoU an
 metric a run could not compute (hIoU without unseen classes) is left out of its mean.
 """
 
-import argparse
 import json
 
+from cascade_clip_hf.arguments import CommandLineParser
 from cascade_clip_hf.errors import run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, aggregate_markdown
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="results.json files, one per run")
     args = parser.parse_args(argv)
     records = {}

@@ -5,11 +5,10 @@ sizes and reports latency, images per second and peak memory, each configuration
 memory belongs to it alone. On CPU, peak memory is the process's peak resident set size (weights included); on
 CUDA it is the peak of allocated GPU memory.
 
-    python examples/benchmark_inference.py --device cpu --batch-sizes 1 8 --output benchmarks/inference_cpu.json
+    python examples/benchmark_inference.py --device cpu --batch_sizes 1 8 --output benchmarks/inference_cpu.json
     python examples/benchmark_inference.py --device cuda --dtypes float32 float16 bfloat16 --attn sdpa eager
 """
 
-import argparse
 import json
 import multiprocessing
 
@@ -17,6 +16,7 @@ import torch
 from benchmarking import check_report_paths, machine_description, time_runs, write_report
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
+from cascade_clip_hf.arguments import CommandLineParser
 
 
 def build_model(dtype: torch.dtype, attn_implementation: str, device: str) -> CascadeClipForZeroShotSegmentation:
@@ -63,12 +63,21 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--attn", nargs="+", default=["sdpa"], choices=("sdpa", "eager"))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=("cpu", "cuda"),
+        help="where to run",
+    )
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"), help="number formats"
+    )
+    parser.add_argument(
+        "--attn", nargs="+", default=["sdpa"], choices=("sdpa", "eager"), help="attention implementations"
+    )
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8], help="images per forward pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each setting")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
     check_report_paths(parser, args.output)

@@ -18,7 +18,6 @@ then timed in turns, one run of each a round, so that a shared machine's load fa
     PYTHONPATH=. python examples/benchmark_onnx.py --tiny --output /tmp/onnx_tiny.json  # a smoke test
 """
 
-import argparse
 import logging
 import multiprocessing
 import resource
@@ -324,7 +323,9 @@ def main() -> None:
         write_text,
     )
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from cascade_clip_hf.arguments import CommandLineParser
+
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="benchmarks/onnx_cpu.json", help="the JSON report")
     parser.add_argument("--markdown", help="also write the Markdown tables here")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up, whose median is taken")

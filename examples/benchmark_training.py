@@ -4,10 +4,9 @@ Times complete optimizer steps (forward, the original's loss, backward, AdamW) o
 one warm-up step, and reports seconds per step, images per second and peak memory, in a fresh process. On CPU
 peak memory is the process's peak resident set size (weights included); on CUDA the peak of allocated memory.
 
-    python examples/benchmark_training.py --device cpu --batch-size 4 --steps 2 --output benchmarks/training_cpu.json
+    python examples/benchmark_training.py --device cpu --batch_size 4 --steps 2 --output benchmarks/training_cpu.json
 """
 
-import argparse
 import json
 import multiprocessing
 
@@ -15,6 +14,7 @@ import torch
 from benchmarking import check_report_paths, machine_description, time_runs, write_report
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
+from cascade_clip_hf.arguments import CommandLineParser
 from cascade_clip_hf.training import parameter_groups, training_vocabulary
 
 
@@ -60,13 +60,20 @@ def measure(device: str, dtype_name: str, batch_size: int, steps: int, crop_size
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--crop-size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--activation-checkpointing", nargs="+", type=int, default=[0], help="1: recompute layers")
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=("cpu", "cuda"),
+        help="where to run",
+    )
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"), help="number formats"
+    )
+    parser.add_argument("--batch_size", type=int, default=4, help="images per step")
+    parser.add_argument("--crop_size", type=int, default=512, help="side of the square crops (pixels)")
+    parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps")
+    parser.add_argument("--activation_checkpointing", nargs="+", type=int, default=[0], help="1: recompute layers")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
     check_report_paths(parser, args.output)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
-from cascade_clip_hf.arguments import check_output_argument
+from cascade_clip_hf.arguments import CommandLineParser, check_output_argument
 from cascade_clip_hf.atomic import MODEL, SCENES, atomic_directory, output_files
 from cascade_clip_hf.evaluation import markdown_summary
 from cascade_clip_hf.model_card import build_model_card, write_model_card
@@ -79,14 +79,14 @@ SCENE_FILE = "scene-{}.png"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--output_dir", help="working folder; the model ends in OUTPUT_DIR/cascade (required unless --ship_from)"
     )
     parser.add_argument("--ship_to", help="also publish the model to this folder (e.g. cascade_clip_hf/demo_model)")
     parser.add_argument("--ship_from", help="publish this model folder, built earlier, to --ship_to; no build")
     parser.add_argument("--scenes_dir", help="write the bundled example scenes here (e.g. examples/scenes)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the scenes, the training and the evaluation")
     parser.add_argument("--quick", action="store_true", help="tiny step counts, for tests")
     args = parser.parse_args(argv)
     if args.ship_from:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from cascade_clip_hf.arguments import add_data_arguments, check_output_argument, data_source, positive_int
+from cascade_clip_hf.arguments import (
+    CommandLineParser,
+    add_data_arguments,
+    check_output_argument,
+    data_source,
+    positive_int,
+)
 from cascade_clip_hf.atomic import EVALUATION, output_files
 from cascade_clip_hf.data import load_segmentation_data
 from cascade_clip_hf.errors import counted, run_script
@@ -32,15 +38,15 @@ logger = logging.getLogger("evaluate_cascade_clip")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a converted or trained model: folder or Hub id")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", default="val", help="the split to evaluate on")
     parser.add_argument("--output", default="results.json", help="where to write the results (JSON)")
     parser.add_argument("--batch_size", type=int, default=1, help="images per process and step")
     parser.add_argument(
         "--window_batch_size", type=positive_int, help="sliding windows per forward pass (default: all)"
     )
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=2, help="data loading processes per process")
     parser.add_argument("--max_samples", type=int, help="evaluate only the first N images")
     parser.add_argument("--class_embeddings", help=".npy of the dataset classes' embeddings (cross-dataset)")
     parser.add_argument("--templates", nargs="+", help="templates for embedding the dataset's class names")

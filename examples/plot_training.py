@@ -6,9 +6,9 @@ Reads RUN_DIR/scalars.jsonl, which every run of examples/train_cascade_clip.py w
 is still running, or after it was killed), and marks the step of the best model in RUN_DIR/best when there is one.
 """
 
-import argparse
 import logging
 
+from cascade_clip_hf.arguments import CommandLineParser
 from cascade_clip_hf.errors import run_script
 from cascade_clip_hf.training_log import plot_training_curves
 
@@ -17,7 +17,7 @@ logger = logging.getLogger("plot_training")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="the --output_dir of a training run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor, CascadeClipProcessor
 from cascade_clip_hf.arguments import (
-    OneLineErrorParser,
+    CommandLineParser,
     add_data_arguments,
     check_output_argument,
     comma_separated_ints,
@@ -71,7 +71,7 @@ logger = logging.getLogger("train_cascade_clip")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     add_data_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--clip_model", default="openai/clip-vit-base-patch16", help="CLIP checkpoint to start from")
@@ -86,12 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="CascadeClipConfig arguments for a model built from CLIP, as JSON, e.g. '{\"cascade_stages\": []}'",
     )
     train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", required=True)
+    train.add_argument("--output_dir", required=True, help="folder for the model, checkpoints and logs")
     train.add_argument(
         "--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark"
     )
     train.add_argument("--train_batch_size", type=int, default=4, help="images per process and step")
-    train.add_argument("--crop_size", type=int, default=512)
+    train.add_argument("--crop_size", type=int, default=512, help="side of the square training crops (pixels)")
     train.add_argument(
         "--train_scale",
         type=comma_separated_ints,
@@ -112,10 +112,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="no brightness/contrast/saturation/hue jitter (for data whose classes differ by colour)",
     )
     train.add_argument("--learning_rate", type=float, default=2e-5, help="base rate; prompts and head train at 10x")
-    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's weight decay")
     train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
-    train.add_argument("--warmup_steps", type=int, default=1500)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--warmup_steps", type=int, default=1500, help="steps of linear warm-up")
+    train.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="batches whose gradients make one step"
+    )
     train.add_argument(
         "--activation_checkpointing", action="store_true", help="recompute layer activations in backward (less memory)"
     )
@@ -127,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="none",
         help="trackers, comma-separated (tensorboard, wandb, ...; each must be installed), all or none",
     )
-    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument("--logging_steps", type=int, default=10, help="log the losses every N steps")
     train.add_argument(
         "--seed",
         type=int,
@@ -152,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval_split",
         help="default: val for a benchmark folder; the one of validation and val a Hugging Face dataset has",
     )
-    evaluation.add_argument("--eval_batch_size", type=int, default=1)
+    evaluation.add_argument("--eval_batch_size", type=int, default=1, help="images per process and step")
     evaluation.add_argument("--max_eval_samples", type=positive_int, help="evaluate only the first N images")
     hub = parser.add_argument_group("model card and hub")
     hub.add_argument(

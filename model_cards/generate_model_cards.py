@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from cascade_clip_hf import CascadeClipConfig
-from cascade_clip_hf.arguments import check_output_argument
+from cascade_clip_hf.arguments import CommandLineParser, check_output_argument
 from cascade_clip_hf.atomic import MODEL_CARD
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.presets import BENCHMARKS
@@ -40,9 +40,13 @@ def card_name(benchmark: str, setting: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--org", default="cascade-clip-hf", help="the Hub namespace of the repositories")
-    parser.add_argument("--output_dir", default=str(Path(__file__).parent))
+    parser.add_argument(
+        "--output_dir",
+        default=str(Path(__file__).parent),
+        help="folder for the cards, one subfolder per model (default: this script's folder)",
+    )
     parser.add_argument("--results", type=results_argument, action="append", default=[], help="measured results")
     args = parser.parse_args(argv)
     for benchmark in BENCHMARKS:

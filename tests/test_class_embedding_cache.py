@@ -320,10 +320,10 @@ def test_embed_writes_a_vocabulary_that_segments_as_its_labels_do(tmp_path, phot
     assert segment(tiny_hub_model_dir, photos, tmp_path / "labels", "--labels", labels) == 0
     assert segment(tiny_hub_model_dir, photos, tmp_path / "vocab", "--vocabulary", str(vocabulary_file)) == 0
     for path in sorted(photos.iterdir()):
-        name = f"{path.stem}_classes.png"
+        name = f"{path.name}_classes.png"
         from_labels = np.asarray(PIL.Image.open(tmp_path / "labels" / name))
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "vocab" / name)), from_labels)
-        assert json.loads((tmp_path / "vocab" / f"{path.stem}.json").read_text())["class_names"] == labels.split(",")
+        assert json.loads((tmp_path / "vocab" / f"{path.name}.json").read_text())["class_names"] == labels.split(",")
 
 
 def test_segment_with_labels_runs_the_text_tower_once_for_all_images(

@@ -68,7 +68,7 @@ def test_missing_layout_parts_are_named(tmp_path, voc_root):
         benchmark_split("coco-stuff-164k", tmp_path, "val")
     (voc_root / "JPEGImages" / "val_0001.jpg").rename(voc_root / "moved.jpg")
     try:
-        with pytest.raises(DatasetLayoutError, match="1 files of pascal-voc-2012 val .* missing.*val_0001.jpg"):
+        with pytest.raises(DatasetLayoutError, match="Missing 1 file of pascal-voc-2012 val .*val_0001.jpg"):
             benchmark_split("pascal-voc-2012", voc_root, "val")
     finally:
         (voc_root / "moved.jpg").rename(voc_root / "JPEGImages" / "val_0001.jpg")

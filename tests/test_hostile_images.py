@@ -131,7 +131,7 @@ def test_every_entry_point_reads_an_image_as_its_upright_8_bit_version(
     for given in (str(path), PIL.Image.open(path)):
         torch.testing.assert_close(processor(given)["pixel_values"], processor(expected)["pixel_values"])
     np.testing.assert_array_equal(class_map(segmenter, str(path)), expected_map)
-    np.testing.assert_array_equal(np.asarray(PIL.Image.open(cli_output / f"{path.stem}_classes.png")), expected_map)
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(cli_output / f"{path.name}_classes.png")), expected_map)
 
     overlay_path, shares = demo_client.predict(handle_file(path), "", api_name="/segment")
     expected_overlay = overlay_with_legend(PIL.Image.fromarray(expected), expected_map, list(CLASS_NAMES))
@@ -241,12 +241,12 @@ FOLDER_CASES = {
 }
 
 
-def assert_segmented_upright(output, stem: str, pixels: np.ndarray, segmenter) -> None:
-    """The class map and overlay of one image are those of its upright pixels, at their size."""
+def assert_segmented_upright(output, name: str, pixels: np.ndarray, segmenter) -> None:
+    """The class map and overlay of the image `name` are those of its upright pixels, at their size."""
     expected_map = class_map(segmenter, pixels)
-    np.testing.assert_array_equal(np.asarray(PIL.Image.open(output / f"{stem}_classes.png")), expected_map)
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(output / f"{name}_classes.png")), expected_map)
     overlay = overlay_with_legend(PIL.Image.fromarray(pixels), expected_map, list(CLASS_NAMES))
-    np.testing.assert_array_equal(np.asarray(PIL.Image.open(output / f"{stem}_overlay.png")), np.asarray(overlay))
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(output / f"{name}_overlay.png")), np.asarray(overlay))
 
 
 def run_segment(folder, output, batch_size: int, caplog, capsys) -> tuple[int, list[str]]:
@@ -265,18 +265,17 @@ def test_segment_names_and_skips_each_bad_file_and_segments_the_others(
     file_name, write, reason = FOLDER_CASES[case]
     folder, output = tmp_path / "photos", tmp_path / "segmented"
     folder.mkdir()
-    good = {"a": save(scene(0), folder / "a.png"), "c": save(scene(2), folder / "c.png")}
+    good = {"a.png": save(scene(0), folder / "a.png"), "c.png": save(scene(2), folder / "c.png")}
     pixels = write(folder / file_name)
 
     code, errors = run_segment(folder, output, batch_size, caplog, capsys)
-    stem = Path(file_name).stem
     if reason is None:
         assert (code, errors) == (0, [])
-        good[stem] = pixels
+        good[file_name] = pixels
     else:
         assert code == 1 and len(errors) == 1
         assert errors[0].startswith(f"error: {folder / file_name}: ") and reason in errors[0], errors[0]
-        assert not list(output.glob(f"{stem}*"))
+        assert not list(output.glob(f"{file_name}*"))
     for name, upright in good.items():
         assert_segmented_upright(output, name, upright, segmenter)
 
@@ -286,17 +285,17 @@ def test_a_file_deleted_after_listing_is_named_and_skipped(tmp_path, segmenter, 
     folder.mkdir()
     good = save(scene(0), folder / "a.png")
     save(scene(1), folder / "b.png")
-    listed = cli.image_paths
+    listed = cli.image_sources
 
-    def list_then_delete(inputs):
-        paths = listed(inputs)
+    def list_then_delete(*arguments):
+        paths = listed(*arguments)
         (folder / "b.png").unlink()
         return paths
 
-    monkeypatch.setattr(cli, "image_paths", list_then_delete)
+    monkeypatch.setattr(cli, "image_sources", list_then_delete)
     code, errors = run_segment(folder, tmp_path / "segmented", 2, caplog, capsys)
     assert code == 1 and errors == [f"error: {folder / 'b.png'}: no such file."]
-    assert_segmented_upright(tmp_path / "segmented", "a", good, segmenter)
+    assert_segmented_upright(tmp_path / "segmented", "a.png", good, segmenter)
 
 
 def finished(function, *args):
@@ -363,7 +362,7 @@ def test_a_folder_entry_that_is_not_a_readable_regular_file_is_skipped_with_a_wa
     make, reason = NOT_REGULAR_FILES[case]
     folder, output = tmp_path / "photos", tmp_path / "segmented"
     folder.mkdir()
-    good = {"a": save(scene(0), folder / "a.png"), "c": save(scene(2), folder / "c.png")}
+    good = {"a.png": save(scene(0), folder / "a.png"), "c.png": save(scene(2), folder / "c.png")}
     make(folder / "b.png", monkeypatch)
 
     code = finished(cli.main, ["segment", str(folder), "--output", str(output), "--batch-size", "2"])

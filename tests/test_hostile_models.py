@@ -129,8 +129,8 @@ CLI_CASES = {
     "window-smaller-than-a-patch": option_case(["--crop-size", "1", "--stride", "1"], "smaller than one 8x8 patch"),
     "alpha-above-one": option_case(["--alpha", "1.5"], "argument --alpha: must lie in [0, 1]"),
     "alpha-not-a-number": option_case(["--alpha", "nan"], "must lie in [0, 1]"),
-    "device-without-cuda": option_case(["--device", "cuda"], "CUDA devices; use cpu"),
-    "device-nonsense": option_case(["--device", "nonsense"], "'nonsense' is not a device"),
+    "device-without-cuda": option_case(["--device", "cuda"], "CUDA is not available in this torch build"),
+    "device-nonsense": option_case(["--device", "nonsense"], "'nonsense' is not a device; use auto, cpu"),
     "batch-size-not-a-number": option_case(["--batch-size", "two"], "expected a whole number"),
 }
 

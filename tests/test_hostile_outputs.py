@@ -26,7 +26,7 @@ from .helpers import EXAMPLES, OFFICIAL_TINY, conversion_flags, load_script, run
 REPOSITORY = Path(__file__).parent.parent
 CHECKPOINT = OFFICIAL_TINY / "checkpoint.pth"
 SCENE = EXAMPLES / "scenes" / "scene-0.png"
-SCENE_OUTPUTS = ["scene-0_classes.png", "scene-0_overlay.png", "scene-0.json"]
+SCENE_OUTPUTS = ["scene-0.png_classes.png", "scene-0.png_overlay.png", "scene-0.png.json"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -163,7 +163,7 @@ def converted_in_the_previous_record_format(tmp_path: Path, fixture: Callable) -
 
 
 def converted_beside_config_png(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
-    """A conversion into tmp_path/out, and the user's image tmp_path/in/config.png (results: config.json, ...)."""
+    """A conversion into tmp_path/out, and the user's image tmp_path/in/config.png (results: config.png.json, ...)."""
     converted(tmp_path, fixture)
     return scenes_folder(tmp_path, ["config.png"])
 
@@ -239,7 +239,7 @@ SITUATIONS = {
         segmented_once,
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         2,
-        r"/out: it holds scene-0\.json, which cascade-clip wrote as segmentation output, not model output",
+        r"/out: it holds scene-0\.png\.json, which cascade-clip wrote as segmentation output, not model output",
     ),
     "convert into a folder with a record of an earlier version": Situation(
         lambda tmp, fixture: place(tmp, {"out/.cascade-clip-outputs": b"config.json\n", "out/config.json": b"{}"}),
@@ -261,13 +261,15 @@ SITUATIONS = {
         lambda tmp, fixture: segment_folder(fixture, tmp / "in", tmp / "out"),
         1,
         r"^error: .*/in/b{248}\.png: its results cannot be written \(\[Errno 36\] File name too long",
-        written=lambda tmp: {"a_overlay.png", "c_overlay.png"} <= {path.name for path in (tmp / "out").iterdir()},
+        written=lambda tmp: (
+            {"a.png_overlay.png", "c.png_overlay.png"} <= {path.name for path in (tmp / "out").iterdir()}
+        ),
     ),
     "segment an image with a newline in its name twice": Situation(
         segmented_with_newline,
         lambda tmp, fixture: segment_folder(fixture, tmp / "in", tmp / "out"),
         0,
-        written=lambda tmp: (tmp / "out" / "new\nline_overlay.png").is_file(),
+        written=lambda tmp: (tmp / "out" / "new\nline.png_overlay.png").is_file(),
     ),
     "segment a folder into itself twice": Situation(
         segmented_into_itself,
@@ -283,11 +285,11 @@ SITUATIONS = {
         2,
         r"^error: refusing to write to an empty output path",
     ),
-    "segment where the user made scene-0_overlay.png": Situation(
-        lambda tmp, fixture: place(tmp, {"out/scene-0_overlay.png": b"my own drawing"}),
+    "segment where the user made scene-0.png_overlay.png": Situation(
+        lambda tmp, fixture: place(tmp, {"out/scene-0.png_overlay.png": b"my own drawing"}),
         lambda tmp, fixture: segment(fixture, tmp / "out"),
         2,
-        r"/out: it holds scene-0_overlay\.png, which cascade-clip did not write",
+        r"/out: it holds scene-0\.png_overlay\.png, which cascade-clip did not write",
     ),
     "segment beside unrelated user files": Situation(
         lambda tmp, fixture: place(tmp, {"out/notes.txt": b"notes", "out/holiday.jpg": b"\xff\xd8 a photo"}),
@@ -374,11 +376,14 @@ SITUATIONS = {
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         0,
     ),
-    "segment config.png into a model folder": Situation(
+    "segment config.png into a model folder: its results keep the suffix and miss config.json": Situation(
         converted_beside_config_png,
         lambda tmp, fixture: segment_folder(fixture, tmp / "in" / "config.png", tmp / "out"),
-        2,
-        r"/out: it holds config\.json, which cascade-clip wrote as model output, not segmentation output",
+        0,
+        written=lambda tmp: (
+            (tmp / "out" / "config.png.json").is_file()
+            and json.loads((tmp / "out" / "config.json").read_text())["model_type"] == "cascade_clip"
+        ),
     ),
     "segment beside a model under names of its own": Situation(
         converted,
@@ -394,15 +399,18 @@ SITUATIONS = {
     ),
     "evaluate onto segment results": Situation(
         segmented_once,
-        lambda tmp, fixture: evaluate(fixture, tmp / "out" / "scene-0.json"),
+        lambda tmp, fixture: evaluate(fixture, tmp / "out" / "scene-0.png.json"),
         2,
-        r"/out: it holds scene-0\.json, which cascade-clip wrote as segmentation output, not evaluation output",
+        r"/out: it holds scene-0\.png\.json, which cascade-clip wrote as segmentation output, not evaluation output",
     ),
     "segment over results recorded by the first version": Situation(
-        lambda tmp, fixture: place(tmp, {"out/.cascade-clip-outputs": b"scene-0.json\n", "out/scene-0.json": b"{}"}),
+        lambda tmp, fixture: place(
+            tmp, {"out/.cascade-clip-outputs": b"scene-0.png.json\n", "out/scene-0.png.json": b"{}"}
+        ),
         lambda tmp, fixture: segment(fixture, tmp / "out"),
         2,
-        r"/out: it holds scene-0\.json, which an earlier version of cascade-clip wrote without recording what it is",
+        r"/out: it holds scene-0\.png\.json, which an earlier version of cascade-clip wrote without recording what "
+        r"it is",
     ),
     "train into a folder holding a vocabulary": Situation(
         embedded_into_run,

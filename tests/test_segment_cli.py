@@ -47,12 +47,13 @@ def test_segment_writes_maps_overlays_and_fractions(tmp_path, photos, tiny_hub_m
         ]
     )
     assert code == 0
-    for name, suffix in (("street", ".png"), ("beach", ".jpg")):
-        image = PIL.Image.open(photos / f"{name}{suffix}").convert("RGB")
+    for name in ("street.png", "beach.jpg"):
+        image = PIL.Image.open(photos / name).convert("RGB")
         class_map = np.asarray(PIL.Image.open(output / f"{name}_classes.png"))
         np.testing.assert_array_equal(class_map, reference_segmentation(tiny_hub_model_dir, image, labels))
         record = json.loads((output / f"{name}.json").read_text())
         assert record["class_names"] == labels
+        assert (record["source"], record["input"]) == (name, str(photos))
         expected = np.bincount(class_map.ravel(), minlength=3) / class_map.size
         np.testing.assert_allclose([record["fractions"][label] for label in labels], expected)
         overlay = PIL.Image.open(output / f"{name}_overlay.png")
@@ -75,14 +76,16 @@ def test_segment_reports_bad_files_and_processes_the_others(tmp_path, photos, ti
         ]
     )
     assert code == 1
-    assert (tmp_path / "out" / "street_classes.png").is_file()
+    assert (tmp_path / "out" / "street.png_classes.png").is_file()
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 3
     assert any("broken.jpg: not a readable image" in error for error in errors)
     assert any("missing.png: no such file" in error for error in errors)
     assert any("notes.txt: not a readable image" in error for error in errors)
     # Without --labels the model's own vocabulary is used.
-    assert json.loads((tmp_path / "out" / "street.json").read_text())["class_names"][0] == "red thing"
+    record = json.loads((tmp_path / "out" / "street.png.json").read_text())
+    assert record["class_names"][0] == "red thing"
+    assert (record["source"], record["input"]) == ("street.png", str(photos / "street.png"))
 
 
 @pytest.mark.parametrize("labels, message", [("cat,,sky", "are empty"), ("cat,Cat", "Duplicate class names")])

@@ -3,6 +3,7 @@ skip only the images they must, stop cleanly, and take the run's threads and num
 
 import json
 import logging
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import PIL.Image
@@ -49,10 +50,10 @@ def test_a_folder_gives_the_results_of_one_image_at_a_time(tmp_path, photos, tin
     # The results as the command wrote them before it read ahead and wrote behind: one image after the other.
     segmenter = load_segmenter(model)
     for index in range(len(SIZES)):
-        stem = f"photo-{index}"
+        stem = f"photo-{index}.png"
         for name in (f"{stem}_classes.png", f"{stem}.json", f"{stem}_overlay.png"):
             assert (batched / name).read_bytes() == (single / name).read_bytes(), name
-        image = PIL.Image.open(photos / f"{stem}.png")
+        image = PIL.Image.open(photos / stem)
         expected = segmentation_from_masks(segmenter(image, candidate_labels=LABELS), LABELS, image.size)
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(batched / f"{stem}_classes.png")), expected)
         overlay = np.asarray(overlay_with_legend(image, expected, LABELS))
@@ -75,7 +76,7 @@ def test_a_bad_image_amid_a_folder_is_skipped_in_order(tmp_path, photos, tiny_hu
     assert errors[1].startswith(f"error: {photos / 'photo-3.png'}: ")
     written = {path.name for path in output.iterdir() if not path.name.startswith(".")}
     assert written == {
-        f"photo-{index}{suffix}" for index in (0, 2, 4) for suffix in ("_classes.png", "_overlay.png", ".json")
+        f"photo-{index}.png{suffix}" for index in (0, 2, 4) for suffix in ("_classes.png", "_overlay.png", ".json")
     }
 
 
@@ -87,7 +88,7 @@ def test_an_image_whose_results_cannot_be_named_is_skipped(tmp_path, photos, tin
     errors = error_lines(caplog)
     assert len(errors) == 1
     assert errors[0].startswith(f"error: {photos / long_name}: its results cannot be written ([Errno 36] File name")
-    assert all((output / f"photo-{index}_overlay.png").is_file() for index in range(len(SIZES)))
+    assert all((output / f"photo-{index}.png_overlay.png").is_file() for index in range(len(SIZES)))
 
 
 def test_threads_are_set_for_the_run_and_restored(tmp_path, photos, tiny_hub_model_dir, monkeypatch):
@@ -160,5 +161,59 @@ def test_an_interrupt_mid_folder_leaves_only_whole_results(tmp_path, photos, tin
     assert not read_record(output).staging
     for index in range(len(SIZES)):
         written = {name for name in names if name.startswith(f"photo-{index}")}
-        assert written in (set(), set(cli.segmentation_files(f"photo-{index}"))), written
-    assert "photo-0.json" in names and "photo-2.json" not in names
+        assert written in (set(), set(cli.segmentation_files(f"photo-{index}.png"))), written
+    assert "photo-0.png.json" in names and "photo-2.png.json" not in names
+
+
+def test_recursive_mirrors_the_subfolders_and_records_each_source(tmp_path, tiny_hub_model_dir, capsys):
+    photos, output = tmp_path / "photos", tmp_path / "out"
+    for index, name in enumerate(["a.png", "a.jpg", "sub/a.png", "sub/deeper/b.png", ".hidden/c.png"]):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        random_image(20, 30, seed=index).save(photos / name)
+    (photos / "link").symlink_to(photos / "sub")
+    assert segment(photos, "--recursive", "--model", tiny_hub_model_dir, "--output_dir", output) == 0
+
+    written = {path.relative_to(output).as_posix() for path in output.rglob("*") if path.name.endswith(".json")}
+    assert written == {"a.png.json", "a.jpg.json", "sub/a.png.json", "sub/deeper/b.png.json"}
+    assert {path.name for path in (output / "sub" / "deeper").iterdir()} == {
+        ".cascade-clip-outputs",
+        *cli.segmentation_files("b.png"),
+    }
+    shares = json.loads((output / "sub" / "deeper" / "b.png.json").read_text())
+    assert (shares["source"], shares["input"]) == ("sub/deeper/b.png", str(photos))
+    # transformers' "Loading weights" bar is silenced; the command's own progress bar is not.
+    errors = capsys.readouterr().err
+    assert "Loading weights" not in errors and "Segmenting" in errors
+
+
+def test_recursion_skips_the_output_folder_and_plain_listing_stays_in_the_folder(tmp_path):
+    photos = tmp_path / "photos"
+    for name in ["a.png", "sub/b.png", "segmented/c.png"]:
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        random_image(8, 8).save(photos / name)
+    listed = cli.image_sources([str(photos)], True, photos / "segmented")
+    assert [(source.relative.as_posix(), source.given) for source in listed] == [
+        ("a.png", str(photos)),
+        ("sub/b.png", str(photos)),
+    ]
+    assert [source.path for source in cli.image_sources([str(photos)])] == [photos / "a.png"]
+
+
+def test_result_names_keep_suffixes_apart_and_number_only_a_name_taken_by_another_input():
+    sources = [
+        cli.ImageSource(Path(path), given, PurePosixPath(relative))
+        for path, given, relative in [
+            ("p/astronaut.jpg", "p", "astronaut.jpg"),
+            ("p/astronaut.png", "p", "astronaut.png"),
+            ("q/astronaut.jpg", "q", "astronaut.jpg"),
+            ("q/Astronaut.JPG", "q", "Astronaut.JPG"),
+            ("q/sub/astronaut.jpg", "q", "sub/astronaut.jpg"),
+        ]
+    ]
+    assert [name.as_posix() for name in cli.result_names(sources)] == [
+        "astronaut.jpg",
+        "astronaut.png",
+        "astronaut.jpg-2",
+        "Astronaut.JPG-3",
+        "sub/astronaut.jpg",
+    ]

@@ -73,7 +73,7 @@ def test_shipped_model_is_small_and_beats_the_trivial_baseline_on_unseen_classes
 
 def test_segment_defaults_to_the_shipped_model(tmp_path):
     assert main(["segment", str(SCENES), "--output", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "scene-0.json").read_text())
+    record = json.loads((tmp_path / "scene-0.png.json").read_text())
     assert record["class_names"] == list(CLASS_NAMES)
     assert len(list(tmp_path.glob("scene-*_overlay.png"))) == len(EXAMPLE_SCENES)
 
