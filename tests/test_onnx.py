@@ -135,7 +135,7 @@ def test_segment_command_runs_onnx_from_a_model_folders_subfolder(tmp_path, expo
     image.save(tmp_path / "photo.png")
     arguments = ["segment", str(tmp_path / "photo.png"), "--labels", ",".join(LABELS), "--output"]
     assert main([*arguments, str(tmp_path / "out"), "--model", str(model_dir), "--backend", "onnx"]) == 0
-    class_ids = np.asarray(PIL.Image.open(tmp_path / "out" / "photo_classes.png"))
+    class_ids = np.asarray(PIL.Image.open(tmp_path / "out" / "photo.png_classes.png"))
     np.testing.assert_array_equal(class_ids, reference_segmentation(source_dir, image, LABELS))
 
 
@@ -146,7 +146,7 @@ def test_segment_command_takes_a_vocabulary_embedded_by_torch(tmp_path, export_d
     assert main(["embed", "--model", str(source_dir), "--labels", ",".join(LABELS), "--output", str(vocabulary)]) == 0
     command = ["segment", str(tmp_path / "photo.png"), "--vocabulary", str(vocabulary), "--backend", "onnx-int8"]
     assert main([*command, "--model", str(export_dir), "--output", str(tmp_path / "out")]) == 0
-    assert json.loads((tmp_path / "out" / "photo.json").read_text())["class_names"] == LABELS
+    assert json.loads((tmp_path / "out" / "photo.png.json").read_text())["class_names"] == LABELS
 
 
 def test_segment_command_names_a_folder_without_an_export(tmp_path, source_dir, caplog):
