@@ -75,14 +75,21 @@ class OptimizerStepCount:
 register_optimizer_step_post_hook(OptimizerStepCount.count)
 
 
-def in_place_changes(tensor: torch.Tensor) -> int | tuple[float, float]:
+def in_place_changes(tensor: torch.Tensor) -> int | tuple[float, float, float]:
     """
     What changes when `tensor` is written in place: autograd's version counter, or, for an inference tensor (which
-    has none), the float64 sum and L2 norm of its values.
+    has none), a summary of its values in float64: its row sums and column sums, each weighted by position, and its
+    L2 norm.
     """
     if tensor.is_inference():
         values = tensor if tensor.is_floating_point() else tensor.double()
-        return values.sum(dtype=torch.float64).item(), torch.linalg.vector_norm(values, dtype=torch.float64).item()
+        grid = values.reshape(values.shape[0], -1) if values.dim() > 0 else values.reshape(1, 1)
+        row_sums, column_sums = grid.sum(1, dtype=torch.float64), grid.sum(0, dtype=torch.float64)
+        # Sums weighted by position, so that reordered rows or columns count as a change too.
+        row_weights = torch.arange(1, len(row_sums) + 1, dtype=torch.float64, device=grid.device)
+        column_weights = torch.arange(1, len(column_sums) + 1, dtype=torch.float64, device=grid.device)
+        norm = torch.linalg.vector_norm(values, dtype=torch.float64)
+        return tuple(torch.stack([row_sums @ row_weights, column_sums @ column_weights, norm]).tolist())
     return tensor._version
 
 
@@ -898,9 +905,11 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
         every class apart (a tokenizer that cannot read the names gives them one embedding).
 
         A vocabulary is embedded once: the result is kept (see `text_tower_memo`) under its tokens (names, templates
-        and tokenizer) and the text tower's weights, and computed again whenever either differs. It is computed
-        afresh, and not kept, when it must carry gradients (gradients enabled and a text-tower parameter requiring
-        them) or the text tower's dropout is active.
+        and tokenizer), the autocast dtype in effect and the text tower's weights, and computed again whenever one of
+        them differs. It is computed afresh, and not kept, when it must carry gradients (gradients enabled and a
+        text-tower parameter requiring them) or the text tower's dropout is active. Weights written through `.data`
+        (as PEFT's `merge_and_unload` does) change nothing autograd sees: call `clear_text_tower_cache()` after such
+        a write.
 
         Args:
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)` or
@@ -939,7 +948,9 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
             class_embeds = compute()
         else:
             tokens = digest_tensors([("input_ids", input_ids), ("attention_mask", attention_mask)])
-            class_embeds = self.text_tower_memo(("class_embeds", tokens), compute)
+            device_type = self.text_encoder.device.type
+            autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+            class_embeds = self.text_tower_memo(("class_embeds", tokens, autocast), compute)
         if class_names is not None:
             check_distinct_class_embeddings(class_embeds, class_names)
         return class_embeds

@@ -181,6 +181,8 @@ def check_class_embeds(
                 f"{source} must hold floating-point numbers (the class embeddings themselves), got a numpy array of "
                 f"{class_embeds.dtype}."
             )
+        if class_embeds.dtype not in (np.float16, np.float32, np.float64):  # e.g. longdouble, which torch lacks
+            class_embeds = class_embeds.astype(np.float64)
         class_embeds = torch.from_numpy(np.ascontiguousarray(class_embeds))
     if not isinstance(class_embeds, torch.Tensor):
         raise ValueError(

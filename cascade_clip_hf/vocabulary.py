@@ -29,6 +29,8 @@ CLIP_CONTEXT_LENGTH = 77
 # Class embeddings this close (cosine similarity) are one class to the model. Distinct classes of the real CLIP stay
 # well below (e.g. "table" and "dining table": 0.97); a tokenizer that cannot read the names reaches 1.
 SAME_CLASS_SIMILARITY = 0.999
+# The similarities of this many classes to all others are computed at a time.
+SIMILARITY_BLOCK_ROWS = 1024
 # What a vocabulary file's metadata says it is, and the version of its layout.
 VOCABULARY_FORMAT = "cascade-clip-vocabulary/1"
 
@@ -259,10 +261,15 @@ def same_class_pairs(class_embeds: torch.Tensor, class_names: Sequence[str] | No
         class_names (`list[str]`, *optional*): to name the classes; their positions otherwise.
     """
     unit_embeds = torch.nn.functional.normalize(class_embeds.float(), dim=-1)
-    similarity = unit_embeds @ unit_embeds.T
-    first, second = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=1).nonzero(as_tuple=True)
-    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(len(similarity))]
-    return [f"{names[i]!r} and {names[j]!r}" for i, j in zip(first.tolist(), second.tolist(), strict=True)]
+    num_classes = len(unit_embeds)
+    names = list(class_names) if class_names is not None else [f"class {index}" for index in range(num_classes)]
+    pairs = []
+    # Row blocks of the similarity matrix: memory stays bounded for vocabularies of tens of thousands of names.
+    for start in range(0, num_classes, SIMILARITY_BLOCK_ROWS):
+        similarity = unit_embeds[start : start + SIMILARITY_BLOCK_ROWS] @ unit_embeds.T
+        same = torch.triu(similarity >= SAME_CLASS_SIMILARITY, diagonal=start + 1)
+        pairs += [(start + i, j) for i, j in same.nonzero().tolist()]
+    return [f"{names[i]!r} and {names[j]!r}" for i, j in pairs]
 
 
 def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Sequence[str] | None = None) -> None:

@@ -17,12 +17,15 @@ from cascade_clip_hf import (
     CascadeClipProcessor,
     CascadeClipZeroShotSegmentationPipeline,
     modeling_cascade_clip,
+    vocabulary,
 )
 from cascade_clip_hf.cli import main
+from cascade_clip_hf.pipeline_cascade_clip import check_class_embeds
 from cascade_clip_hf.vocabulary import (
     VOCABULARY_FORMAT,
     embed_vocabulary,
     load_vocabulary,
+    same_class_pairs,
     text_tower_fingerprint,
     tokenize_class_prompts,
 )
@@ -156,8 +159,35 @@ def test_a_model_made_in_inference_mode_caches_and_sees_its_weights_change(tiny_
         assert len(runs) == 1 and torch.equal(first, again)
         change_with_load_state_dict(model)
         changed = cached_class_embeddings(model, tokens)
-    assert len(runs) == 2
+        model.text_encoder.text_projection.weight.copy_(model.text_encoder.text_projection.weight.flip(0))
+        reordered = cached_class_embeddings(model, tokens)
+    assert len(runs) == 3
     assert not torch.allclose(changed, first, rtol=0, atol=1e-6)
+    assert not torch.allclose(reordered, changed, rtol=0, atol=1e-6)
+
+
+def test_embeddings_made_under_autocast_are_not_given_outside_it(tiny_model, clip_tokenizer):
+    tokens = tokenize_class_prompts(clip_tokenizer, NAMES, TEMPLATES)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached_class_embeddings(tiny_model, tokens)
+    outside = cached_class_embeddings(tiny_model, tokens)
+    assert outside.dtype == torch.float32
+    torch.testing.assert_close(outside, unbatched_class_embeddings(tiny_model, tokens), rtol=0, atol=1e-6)
+
+
+def test_same_classes_are_found_across_blocks_of_the_similarity_matrix(monkeypatch):
+    torch.manual_seed(0)
+    class_embeds = torch.randn(7, 16)
+    class_embeds[6] = class_embeds[1] * 2  # same direction, in another block of 3 rows
+    class_embeds[4] = class_embeds[3]  # within one block
+    monkeypatch.setattr(vocabulary, "SIMILARITY_BLOCK_ROWS", 3)
+    assert same_class_pairs(class_embeds) == ["'class 1' and 'class 6'", "'class 3' and 'class 4'"]
+
+
+def test_numpy_class_embeddings_of_any_float_width_are_taken():
+    embeddings = np.random.default_rng(0).normal(size=(3, 8)).astype(np.longdouble)
+    taken = check_class_embeds(embeddings, 3, 8)
+    assert taken.is_floating_point() and taken.shape == (3, 8)
 
 
 def test_a_conversion_round_trip_misses_even_where_the_weights_get_their_old_addresses_back(
