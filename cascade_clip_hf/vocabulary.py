@@ -424,9 +424,17 @@ def save_vocabulary(vocabulary: ClassVocabulary, path: str | os.PathLike) -> Non
         "text_tower_fingerprint": vocabulary.text_tower_fingerprint,
         "model": vocabulary.model_name,
         "tokenizer": vocabulary.tokenizer_name,
+        "content_digest": content_digest(vocabulary),
     }
     with output_files(path.parent, VOCABULARY) as staging:
         save_file({"class_embeds": vocabulary.class_embeds.contiguous()}, staging / path.name, metadata=metadata)
+
+
+def content_digest(vocabulary: ClassVocabulary) -> str:
+    """A sha256 (hex) of a vocabulary's names, templates, seen classes and embeddings together: what ties each name
+    to its row, so that a file edited by hand (names reordered, say) is not read as the vocabulary it was."""
+    listed = json.dumps([vocabulary.class_names, vocabulary.templates, vocabulary.seen_classes])
+    return digest_tensors([(listed, vocabulary.class_embeds)])
 
 
 def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
@@ -458,6 +466,10 @@ def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
             model_name=metadata.get("model", ""),
             tokenizer_name=metadata.get("tokenizer", ""),
         )
+        if metadata_text(metadata, "content_digest") != content_digest(vocabulary):
+            raise ValueError(
+                "its names, templates, seen classes or embeddings were changed after `cascade-clip embed` wrote them"
+            )
     except (SafetensorError, OSError, ValueError) as error:
         reason = " ".join(str(error).split()).rstrip(".")
         raise ValueError(

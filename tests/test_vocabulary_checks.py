@@ -18,6 +18,7 @@ from cascade_clip_hf.vocabulary import (
     VOCABULARY_FORMAT,
     ClassVocabulary,
     check_templates,
+    content_digest,
     load_class_embeddings,
     load_vocabulary,
     tokenize_class_prompts,
@@ -97,9 +98,15 @@ def unit_embeds(num_classes: int = len(NAMES), seed: int = 0) -> torch.Tensor:
 
 
 def write_vocabulary(path, class_embeds: torch.Tensor | None = None, **changes):
-    save_file(
-        {"class_embeds": unit_embeds() if class_embeds is None else class_embeds}, path, vocabulary_metadata(**changes)
-    )
+    """A vocabulary file as `cascade-clip embed` writes one, its content digest included, then `changes`."""
+    class_embeds = unit_embeds() if class_embeds is None else class_embeds
+    try:
+        written = ClassVocabulary(NAMES, class_embeds, ["a photo of a {}."], ["dog"], "0" * 64, "tiny", "tiny")
+        digest = content_digest(written)
+    except ValueError:  # embeddings no vocabulary holds: refused before their digest is read
+        digest = "0" * 64
+    metadata = vocabulary_metadata(**{"content_digest": digest, **changes})
+    save_file({"class_embeds": class_embeds}, path, metadata)
     return path
 
 
@@ -107,6 +114,21 @@ def test_an_untouched_vocabulary_file_loads(tmp_path):
     vocabulary = load_vocabulary(write_vocabulary(tmp_path / "vocab.safetensors"))
     assert vocabulary.class_names == NAMES and vocabulary.seen_classes == ["dog"]
     assert vocabulary.seen_class_mask.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"class_names": json.dumps(NAMES[::-1])},  # each name now beside another's embedding
+        {"templates": json.dumps(["a {}."])},
+        {"content_digest": None},
+    ],
+)
+def test_a_vocabulary_file_edited_by_hand_is_refused(tmp_path, changes):
+    path = write_vocabulary(tmp_path / "vocab.safetensors", **changes)
+    with pytest.raises(ValueError) as error:
+        load_vocabulary(path)
+    assert str(error.value).startswith(f"{path}: not a readable class vocabulary (its ")
 
 
 with_nan = unit_embeds()
