@@ -2,15 +2,19 @@
 Writing outputs so that nothing a user owns is lost and a crash part-way never leaves a damaged result.
 
 Every folder this program writes into keeps a record, `.cascade-clip-outputs`, of the files and folders it wrote
-there and the kind of output each one is (see `MODEL` and the kinds below it). A writer replaces only what a writer
-of its own kind wrote: before writing anything it refuses (`OutputFolderError`) an output whose name is taken by a
-file the program did not write or wrote as another kind of output (embedding a vocabulary never replaces a model's
-weights), the replacement of a whole folder that holds anything else, and any output that would replace one of the
-run's inputs. Everything is written into a hidden staging file or folder beside its target, given the permissions an
-ordinary write gets (those the umask leaves), then renamed into place; errors name the user's path, never the
-staging one.
+there, the kind of output each one is (see `MODEL` and the kinds below it) and what identifies the entry written
+(`identity`: its size and modification time, taken after its final rename, which keeps them). A writer
+replaces only what a writer of its own kind wrote: before writing anything it refuses (`OutputFolderError`) an output
+whose name is taken by a file the program did not write, wrote as another kind of output (embedding a vocabulary
+never replaces a model's weights) or that is no longer the entry it wrote (the user deleted it and put a file of
+theirs there, or edited it), the replacement of a whole folder that holds anything else, and any output that would
+replace one of the run's inputs. Names recorded without an identity (by earlier versions, and the records shipped in
+this repository, which a checkout gives new inodes and times) are taken as written, as those versions did.
+Everything is written into a hidden staging file or folder beside its target, given the permissions an ordinary
+write gets (those the umask leaves), then renamed into place; errors name the user's path, never the staging one.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +27,8 @@ from pathlib import Path
 
 
 RECORD = ".cascade-clip-outputs"
-RECORD_FORMAT = 3
+# 4: names -> kind, and names -> identity; 3: names -> kind; 2: one kind for all names; 1: one name a line.
+RECORD_FORMAT = 4
 # The kinds of output, one for each writer of this program.
 MODEL = "model"  # a model folder's files: weights, config, processor, its card, checkpoints, training logs
 SEGMENTATION = "segmentation"  # `cascade-clip segment`: class maps, overlays and class shares
@@ -45,10 +50,49 @@ class OutputFolderError(ValueError):
 @dataclass
 class Record:
     """What a folder's record says: the names the program wrote there, each with its kind of output (None: recorded
-    by an earlier version that did not say), and the staging names of its writes in progress."""
+    by an earlier version that did not say), what identifies the entry of each name it wrote (see `identity`; none
+    for names recorded without one), and the staging names of its writes in progress."""
 
     names: dict[str, str | None] = field(default_factory=dict)
     staging: set[str] = field(default_factory=set)
+    identities: dict[str, dict] = field(default_factory=dict)
+
+
+def identity(path: Path, appended: bool = False) -> dict:
+    """
+    What identifies the entry `path` (a file, a folder or a link, not followed) as the one the program wrote: its
+    size in bytes and modification time in nanoseconds (a folder's change with every entry added or removed), which
+    a rename keeps, and so do moves and copies that keep times (`mv` to another disk, `cp -a`, `rsync -a`), unlike
+    its inode; a file put in its place has another time. A file the program appends to afterwards (`appended`, a
+    log), whose size and time change, is identified by its inode and what it holds now, which stays its beginning
+    (see `file_start`): a file put in place of a deleted one may get its inode, not its content.
+    """
+    status = os.lstat(path)
+    if appended:
+        return {"inode": status.st_ino, "start": file_start(path, status.st_size)}
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def file_start(path: Path, size: int) -> dict:
+    """The first `size` bytes of the file `path` (fewer if it is shorter): their number and SHA-256 (hex)."""
+    with open(path, "rb") as file:
+        start = file.read(size)
+    return {"size": len(start), "sha256": hashlib.sha256(start).hexdigest()}
+
+
+def is_as_written(folder: Path, name: str, record: Record) -> bool:
+    """Whether the entry `name` of `folder` is still the one its record identifies (always, without an identity)."""
+    recorded = record.identities.get(name)
+    if recorded is None:
+        return True
+    path = folder / name
+    try:
+        if "start" in recorded:
+            start = file_start(path, recorded["start"]["size"])
+            return os.lstat(path).st_ino == recorded["inode"] and start == recorded["start"]
+        return identity(path) == recorded
+    except (FileNotFoundError, IsADirectoryError):
+        return False
 
 
 def shown(name: str | os.PathLike) -> str:
@@ -67,8 +111,8 @@ def read_record(folder: str | os.PathLike) -> Record:
         data = json.loads(text)
     except ValueError:
         data = None
-    if isinstance(data, dict) and data.get("format") == RECORD_FORMAT and isinstance(data.get("names"), dict):
-        return Record(dict(data["names"]), set(data.get("staging", [])))
+    if isinstance(data, dict) and data.get("format") in (3, 4) and isinstance(data.get("names"), dict):
+        return Record(dict(data["names"]), set(data.get("staging", [])), dict(data.get("identities", {})))
     if isinstance(data, dict) and data.get("format") == 2:
         # One kind for the whole folder, "model" only while every writer into it had written a model; any other
         # kind mixed the outputs of several writers.
@@ -81,6 +125,9 @@ def read_record(folder: str | os.PathLike) -> Record:
 def write_record(folder: Path, record: Record) -> None:
     """Replaces the record of `folder` with `record`, by a rename: a crash leaves the old or the new one whole."""
     data = {"format": RECORD_FORMAT, "names": dict(sorted(record.names.items()))}
+    identities = {name: value for name, value in sorted(record.identities.items()) if name in record.names}
+    if identities:
+        data["identities"] = identities
     if record.staging:
         data["staging"] = sorted(record.staging)
     with naming_user_paths(folder):
@@ -96,18 +143,24 @@ def write_record(folder: Path, record: Record) -> None:
 
 
 def recorded_names(folder: Path) -> set[str]:
-    """The names of the entries of `folder` this program wrote, from its record (none without one)."""
+    """The names of the entries of `folder` this program wrote and that are still as written, from its record (none
+    without one), and its staging names."""
     record = read_record(folder)
-    return set(record.names) | record.staging
+    return {name for name in record.names if is_as_written(folder, name, record)} | record.staging
 
 
-def record_outputs(folder: str | os.PathLike, names: Iterable[str], kind: str) -> None:
-    """Adds `names` (entries of `folder`) to the record of what this program wrote there, as outputs of `kind`."""
+def record_outputs(folder: str | os.PathLike, names: Iterable[str], kind: str, appended: bool = False) -> None:
+    """
+    Adds `names` (entries of `folder`, as they are now: call it after their final rename) to the record of what this
+    program wrote there, as outputs of `kind`, each with its `identity` (`appended`: files the program appends to
+    afterwards, identified by their inode and what they hold now).
+    """
     folder = Path(folder)
     record = read_record(folder)
     written = dict.fromkeys(set(names) - {RECORD}, kind)
-    if any(record.names.get(name) != kind for name in written):
-        write_record(folder, Record({**record.names, **written}, record.staging))
+    identities = {name: identity(folder / name, appended) for name in written}
+    if any(record.names.get(name) != kind or record.identities.get(name) != identities[name] for name in written):
+        write_record(folder, Record({**record.names, **written}, record.staging, {**record.identities, **identities}))
 
 
 def record_staging(folder: str | os.PathLike, name: str, add: bool = True) -> None:
@@ -116,13 +169,13 @@ def record_staging(folder: str | os.PathLike, name: str, add: bool = True) -> No
     folder = Path(folder)
     record = read_record(folder)
     staging = record.staging | {name} if add else record.staging - {name}
-    write_record(folder, Record(record.names, staging))
+    write_record(folder, Record(record.names, staging, record.identities))
 
 
-def refusal(record: Record, name: str, kind: str) -> str | None:
+def refusal(folder: Path, record: Record, name: str, kind: str) -> str | None:
     """
-    Why a writer of `kind` may not replace the entry `name` of a folder whose record is `record` (a clause to
-    follow the entry's name), or None when the program wrote it as that kind of output.
+    Why a writer of `kind` may not replace the entry `name` of `folder`, whose record is `record` (a clause to
+    follow the entry's name), or None when the program wrote it as that kind of output and it is still as written.
     """
     if name not in record.names:
         return "which cascade-clip did not write"
@@ -131,6 +184,8 @@ def refusal(record: Record, name: str, kind: str) -> str | None:
         return "which an earlier version of cascade-clip wrote without recording what it is"
     if written_as != kind:
         return f"which cascade-clip wrote as {written_as} output, not {kind} output"
+    if not is_as_written(folder, name, record):
+        return "which is not the file cascade-clip wrote there (it was replaced or changed since)"
     return None
 
 
@@ -144,7 +199,7 @@ def first_refusal(folder: Path, root: Path, kind: str) -> tuple[str, str] | None
         if path.name == RECORD or path.name in record.staging:
             continue
         if path.name in record.names or path.is_symlink() or not path.is_dir():
-            reason = refusal(record, path.name, kind)
+            reason = refusal(folder, record, path.name, kind)
             if reason is not None:
                 return shown(path.relative_to(root)), reason
             continue
@@ -204,7 +259,9 @@ def check_output_folder(
         found = first_refusal(folder, folder, kind)
     else:
         record = read_record(folder)
-        reasons = [(shown(name), refusal(record, name, kind)) for name in names if os.path.lexists(folder / name)]
+        reasons = [
+            (shown(name), refusal(folder, record, name, kind)) for name in names if os.path.lexists(folder / name)
+        ]
         found = next((reason for reason in reasons if reason[1] is not None), None)
     if found is not None:
         name, reason = found
@@ -223,17 +280,20 @@ def current_umask() -> int:
 def write_unless_taken(folder: str | os.PathLike, name: str, content: bytes, kind: str) -> bool:
     """
     Writes `content` as the file `name` in `folder` (a staging file, renamed into place), unless that name holds
-    something else that a writer of `kind` did not write (see its record), which is kept. Unlike `output_files`, it
-    leaves the folder's record as it is, so that it can write into a folder another writer is staging.
+    something else that a writer of `kind` did not write, or that is no longer as written (see its record), which is
+    kept. Unlike `output_files`, it records nothing new, so that it can write into a folder another writer is
+    staging; a name the record identifies gets the new file's identity.
 
     Returns:
         `bool`: whether `folder / name` holds `content` afterwards.
     """
-    target = Path(folder) / name
+    folder = Path(folder)
+    target = folder / name
+    record = read_record(folder)
     if os.path.lexists(target):
         if target.is_file() and not target.is_symlink() and target.read_bytes() == content:
             return True
-        if read_record(folder).names.get(name) != kind:
+        if refusal(folder, record, name, kind) is not None:
             return False
     handle, temporary = tempfile.mkstemp(prefix=f"{STAGING}-file.", dir=folder)
     try:
@@ -244,6 +304,8 @@ def write_unless_taken(folder: str | os.PathLike, name: str, content: bytes, kin
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    if record.names.get(name) == kind and name in record.identities:
+        record_outputs(folder, [name], kind)
     return True
 
 

@@ -8,7 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .atomic import MODEL, output_files
+from .atomic import MODEL, output_files, record_outputs
 from .evaluation import HEADLINE_METRICS
 from .training import saved_best_model
 
@@ -49,6 +49,7 @@ class ScalarLog:
         kept = [line for line in read_scalars(self.path) if line["step"] <= resumed_step]
         with output_files(output_dir, MODEL) as staging:
             (staging / SCALARS_FILE).write_text("".join(json.dumps(line) + "\n" for line in kept), encoding="utf-8")
+        record_outputs(output_dir, [SCALARS_FILE], MODEL, appended=True)  # it grows as the run logs
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -18,7 +18,6 @@ scalars to `OUTPUT_DIR/scalars.jsonl` and plots them into `OUTPUT_DIR/training_c
 import argparse
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from cascade_clip_hf.arguments import (
     positive_int,
     trackers_argument,
 )
-from cascade_clip_hf.atomic import MODEL, output_files, record_outputs
+from cascade_clip_hf.atomic import MODEL, identity, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segmentation_data
 from cascade_clip_hf.errors import counted, run_script
@@ -347,7 +346,7 @@ def main(argv=None) -> None:
             )
 
     if accelerator.is_main_process:
-        existing = set(os.listdir(output_dir))
+        before = {path.name: identity(path) for path in output_dir.iterdir()}
         # Trackers take numbers, strings and booleans (TensorBoard's hyperparameters refuse anything else).
         config = {
             key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
@@ -355,8 +354,10 @@ def main(argv=None) -> None:
             if value is not None
         }
         accelerator.init_trackers("cascade_clip", config=config)
-        # What the trackers create here (TensorBoard's logs) is the run's own: a resumed run may write there again.
-        record_outputs(output_dir, set(os.listdir(output_dir)) - existing, MODEL)
+        # What the trackers create or add to here (TensorBoard's logs) is the run's own: a resumed run may write
+        # there again. (Whatever they touched was checked as the program's before the run.)
+        touched = [path.name for path in output_dir.iterdir() if before.get(path.name) != identity(path)]
+        record_outputs(output_dir, touched, MODEL)
         # Written whatever the trackers; a resumed run drops the lines logged after its checkpoint.
         scalar_log = ScalarLog(output_dir, completed_steps)
     logger.info(

@@ -18,7 +18,7 @@ from transformers.testing_utils import CaptureLogger
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf import modeling_cascade_clip as modeling
-from cascade_clip_hf.atomic import MODEL, SEGMENTATION, record_outputs
+from cascade_clip_hf.atomic import MODEL, SEGMENTATION, identity, read_record, record_outputs
 from cascade_clip_hf.pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 
 from .helpers import python_without_package, random_image
@@ -274,6 +274,12 @@ def test_save_pretrained_writes_the_handler_but_never_over_a_users(tmp_path, tin
     tiny_model.save_pretrained(ours)
     assert (ours / "handler.py").read_bytes() == PACKAGE_HANDLER.read_bytes()
     assert not [path.name for path in ours.iterdir() if "staging" in path.name]
+    # The record identifies the new handler: the user's file put in its place later is theirs.
+    assert read_record(ours).identities["handler.py"] == identity(ours / "handler.py")
+    (ours / "handler.py").unlink()
+    (ours / "handler.py").write_text("the user's own handler\n")
+    tiny_model.save_pretrained(ours)
+    assert (ours / "handler.py").read_text() == "the user's own handler\n"
 
     # A handler.py another of the program's writers made is not a model file either.
     other = tmp_path / "other"

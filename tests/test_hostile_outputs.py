@@ -15,7 +15,19 @@ import pytest
 from accelerate import Accelerator
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.atomic import BENCHMARK, MODEL, MODEL_CARD, SCENES, STAGING, check_output_folder
+from cascade_clip_hf.atomic import (
+    BENCHMARK,
+    MODEL,
+    MODEL_CARD,
+    RECORD,
+    RECORD_FORMAT,
+    SCENES,
+    STAGING,
+    OutputFolderError,
+    check_output_folder,
+    identity,
+    read_record,
+)
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL
 from cascade_clip_hf.training import DataPosition, save_checkpoint, save_final
@@ -95,9 +107,43 @@ def converted(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
 
 
 def converted_and_edited(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    """A conversion into tmp_path/out whose config.json the user edited in place (same inode): now theirs."""
     converted(tmp_path, fixture)
-    (tmp_path / "out" / "config.json").write_text("{}")  # still the program's file: replaced with the rest
-    return {}
+    with open(tmp_path / "out" / "config.json", "r+b") as file:
+        file.seek(0, os.SEEK_END)
+        file.write(b"\n")
+    return {"out/config.json": (tmp_path / "out" / "config.json").read_bytes()}
+
+
+def replaced_by_the_user(name: str, written: Callable[[Path, Callable], dict[str, bytes]]):
+    """An output that `written` wrote, which the user then deleted and put a file of their own in place of."""
+
+    def arrange(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+        written(tmp_path, fixture)
+        (tmp_path / name).unlink()
+        return place(tmp_path, {name: b"the user's own file"})
+
+    return arrange
+
+
+def recorded_without_identities(written: Callable[[Path, Callable], dict[str, bytes]], folder: str):
+    """Outputs that `written` wrote, recorded as the previous version did: names and kinds, no identities."""
+
+    def arrange(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+        user_files = written(tmp_path, fixture)
+        record = tmp_path / folder / ".cascade-clip-outputs"
+        record.write_text(json.dumps({"format": 3, "names": json.loads(record.read_text())["names"]}))
+        return user_files
+
+    return arrange
+
+
+def identified(folder: Path, names: list[str]) -> bool:
+    """Whether the record of `folder` is in the current format and identifies each of `names` as it is now."""
+    record = read_record(folder)
+    return json.loads((folder / RECORD).read_text())["format"] == RECORD_FORMAT and all(
+        record.identities.get(name) == identity(folder / name) for name in names
+    )
 
 
 def segmented_once(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
@@ -173,6 +219,11 @@ def embedded_into_run(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
     return {}
 
 
+def embedded_into_own(tmp_path: Path, fixture: Callable) -> dict[str, bytes]:
+    assert embed(fixture, tmp_path / "own" / "vocab.safetensors") == (0, [])
+    return {}
+
+
 @dataclass
 class Situation:
     """
@@ -209,10 +260,23 @@ SITUATIONS = {
         r"/folder/coco\.pth: that would replace the input .*/folder/coco\.pth",
     ),
     "convert over its own previous output": Situation(
-        converted_and_edited,
+        converted,
         lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
         0,
-        written=lambda tmp: "id2label" in json.loads((tmp / "out/config.json").read_text()),
+        written=lambda tmp: identified(tmp / "out", ["config.json", "model.safetensors"]),
+    ),
+    "convert over its own previous output whose config.json the user edited": Situation(
+        converted_and_edited,
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"/out: it holds config\.json, which is not the file cascade-clip wrote there \(it was replaced or changed "
+        r"since\) \(choose another output, or move config\.json away\)$",
+    ),
+    "convert where the user put their own file in place of a deleted model.safetensors": Situation(
+        replaced_by_the_user("out/model.safetensors", converted),
+        lambda tmp, fixture: convert(fixture, CHECKPOINT, tmp / "out"),
+        2,
+        r"/out: it holds model\.safetensors, which is not the file cascade-clip wrote there",
     ),
     "convert into a folder holding the user's hidden .backup.old-20240101 folder": Situation(
         lambda tmp, fixture: place(tmp, {"out/.backup.old-20240101/thesis.tex": b"x"}),
@@ -301,7 +365,20 @@ SITUATIONS = {
         segmented_once,
         lambda tmp, fixture: segment(fixture, tmp / "out"),
         0,
-        written=segmented,
+        written=lambda tmp: segmented(tmp) and identified(tmp / "out", SCENE_OUTPUTS),
+    ),
+    "segment where the user put their own file in place of a deleted overlay": Situation(
+        replaced_by_the_user("out/scene-0.png_overlay.png", segmented_once),
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        2,
+        r"^error: refusing to write into .*/out: it holds scene-0\.png_overlay\.png, which is not the file "
+        r"cascade-clip wrote there",
+    ),
+    "segment over results recorded without identities by the previous version": Situation(
+        recorded_without_identities(segmented_once, "out"),
+        lambda tmp, fixture: segment(fixture, tmp / "out"),
+        0,
+        written=lambda tmp: segmented(tmp) and identified(tmp / "out", SCENE_OUTPUTS),
     ),
     "train into a folder holding the user's README.md": Situation(
         lambda tmp, fixture: place(tmp, {"run/README.md": b"# My experiments\n"}),
@@ -412,6 +489,26 @@ SITUATIONS = {
         r"/out: it holds scene-0\.png\.json, which an earlier version of cascade-clip wrote without recording what "
         r"it is",
     ),
+    "embed twice onto the same file": Situation(
+        embedded_into_own,
+        lambda tmp, fixture: embed(fixture, tmp / "own" / "vocab.safetensors"),
+        0,
+        written=lambda tmp: identified(tmp / "own", ["vocab.safetensors"]),
+    ),
+    "embed where the user put their own file in place of a deleted vocabulary": Situation(
+        replaced_by_the_user("own/vocab.safetensors", embedded_into_own),
+        lambda tmp, fixture: embed(fixture, tmp / "own" / "vocab.safetensors"),
+        2,
+        r"^error: refusing to write into .*/own: it holds vocab\.safetensors, which is not the file cascade-clip "
+        r"wrote there \(it was replaced or changed since\) \(choose another output, or move vocab\.safetensors "
+        r"away\)$",
+    ),
+    "embed over a vocabulary recorded without identities by the previous version": Situation(
+        recorded_without_identities(embedded_into_own, "own"),
+        lambda tmp, fixture: embed(fixture, tmp / "own" / "vocab.safetensors"),
+        0,
+        written=lambda tmp: identified(tmp / "own", ["vocab.safetensors"]),
+    ),
     "train into a folder holding a vocabulary": Situation(
         embedded_into_run,
         lambda tmp, fixture: script(
@@ -443,14 +540,20 @@ def test_hostile_output_folder(name, tmp_path, request):
 
 
 def test_the_repositorys_own_outputs_may_be_rebuilt():
-    """The shipped demo model, scenes, model cards and benchmark reports carry the record their writers check."""
+    """
+    The shipped demo model, scenes, model cards and benchmark reports carry the record their writers check, without
+    identities: a checkout gives their files new inodes and times, which would make them look like a user's.
+    """
     check_output_folder(DEMO_MODEL, kind=MODEL)
     scenes = [path.name for path in (EXAMPLES / "scenes").glob("*.png")]
     check_output_folder(EXAMPLES / "scenes", scenes, kind=SCENES)
     benchmarks = [path.name for path in (REPOSITORY / "benchmarks").glob("[!.]*")]
     check_output_folder(REPOSITORY / "benchmarks", benchmarks, kind=BENCHMARK)
-    for card in (REPOSITORY / "model_cards").glob("*/README.md"):
-        check_output_folder(card.parent, [card.name], kind=MODEL_CARD)
+    cards = [card.parent for card in (REPOSITORY / "model_cards").glob("*/README.md")]
+    for card in cards:
+        check_output_folder(card, ["README.md"], kind=MODEL_CARD)
+    for folder in [DEMO_MODEL, EXAMPLES / "scenes", REPOSITORY / "benchmarks", *cards]:
+        assert read_record(folder).names and not read_record(folder).identities, folder
 
 
 # Each writer of the command line, run on its output path (a folder, or embed's file).
@@ -567,3 +670,23 @@ def test_outputs_get_the_permissions_of_an_ordinary_write(writer, umask, tmp_pat
     expected = {name: (0o777 if (tmp_path / name).is_dir() else 0o666) & ~umask for name in modes}
     assert modes == expected
     assert len(modes) > 3 and (writer != "trained model" or "out/checkpoint-2" in modes)
+
+
+def test_a_checkpoint_is_saved_again_only_over_its_own_untouched_files(tmp_path, request):
+    """Saving a checkpoint of the same step replaces the earlier one, unless a file in it is no longer the one
+    written: the user's file put in place of a deleted one is kept, and the save refused in one line (its staging
+    is left for the next run to remove, see `remove_partial_checkpoints`)."""
+    accelerator, model, processor = trained_model(request.getfixturevalue)
+    position = DataPosition(epoch=0, batches=2, batches_per_epoch=5)
+    save_checkpoint(accelerator, tmp_path / "out", 2, position)
+    save_checkpoint(accelerator, tmp_path / "out", 2, position)  # untouched: replaced
+    (tmp_path / "out/checkpoint-2/training_state.json").unlink()
+    place(tmp_path, {"out/checkpoint-2/training_state.json": b"{}"})
+    before = snapshot(tmp_path / "out/checkpoint-2")
+    with pytest.raises(
+        OutputFolderError,
+        match=r"^refusing to write into .*/checkpoint-2: it holds "
+        r"training_state\.json, which is not the file cascade-clip wrote there",
+    ) as error:
+        save_checkpoint(accelerator, tmp_path / "out", 2, position)
+    assert "\n" not in str(error.value) and snapshot(tmp_path / "out/checkpoint-2") == before

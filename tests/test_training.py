@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -334,10 +335,10 @@ def test_resuming_continues_exactly(
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / checkpoint, resumed / checkpoint)
-    # The scalar log as the uninterrupted run left it, steps after the checkpoint included, with the record that
-    # says the program wrote it: as if the run had been killed after its last step.
-    for name in (SCALARS_FILE, RECORD):
-        shutil.copy(straight / name, resumed / name)
+    # The scalar log as the uninterrupted run left it, steps after the checkpoint included (the same file: a link),
+    # with the record that says the program wrote it: as if the run had been killed after its last step.
+    os.link(straight / SCALARS_FILE, resumed / SCALARS_FILE)
+    shutil.copy(straight / RECORD, resumed / RECORD)
     saved_optimizer = torch.load(resumed / checkpoint / "optimizer.bin", weights_only=False)
     assert all(state["step"] == checkpoint_step for state in saved_optimizer["state"].values())
     result = run_script(

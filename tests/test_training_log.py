@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.atomic import MODEL, read_record, record_outputs
+from cascade_clip_hf.atomic import MODEL, OutputFolderError, read_record, record_outputs
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, aggregate_metrics
 from cascade_clip_hf.model_card import build_model_card
 from cascade_clip_hf.training import (
@@ -41,7 +41,7 @@ def write_scalars(run_dir, steps: int, eval_steps: int | None = None) -> None:
             line.update({f"eval/{key}": value + step for key, value in headline(30.0).items()})
         lines.append(json.dumps(line) + "\n")
     (run_dir / SCALARS_FILE).write_text("".join(lines))
-    record_outputs(run_dir, [SCALARS_FILE], MODEL)  # as a run records it
+    record_outputs(run_dir, [SCALARS_FILE], MODEL, appended=True)  # as a run records it
 
 
 def test_a_resumed_log_keeps_the_steps_up_to_its_checkpoint_and_appends(tmp_path):
@@ -57,6 +57,18 @@ def test_a_resumed_log_keeps_the_steps_up_to_its_checkpoint_and_appends(tmp_path
     assert SCALARS_FILE in read_record(tmp_path).names
     ScalarLog(tmp_path, resumed_step=0).close()  # a run from the start
     assert read_scalars(tmp_path / SCALARS_FILE) == []
+
+
+def test_a_log_the_user_put_in_place_of_the_runs_is_kept(tmp_path):
+    """The log grows after it is recorded, yet a file put in place of a deleted one (which may even get its inode
+    back) is the user's: a resumed run refuses it."""
+    write_scalars(tmp_path, 4)
+    ScalarLog(tmp_path, resumed_step=4).close()  # the run's own, appended since: replaced
+    (tmp_path / SCALARS_FILE).unlink()
+    (tmp_path / SCALARS_FILE).write_text('{"step": 1, "loss": 9.0}\n')
+    with pytest.raises(OutputFolderError, match=r"it holds scalars\.jsonl, which is not the file cascade-clip wrote"):
+        ScalarLog(tmp_path, resumed_step=1)
+    assert read_scalars(tmp_path / SCALARS_FILE) == [{"step": 1, "loss": 9.0}]
 
 
 @pytest.mark.parametrize(("eval_steps", "size"), [(2, (900, 1000)), (None, (900, 700))])
