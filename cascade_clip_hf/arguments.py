@@ -232,7 +232,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image_column", default="image", help="the dataset's column of images")
     group.add_argument("--label_column", default="label", help="the dataset's column of label maps")
     group.add_argument("--reduce_labels", action="store_true", help="label 0 is background: ignore it, shift the rest")
-    group.add_argument("--seen_class_ids", type=comma_separated_ints, help="classes seen in training, e.g. 0,1,2")
+    group.add_argument(
+        "--seen_class_ids",
+        type=comma_separated_ints,
+        help="classes seen in training, e.g. 0,1,2; default: a benchmark's split, else the --init_from model's own "
+        "when its classes are the dataset's, else all",
+    )
     group.add_argument(
         "--setting",
         choices=SETTINGS,

@@ -36,6 +36,9 @@ class SegmentationData:
     label_lookup: np.ndarray
     seen_class_ids: list[int] | None = None
 
+    def __post_init__(self):
+        check_seen_class_ids(self.seen_class_ids, len(self.class_names))
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """
         Reads one sample.
@@ -62,6 +65,26 @@ class SegmentationData:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+def check_seen_class_ids(seen_class_ids: list[int] | None, num_classes: int) -> None:
+    """
+    Refuses seen classes that are not ids of `num_classes` classes, or name one twice: found out when the data is
+    read, before a run trains on them.
+
+    Raises:
+        DatasetLayoutError: naming the offending ids and the valid range.
+    """
+    if seen_class_ids is None:
+        return
+    unknown = sorted({class_id for class_id in seen_class_ids if not 0 <= class_id < num_classes})
+    if unknown:
+        raise DatasetLayoutError(
+            f"--seen_class_ids {unknown} are not class ids: the dataset has "
+            f"{counted(num_classes, 'class', 'classes')}, ids 0..{num_classes - 1}."
+        )
+    if len(set(seen_class_ids)) != len(seen_class_ids):
+        raise DatasetLayoutError(f"--seen_class_ids names a class twice: {list(seen_class_ids)}.")
 
 
 def rows_from_pairs(pairs: list[tuple[Path, Path]], what: str) -> datasets.Dataset:

@@ -215,6 +215,8 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
             tokenizer=load_tokenizer(args.clip_model),
             templates=model.config.templates,
         )
+    if args.init_from and model.config.class_names == data.class_names:
+        resolve_seen_classes(model, data)
     if args.class_embeddings:
         embeddings = load_class_embeddings(args.class_embeddings, len(data.class_names), model.config.projection_dim)
         model.set_vocabulary(data.class_names, embeddings, data.seen_class_ids)
@@ -224,6 +226,24 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
     processor.seen_classes = model.config.seen_class_names
     model.freeze_pretrained()
     return model, processor
+
+
+def resolve_seen_classes(model, data) -> None:
+    """
+    The one set of seen classes a run continuing from `model`, whose classes are the dataset's, trains and evaluates
+    with: `--seen_class_ids` or the benchmark's split where given (`data.seen_class_ids`; the model's vocabulary is
+    updated to it), else the model's own. Left in `data.seen_class_ids` and the model's configuration alike.
+    """
+    model_seen = model.config.seen_class_ids
+    if data.seen_class_ids is None:
+        data.seen_class_ids = None if model_seen is None else list(model_seen)
+        return
+    if model_seen is None or sorted(model_seen) != sorted(data.seen_class_ids):
+        logger.info(
+            f"Seen classes {sorted(data.seen_class_ids)} (--seen_class_ids or the benchmark's split) replace "
+            f"--init_from's {'all' if model_seen is None else sorted(model_seen)}."
+        )
+        model.set_vocabulary(data.class_names, model.class_embeddings, data.seen_class_ids)
 
 
 def check_metric_for_best_model(args, eval_data) -> None:
@@ -285,18 +305,21 @@ def main(argv=None) -> None:
     data = load_segmentation_data(source, "train")
     eval_split = None if args.skip_eval else args.eval_split or evaluation_split(source)
     eval_data = None if args.skip_eval else load_segmentation_data(source, eval_split)
-    check_metric_for_best_model(args, eval_data)
     provenance = training_provenance(args.clip_model, args.init_from, args.license)
     set_seed(args.seed)
+    model, processor = build_model_and_processor(args, data)
+    # One set of seen classes for training and every evaluation (during training, final, best model, card).
+    if eval_data is not None:
+        eval_data.seen_class_ids = data.seen_class_ids
+    check_metric_for_best_model(args, eval_data)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output_dir)
     accelerator.wait_for_everyone()
 
-    model, processor = build_model_and_processor(args, data)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    vocabulary = training_vocabulary(len(data.class_names), model.config.seen_class_ids, args.setting)
+    vocabulary = training_vocabulary(len(data.class_names), data.seen_class_ids, args.setting)
     augmentation = training_augmentation(
         crop_size=args.crop_size,
         scale=tuple(args.train_scale),

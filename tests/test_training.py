@@ -562,3 +562,31 @@ def test_the_same_seed_trains_the_same_weights_and_another_seed_others(
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["vision_encoder.prompts.embeddings"], other["vision_encoder.prompts.embeddings"])
     assert sum(not torch.equal(first[key], other[key]) for key in first) > 10
+
+
+def test_seen_classes_out_of_range_are_refused_before_anything_is_written(
+    tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch
+):
+    output = tmp_path / "run"
+    argv = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=["--seen_class_ids", "0,9"])
+    with pytest.raises(ValueError, match=r"--seen_class_ids \[9\] are not class ids: the dataset has 4 classes"):
+        train_in_process(argv, monkeypatch)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(("flag", "expected_seen"), [(None, [0, 1]), ("0,1,2", [0, 1, 2])])
+def test_training_and_evaluation_share_one_set_of_seen_classes(
+    tmp_path, hub_dataset, tiny_clip_dir, monkeypatch, flag, expected_seen
+):
+    """From a model with its own split: the flag wins over it, else the model's is used, and evaluations agree."""
+    model_dir = save_tiny_cascade(tiny_clip_dir, tmp_path / "model", HUB_CLASSES, seen_class_ids=[0, 1])
+    output = tmp_path / "run"
+    extra = ["--checkpointing_steps", "0", "--max_eval_samples", "1", "--eval_steps", "1"]
+    extra += ["--seen_class_ids", flag] if flag else []
+    train_in_process(train_args(hub_dataset, output, model_dir, 1, extra=extra), monkeypatch)
+    assert CascadeClipForZeroShotSegmentation.from_pretrained(output).config.seen_class_ids == expected_seen
+    results = json.loads((output / "eval_results.json").read_text())
+    best = json.loads((output / "best" / "best_model.json").read_text())
+    assert results["hiou"] is not None and best["metrics"]["hiou"] == results["hiou"]
+    unseen_iou = [results["per_class_iou"][HUB_CLASSES[i]] for i in range(4) if i not in expected_seen]
+    assert results["miou_unseen"] == pytest.approx(np.mean(unseen_iou), abs=0.01)
