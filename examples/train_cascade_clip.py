@@ -35,6 +35,9 @@ from cascade_clip_hf.arguments import (
     check_output_argument,
     comma_separated_ints,
     data_source,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
     positive_int,
     trackers_argument,
 )
@@ -78,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--init_from", help="a Cascade-CLIP model to continue from (e.g. inductive -> transductive)")
     model.add_argument("--class_embeddings", help=".npy of precomputed class embeddings (one row per class)")
     model.add_argument("--templates", nargs="+", help="prompt templates for a dataset without a preset")
-    model.add_argument("--image_size", type=int, default=512, help="position-embedding grid size (pixels)")
+    model.add_argument("--image_size", type=positive_int, default=512, help="position-embedding grid size (pixels)")
     model.add_argument(
         "--model_config",
         type=json.loads,
@@ -88,10 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True, help="folder for the model, checkpoints and logs")
     train.add_argument(
-        "--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark"
+        "--max_train_steps", type=positive_int, help="optimizer steps; default: the original's for the benchmark"
     )
-    train.add_argument("--train_batch_size", type=int, default=4, help="images per process and step")
-    train.add_argument("--crop_size", type=int, default=512, help="side of the square training crops (pixels)")
+    train.add_argument("--train_batch_size", type=positive_int, default=4, help="images per process and step")
+    train.add_argument(
+        "--crop_size", type=positive_int, default=512, help="side of the square training crops (pixels)"
+    )
     train.add_argument(
         "--train_scale",
         type=comma_separated_ints,
@@ -100,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train.add_argument(
         "--scale_ratio_range",
-        type=float,
+        type=positive_float,
         nargs=2,
         default=[0.5, 2.0],
         metavar=("LOW", "HIGH"),
@@ -111,17 +116,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="no brightness/contrast/saturation/hue jitter (for data whose classes differ by colour)",
     )
-    train.add_argument("--learning_rate", type=float, default=2e-5, help="base rate; prompts and head train at 10x")
-    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's weight decay")
-    train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
-    train.add_argument("--warmup_steps", type=int, default=1500, help="steps of linear warm-up")
     train.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="batches whose gradients make one step"
+        "--learning_rate", type=positive_float, default=2e-5, help="base rate; prompts and head train at 10x"
+    )
+    train.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW's weight decay")
+    train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
+    train.add_argument("--warmup_steps", type=non_negative_int, default=1500, help="steps of linear warm-up")
+    train.add_argument(
+        "--gradient_accumulation_steps", type=positive_int, default=1, help="batches whose gradients make one step"
     )
     train.add_argument(
         "--activation_checkpointing", action="store_true", help="recompute layer activations in backward (less memory)"
     )
-    train.add_argument("--checkpointing_steps", type=int, default=2000, help="save state every N steps (0: never)")
+    train.add_argument(
+        "--checkpointing_steps", type=non_negative_int, default=2000, help="save state every N steps (0: never)"
+    )
     train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
     train.add_argument(
         "--report_to",
@@ -129,14 +138,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="none",
         help="trackers, comma-separated (tensorboard, wandb, ...; each must be installed), all or none",
     )
-    train.add_argument("--logging_steps", type=int, default=10, help="log the losses every N steps")
+    train.add_argument("--logging_steps", type=positive_int, default=10, help="log the losses every N steps")
     train.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seeds everything random: prompt initialisation, data order, augmentation, dropout",
     )
-    train.add_argument("--num_workers", type=int, default=2, help="data loading processes per training process")
+    train.add_argument(
+        "--num_workers", type=non_negative_int, default=2, help="data loading processes per training process"
+    )
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--skip_eval", action="store_true", help="evaluate neither during training nor after")
     evaluation.add_argument(
@@ -154,7 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval_split",
         help="default: val for a benchmark folder; the one of validation and val a Hugging Face dataset has",
     )
-    evaluation.add_argument("--eval_batch_size", type=int, default=1, help="images per process and step")
+    evaluation.add_argument("--eval_batch_size", type=positive_int, default=1, help="images per process and step")
     evaluation.add_argument("--max_eval_samples", type=positive_int, help="evaluate only the first N images")
     hub = parser.add_argument_group("model card and hub")
     hub.add_argument(
@@ -172,6 +183,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.dataset not in BENCHMARKS:
             parser.error("--max_train_steps is required for a dataset without a preset")
         args.max_train_steps = default_train_steps(args.dataset, args.setting)
+    if len(args.train_scale) != 2 or min(args.train_scale) < 1:
+        parser.error(f"--train_scale takes two sides of at least 1 pixel, LONG,SHORT; got {args.train_scale}")
+    if args.scale_ratio_range[0] > args.scale_ratio_range[1]:
+        parser.error(f"--scale_ratio_range takes LOW HIGH with LOW <= HIGH; got {args.scale_ratio_range}")
     if args.eval_steps and args.skip_eval:
         parser.error("--eval_steps evaluates during training, --skip_eval not at all: pass one of them")
     if args.push_to_hub and not args.hub_model_id:
@@ -305,6 +320,8 @@ def main(argv=None) -> None:
     data = load_segmentation_data(source, "train")
     eval_split = None if args.skip_eval else args.eval_split or evaluation_split(source)
     eval_data = None if args.skip_eval else load_segmentation_data(source, eval_split)
+    if eval_data is not None:
+        eval_data.check_first_sample(f"the evaluation split {eval_split!r}")
     provenance = training_provenance(args.clip_model, args.init_from, args.license)
     set_seed(args.seed)
     model, processor = build_model_and_processor(args, data)

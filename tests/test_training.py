@@ -244,6 +244,17 @@ def test_a_missing_evaluation_split_is_refused_before_the_first_step(tmp_path, h
         (["--output_dir", "{tmp_path}/a_file/run"], "a_file is a file, not a folder"),
         (["--eval_steps", "2", "--skip_eval"], "--eval_steps evaluates during training, --skip_eval not at all"),
         (["--metric_for_best_model", "loss"], "argument --metric_for_best_model: invalid choice: 'loss'"),
+        (["--logging_steps", "0"], "argument --logging_steps: must be at least 1, got 0"),
+        (["--gradient_accumulation_steps", "0"], "argument --gradient_accumulation_steps: must be at least 1"),
+        (["--max_train_steps", "-3"], "argument --max_train_steps: must be at least 1, got -3"),
+        (["--train_batch_size", "0"], "argument --train_batch_size: must be at least 1, got 0"),
+        (["--learning_rate=-1e-4"], "argument --learning_rate: must be greater than 0, got -1e-4"),
+        (["--learning_rate", "nan"], "argument --learning_rate: expected a finite number, got nan"),
+        (["--weight_decay", "-0.1"], "argument --weight_decay: must be at least 0, got -0.1"),
+        (["--warmup_steps", "-1"], "argument --warmup_steps: must be at least 0, got -1"),
+        (["--checkpointing_steps", "-2"], "argument --checkpointing_steps: must be at least 0, got -2"),
+        (["--eval_steps", "0"], "argument --eval_steps: must be at least 1, got 0"),
+        (["--train_scale", "256"], "--train_scale takes two sides of at least 1 pixel"),
     ],
 )
 def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
