@@ -52,6 +52,7 @@ from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, defa
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
     BEST_DIR,
+    CHECKPOINT_PATTERN,
     AugmentedSegmentation,
     BestModel,
     DataPosition,
@@ -66,7 +67,7 @@ from cascade_clip_hf.training import (
     save_final,
     training_vocabulary,
 )
-from cascade_clip_hf.training_log import EVAL_PREFIX, ScalarLog, plot_training_curves, read_scalars
+from cascade_clip_hf.training_log import EVAL_PREFIX, SCALARS_FILE, ScalarLog, plot_training_curves, read_scalars
 from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings, load_tokenizer
 
 
@@ -196,9 +197,34 @@ def parse_args(argv=None) -> argparse.Namespace:
             check_push(args.hub_model_id, args.hub_token)
         except ValueError as error:
             parser.error(f"--push_to_hub: {error}")
+    if args.init_from and Path(args.init_from).is_dir():
+        init_from, output_dir = Path(args.init_from).resolve(), Path(args.output_dir).resolve()
+        if init_from == output_dir or output_dir in init_from.parents:
+            parser.error(f"--init_from {args.init_from} is inside --output_dir {args.output_dir}: choose another")
     # The model's file names depend on it and on transformers: the folder may hold only this program's outputs.
     check_output_argument(parser, args.output_dir, kind=MODEL)
+    check_earlier_run(parser, args)
     return args
+
+
+def check_earlier_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """
+    Refuses (one line, exit 2) a fresh run into a folder where an earlier run left checkpoints, `best/`, results or
+    scalars, whose curves, best model and checkpoints it would mix with its own.
+    """
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint or not output_dir.is_dir():
+        return
+    earlier = sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if path.name in (BEST_DIR, "eval_results.json", SCALARS_FILE) or CHECKPOINT_PATTERN.fullmatch(path.name)
+    )
+    if earlier:
+        parser.error(
+            f"--output_dir {args.output_dir} holds an earlier run's checkpoints ({', '.join(earlier[:3])}): resume "
+            "it with --resume_from_checkpoint latest, or choose another --output_dir"
+        )
 
 
 def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.atomic import RECORD
+from cascade_clip_hf.atomic import MODEL, RECORD, record_outputs
 from cascade_clip_hf.data import hub_split, read_id2label
 from cascade_clip_hf.evaluation import HEADLINE_METRICS
 from cascade_clip_hf.labels import HIDDEN_LABEL, IGNORE_INDEX
@@ -267,6 +267,34 @@ def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
     lines = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("left", ["checkpoint-4", "best", "eval_results.json", SCALARS_FILE])
+def test_a_fresh_run_into_an_earlier_runs_folder_is_refused(tmp_path, hub_dataset, tiny_hub_model_dir, capsys, left):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / left).mkdir() if "." not in left else (output / left).write_text("{}")
+    record_outputs(output, {left}, MODEL)  # as the earlier run recorded it
+    script = load_script(EXAMPLES / "train_cascade_clip.py")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(train_args(hub_dataset, output, tiny_hub_model_dir, 2))
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert f"holds an earlier run's checkpoints ({left}): resume it with --resume_from_checkpoint latest" in lines[0]
+    resuming = ["--resume_from_checkpoint", "latest"]
+    assert script.parse_args(train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=resuming)).output_dir
+
+
+@pytest.mark.parametrize("inside", ["", "models/init"])
+def test_a_model_to_continue_from_inside_the_output_folder_is_refused(
+    tmp_path, hub_dataset, tiny_hub_model_dir, capsys, inside
+):
+    output = tmp_path / "run"
+    shutil.copytree(tiny_hub_model_dir, output / inside)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(EXAMPLES / "train_cascade_clip.py").parse_args(train_args(hub_dataset, output, output / inside, 2))
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "is inside --output_dir" in lines[0], lines
 
 
 def train_in_process(argv: list[str], monkeypatch) -> None:
