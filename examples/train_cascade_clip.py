@@ -51,11 +51,14 @@ from cascade_clip_hf.model_card import build_model_card, training_provenance, wr
 from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
+    ADJUSTABLE_SETTINGS,
     BEST_DIR,
     CHECKPOINT_PATTERN,
+    EXACT_RESUME_SETTINGS,
     AugmentedSegmentation,
     BestModel,
     DataPosition,
+    check_resumed_settings,
     parameter_groups,
     poly_schedule,
     read_best_model,
@@ -395,6 +398,16 @@ def main(argv=None) -> None:
     class_embeds = unwrapped.class_embeddings[vocabulary.class_ids]
     seen_class_mask = vocabulary.seen_class_mask.to(accelerator.device)
 
+    # What shapes the result, as JSON values: recorded in each checkpoint, compared on resuming.
+    settings = json.loads(
+        json.dumps(
+            {
+                **{name: getattr(args, name) for name in EXACT_RESUME_SETTINGS + ADJUSTABLE_SETTINGS},
+                "dataset": args.dataset or args.dataset_name,
+                "seen_class_ids": None if data.seen_class_ids is None else sorted(data.seen_class_ids),
+            }
+        )
+    )
     completed_steps, position = 0, DataPosition(epoch=0, batches=0, batches_per_epoch=len(train_dataloader))
     best = BestModel(args.metric_for_best_model)
     if args.resume_from_checkpoint:
@@ -406,6 +419,8 @@ def main(argv=None) -> None:
             completed_steps, position = read_training_state(
                 checkpoint, len(train_dataloader), args.gradient_accumulation_steps
             )
+            for line in check_resumed_settings(checkpoint, settings):
+                logger.info(line)
             best = read_best_model(checkpoint, args.metric_for_best_model)
             logger.info(
                 f"Resumed from {checkpoint} at step {completed_steps}, epoch {position.epoch}, "
@@ -497,7 +512,7 @@ def main(argv=None) -> None:
             postfix.update(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
             progress.set_postfix(postfix)
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, completed_steps, position, best)
+                save_checkpoint(accelerator, output_dir, completed_steps, position, best, settings)
             if completed_steps >= args.max_train_steps:
                 break
     progress.close()

@@ -369,7 +369,9 @@ def test_resuming_continues_exactly(
     state = json.loads((straight / checkpoint / "training_state.json").read_text())
     num_images = len(hub_split(str(dataset[0]), "train", read_id2label(dataset[1])))
     position = DataPosition.after_steps(checkpoint_step, num_images // batch_size // num_processes, accumulation)
+    settings = state.pop("settings")
     assert state == {"step": checkpoint_step, **asdict(position)}
+    assert settings["train_batch_size"] == batch_size and settings["gradient_accumulation_steps"] == accumulation
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / checkpoint, resumed / checkpoint)
@@ -404,6 +406,36 @@ def test_resuming_continues_exactly(
     assert not torch.equal(
         expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"]
     )
+
+
+def test_resuming_refuses_settings_that_change_the_result_and_allows_a_longer_run(
+    tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch, caplog
+):
+    output = tmp_path / "run"
+    first = ["--checkpointing_steps", "1", "--skip_eval", "--seen_class_ids", "0,1,2"]
+    train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 1, extra=first), monkeypatch)
+    settings = json.loads((output / "checkpoint-1" / "training_state.json").read_text())["settings"]
+    assert settings["seen_class_ids"] == [0, 1, 2] and settings["learning_rate"] == 5e-4
+    assert settings["dataset"] == str(hub_dataset[0]) and settings["max_train_steps"] == 1
+    resume = ["--resume_from_checkpoint", "latest"]
+    changes = [
+        (["--train_batch_size", "1"], "--train_batch_size 2, this one has 1"),
+        (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps 1, this one has 2"),
+        (["--seed", "3"], "--seed 0, this one has 3"),
+        (["--learning_rate", "1e-3"], "--learning_rate 0.0005, this one has 0.001"),
+        (["--setting", "transductive"], '--setting "inductive", this one has "transductive"'),
+    ]
+    for change, expected in changes:
+        argv = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=[*first, *resume, *change])
+        with pytest.raises(ValueError, match=f"checkpoint-1 was saved by a run with {expected}: resuming would not"):
+            train_in_process(argv, monkeypatch)
+    with pytest.raises(ValueError, match=r"--seen_class_ids \[0, 1, 2\], this one has null"):
+        extra = ["--checkpointing_steps", "1", "--skip_eval", *resume]
+        train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=extra), monkeypatch)
+    caplog.set_level("INFO")
+    train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=[*first, *resume]), monkeypatch)
+    assert "--max_train_steps changed on resuming: 1 -> 2." in caplog.text
+    assert (output / "checkpoint-2").is_dir()
 
 
 KILLED_SAVE = textwrap.dedent(
