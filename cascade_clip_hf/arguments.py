@@ -183,6 +183,18 @@ def check_cuda_device(text: str, index: int | None) -> None:
         )
 
 
+def hub_license(text: str) -> str:
+    """A licence id the Hub's model cards take (`model_card.HUB_LICENSES`: apache-2.0, mit, cc-by-4.0, other...)."""
+    from .model_card import HUB_LICENSES
+
+    if text not in HUB_LICENSES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Hub licence id; use one such as apache-2.0, mit, cc-by-4.0, cc-by-nc-4.0, or other "
+            "(huggingface.co/docs/hub/repositories-licenses)"
+        )
+    return text
+
+
 def comma_separated_ints(text: str) -> list[int]:
     """`"0,1,2"` -> `[0, 1, 2]`."""
     try:

@@ -35,6 +35,7 @@ from cascade_clip_hf.arguments import (
     check_output_argument,
     comma_separated_ints,
     data_source,
+    hub_license,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -47,7 +48,7 @@ from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segm
 from cascade_clip_hf.errors import counted, run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import check_push, push_folder
-from cascade_clip_hf.model_card import build_model_card, training_provenance, write_model_card
+from cascade_clip_hf.model_card import build_model_card, training_provenance, training_run_recipe, write_model_card
 from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
@@ -174,6 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     hub = parser.add_argument_group("model card and hub")
     hub.add_argument(
         "--license",
+        type=hub_license,
         help="the model's licence, a Hub licence id (other: the original release's non-commercial terms); default: "
         "apache-2.0 from CLIP, the licence of --init_from's card (the original's terms without one)",
     )
@@ -536,14 +538,21 @@ def main(argv=None) -> None:
             dataset=args.dataset,
             results=results,
             split=eval_split,
-            training={
-                "steps": args.max_train_steps,
-                "batch": f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}",
-                "crop": args.crop_size,
-                "learning rate": args.learning_rate,
-                "seed": args.seed,
-                **({"evaluated every": f"{args.eval_steps} steps"} if evaluates_during_training else {}),
-            },
+            training=training_run_recipe(
+                crop_size=args.crop_size,
+                train_scale=args.train_scale,
+                scale_ratio_range=args.scale_ratio_range,
+                photometric_distortion=not args.no_photometric_distortion,
+                learning_rate=args.learning_rate,
+                weight_decay=args.weight_decay,
+                no_decay_on_norms=args.no_decay_on_norms,
+                warmup_steps=args.warmup_steps,
+                steps=args.max_train_steps,
+                batch=f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps} "
+                "images",
+                seed=args.seed,
+                evaluated_every=args.eval_steps if evaluates_during_training else None,
+            ),
             best_during_training=asdict(best),
             curves=curves and curves.name,
             **provenance,

@@ -661,3 +661,24 @@ def test_training_and_evaluation_share_one_set_of_seen_classes(
     assert results["hiou"] is not None and best["metrics"]["hiou"] == results["hiou"]
     unseen_iou = [results["per_class_iou"][HUB_CLASSES[i]] for i in range(4) if i not in expected_seen]
     assert results["miou_unseen"] == pytest.approx(np.mean(unseen_iou), abs=0.01)
+
+
+def test_the_card_states_the_run_that_ran_and_its_licence(tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch):
+    output = tmp_path / "run"
+    extra = ["--skip_eval", "--checkpointing_steps", "0", "--no_decay_on_norms", "--weight_decay", "0.05"]
+    extra += ["--scale_ratio_range", "1", "1.5", "--license", "mit"]
+    train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 1, extra=extra), monkeypatch)
+    card = (output / "README.md").read_text()
+    assert "license: mit" in card
+    assert "resize to scale (256,64) with ratio 1.0-1.5 keeping aspect; random crop 64;" in card
+    assert "AdamW lr 0.0005 weight_decay 0.05;" in card and "; no weight decay on norm layers." in card
+    assert "linear warmup 2 steps from ratio 1e-6; 1 step of 2 x 1 x 1 images" in card
+    assert "2048" not in card and "lr 2e-5" not in card and "1500" not in card  # not the original recipe's
+
+
+def test_a_licence_the_hub_does_not_know_is_refused(tmp_path, hub_dataset, tiny_hub_model_dir, capsys):
+    argv = train_args(hub_dataset, tmp_path / "run", tiny_hub_model_dir, 2, extra=["--license", "Apache 2"])
+    with pytest.raises(SystemExit):
+        load_script(EXAMPLES / "train_cascade_clip.py").parse_args(argv)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "argument --license: 'Apache 2' is not a Hub licence id" in lines[0], lines
