@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -89,6 +90,44 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number of at least 0 (counts where 0 means none or never)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A number that is neither infinite nor NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number greater than 0 (a learning rate)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0 (a weight decay)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """A number in [0, 1] (an opacity)."""
     try:
@@ -142,6 +181,18 @@ def check_cuda_device(text: str, index: int | None) -> None:
         raise argparse.ArgumentTypeError(
             f"{text}: this machine has {counted(count, 'CUDA device')} ({devices}); use one of them, or auto"
         )
+
+
+def hub_license(text: str) -> str:
+    """A licence id the Hub's model cards take (`model_card.HUB_LICENSES`: apache-2.0, mit, cc-by-4.0, other...)."""
+    from .model_card import HUB_LICENSES
+
+    if text not in HUB_LICENSES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Hub licence id; use one such as apache-2.0, mit, cc-by-4.0, cc-by-nc-4.0, or other "
+            "(huggingface.co/docs/hub/repositories-licenses)"
+        )
+    return text
 
 
 def comma_separated_ints(text: str) -> list[int]:
@@ -232,7 +283,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image_column", default="image", help="the dataset's column of images")
     group.add_argument("--label_column", default="label", help="the dataset's column of label maps")
     group.add_argument("--reduce_labels", action="store_true", help="label 0 is background: ignore it, shift the rest")
-    group.add_argument("--seen_class_ids", type=comma_separated_ints, help="classes seen in training, e.g. 0,1,2")
+    group.add_argument(
+        "--seen_class_ids",
+        type=comma_separated_ints,
+        help="classes seen in training, e.g. 0,1,2; default: a benchmark's split, else the --init_from model's own "
+        "when its classes are the dataset's, else all",
+    )
     group.add_argument(
         "--setting",
         choices=SETTINGS,

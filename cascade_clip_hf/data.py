@@ -8,7 +8,7 @@ training ids (`IGNORE_INDEX` for pixels without a class).
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -16,11 +16,15 @@ import numpy as np
 
 from .errors import counted, one_line
 from .image_processing_cascade_clip import ImageInputError, to_label_array, to_rgb_uint8
-from .labels import LOOKUP_SIZE, identity_lookup, raw_coco_lookup, reduce_zero_lookup
+from .labels import IGNORE_INDEX, LOOKUP_SIZE, identity_lookup, raw_coco_lookup, reduce_zero_lookup
 from .presets import BENCHMARKS, benchmark_facts
 
 
 logger = logging.getLogger(__name__)
+
+
+# The stored values without a class when label 0 is background (see `labels.reduce_zero_label`).
+REDUCED_UNLABELLED = (0, IGNORE_INDEX)
 
 
 class DatasetLayoutError(ValueError):
@@ -29,23 +33,31 @@ class DatasetLayoutError(ValueError):
 
 @dataclass
 class SegmentationData:
-    """Images with label maps, the class names in label order, and how stored labels become training ids."""
+    """
+    Images with label maps, the class names in label order, and how stored labels become training ids.
+
+    `unlabelled_values` are the stored values that mean "no class" (ignore, a reduced background); any other value
+    the lookup does not map to a class is unknown, and reported. None: not checked (raw COCO-Stuff ids, whose table
+    drops some classes on purpose).
+    """
 
     dataset: datasets.Dataset
     class_names: list[str]
     label_lookup: np.ndarray
     seen_class_ids: list[int] | None = None
+    unlabelled_values: tuple[int, ...] | None = (IGNORE_INDEX,)
+    warned_values: set[int] = field(default_factory=set, repr=False)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __post_init__(self):
+        check_seen_class_ids(self.seen_class_ids, len(self.class_names))
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """
-        Reads one sample.
-
-        Returns:
-            The RGB image, `uint8` of shape `(height, width, 3)`, and its label map of training ids, `int64` of
-            shape `(height, width)`.
+        One sample as stored: the RGB image, `uint8` of shape `(height, width, 3)`, its label map of stored values,
+        `int64` of shape `(height, width)`, and where it comes from (a file or a row).
 
         Raises:
-            ImageInputError: naming the file (or row) that cannot be read.
+            ImageInputError: naming the file (or row) that cannot be read, or whose label map does not fit it.
         """
         record = self.dataset[index]
         where = record.get("name") or f"row {index}"
@@ -58,10 +70,80 @@ class SegmentationData:
             raise ImageInputError(f"sample {where}: label map {labels.shape} and image {image.shape[:2]} differ.")
         if labels.min() < 0:
             raise ImageInputError(f"sample {where}: negative label values.")
+        return image, labels, where
+
+    def unknown_values(self, stored_labels: np.ndarray) -> list[int]:
+        """The stored label values that are neither a class nor `unlabelled_values`, sorted (none when unchecked)."""
+        if self.unlabelled_values is None:
+            return []
+        clipped = np.minimum(stored_labels, LOOKUP_SIZE - 1)
+        ignored = np.unique(stored_labels[self.label_lookup[clipped] == IGNORE_INDEX])
+        return [int(value) for value in ignored if value not in self.unlabelled_values]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Reads one sample; label values outside the classes are ignored, with a warning the first time each is met.
+
+        Returns:
+            The RGB image, `uint8` of shape `(height, width, 3)`, and its label map of training ids, `int64` of
+            shape `(height, width)`.
+
+        Raises:
+            ImageInputError: naming the file (or row) that cannot be read.
+        """
+        image, labels, where = self.read(index)
+        new_values = [value for value in self.unknown_values(labels) if value not in self.warned_values]
+        if new_values:
+            self.warned_values.update(new_values)
+            logger.warning(
+                f"sample {where}: label values {new_values} are not ids of the "
+                f"{counted(len(self.class_names), 'class', 'classes')}: ignored (check --id2label, --reduce_labels)."
+            )
         return image, self.label_lookup[np.minimum(labels, LOOKUP_SIZE - 1)]
+
+    def check_first_sample(self, what: str) -> None:
+        """
+        Reads the first sample before a run relies on the split: a label map that is no image of the image's size,
+        or holds values outside the classes, is found out now rather than after training.
+
+        Raises:
+            DatasetLayoutError: naming `what` (e.g. "the validation split") and the problem.
+        """
+        if len(self) == 0:
+            raise DatasetLayoutError(f"{what} has no samples.")
+        try:
+            _, labels, where = self.read(0)
+        except ImageInputError as error:
+            raise DatasetLayoutError(f"{what}: {one_line(error)}") from error
+        unknown = self.unknown_values(labels)
+        if unknown:
+            raise DatasetLayoutError(
+                f"{what}: sample {where} has label values {unknown[:10]} that are neither class ids "
+                f"(0..{len(self.class_names) - 1}) nor ignore ({IGNORE_INDEX}): check --id2label and --reduce_labels."
+            )
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+def check_seen_class_ids(seen_class_ids: list[int] | None, num_classes: int) -> None:
+    """
+    Refuses seen classes that are not ids of `num_classes` classes, or name one twice: found out when the data is
+    read, before a run trains on them.
+
+    Raises:
+        DatasetLayoutError: naming the offending ids and the valid range.
+    """
+    if seen_class_ids is None:
+        return
+    unknown = sorted({class_id for class_id in seen_class_ids if not 0 <= class_id < num_classes})
+    if unknown:
+        raise DatasetLayoutError(
+            f"--seen_class_ids {unknown} are not class ids: the dataset has "
+            f"{counted(num_classes, 'class', 'classes')}, ids 0..{num_classes - 1}."
+        )
+    if len(set(seen_class_ids)) != len(seen_class_ids):
+        raise DatasetLayoutError(f"--seen_class_ids names a class twice: {list(seen_class_ids)}.")
 
 
 def rows_from_pairs(pairs: list[tuple[Path, Path]], what: str) -> datasets.Dataset:
@@ -129,23 +211,25 @@ def benchmark_split(
     if benchmark == "coco-stuff-164k":
         pairs, raw = coco_stuff_pairs(data_dir, split)
         lookup = raw_coco_lookup(facts["raw_label_to_train_id"]) if raw else identity_lookup(num_classes)
+        unlabelled = None if raw else (IGNORE_INDEX,)
     elif benchmark == "pascal-voc-2012":
         pairs = voc_style_pairs(
             data_dir, split_file or f"ImageSets/Segmentation/{split}.txt", label_dir or "SegmentationClass"
         )
-        lookup = reduce_zero_lookup(num_classes)
+        lookup, unlabelled = reduce_zero_lookup(num_classes), REDUCED_UNLABELLED
     else:
         pairs = voc_style_pairs(
             data_dir,
             split_file or f"ImageSets/SegmentationContext/{split}.txt",
             label_dir or "SegmentationClassContext",
         )
-        lookup = reduce_zero_lookup(num_classes)
+        lookup, unlabelled = reduce_zero_lookup(num_classes), REDUCED_UNLABELLED
     return SegmentationData(
         dataset=rows_from_pairs(pairs, f"{benchmark} {split} in {data_dir}"),
         class_names=list(facts["class_names"]),
         label_lookup=lookup,
         seen_class_ids=list(facts["seen_class_ids"]),
+        unlabelled_values=unlabelled,
     )
 
 
@@ -207,6 +291,7 @@ def hub_split(
         class_names=list(class_names),
         label_lookup=reduce_zero_lookup(num_classes) if reduce_labels else identity_lookup(num_classes),
         seen_class_ids=seen_class_ids,
+        unlabelled_values=REDUCED_UNLABELLED if reduce_labels else (IGNORE_INDEX,),
     )
 
 

@@ -11,7 +11,7 @@ from huggingface_hub.utils import validate_repo_id
 from .atomic import output_files
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import counted
-from .presets import BENCHMARKS, benchmark_facts, load_benchmarks
+from .presets import BENCHMARKS, load_benchmarks
 
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -39,6 +39,19 @@ CLIP_LIMITATIONS = """\
   `sliding_window_inference` follow the original's sliding window, which the reported numbers use.
 - Inference at 512x512 windows is slow on CPU (about 2 s per window for ViT-B/16 on two cores).
 - The model inherits the biases of CLIP's web-scale pretraining data."""
+# The licence ids the Hub's model cards take (huggingface.co/docs/hub/repositories-licenses), which huggingface_hub
+# does not list; `other` with a `license_name` names terms of one's own.
+HUB_LICENSES = (
+    "apache-2.0", "mit", "openrail", "openrail++", "bigscience-openrail-m", "creativeml-openrail-m",
+    "bigscience-bloom-rail-1.0", "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause",
+    "bsd-3-clause", "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0",
+    "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "intel-research", "lppl-1.3c", "ms-pl", "mpl-2.0", "odc-by", "odbl", "osl-3.0",
+    "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr", "unknown", "other",
+)  # fmt: skip
 RESULT_METRICS = (("miou", "mIoU"), ("miou_seen", "mIoU (seen)"), ("miou_unseen", "mIoU (unseen)"), ("hiou", "hIoU"))
 
 
@@ -98,28 +111,64 @@ def results_markdown(
     return "\n".join(rows)
 
 
+def training_run_recipe(
+    *,
+    crop_size: int,
+    train_scale: list[int],
+    scale_ratio_range: list[float],
+    photometric_distortion: bool,
+    learning_rate: float,
+    weight_decay: float,
+    no_decay_on_norms: bool,
+    warmup_steps: int,
+    steps: int,
+    batch: str,
+    seed: int,
+    evaluated_every: int | None = None,
+) -> dict[str, str]:
+    """What a training run of `examples/train_cascade_clip.py` ran with, as the `training` of `build_model_card`:
+    its augmentation, optimiser and schedule in the card's words (`batch`: e.g. "4 x 2 x 1 images")."""
+    long_side, short_side = train_scale
+    norms = "no weight decay on norm layers" if no_decay_on_norms else "weight decay on norm layers too"
+    recipe = {
+        "Augmentation": f"resize to scale ({long_side},{short_side}) with ratio {scale_ratio_range[0]}-"
+        f"{scale_ratio_range[1]} keeping aspect; random crop {crop_size}; horizontal flip p=0.5; "
+        f"{'photometric distortion' if photometric_distortion else 'no photometric distortion'}; normalise; "
+        f"pad to {crop_size} (image 0, label 255)",
+        "Optimiser": f"AdamW lr {learning_rate:g} weight_decay {weight_decay:g}; lr multiplier 10 for the prompts "
+        f"and the head; text tower frozen; {norms}",
+        "Schedule": f"poly power 0.9 min_lr 1e-6, linear warmup {counted(warmup_steps, 'step')} from ratio 1e-6; "
+        f"{counted(steps, 'step')} of {batch} (per process x processes x accumulation); seed {seed}",
+    }
+    if evaluated_every:
+        recipe["Evaluation"] = f"every {counted(evaluated_every, 'step')} and after the last"
+    return recipe
+
+
 def training_markdown(config: CascadeClipConfig, dataset: str | None, training: dict | None) -> str:
-    """The recipe, from the training run's own record when there is one."""
+    """The recipe: the training run's own (`training_run_recipe`) when there is one, else the original's."""
     lines = []
     if dataset in BENCHMARKS:
-        facts = benchmark_facts(dataset, config.setting)
+        # The model's own split: a run may have chosen other seen classes than the benchmark's.
+        num_seen = config.num_labels if config.seen_class_ids is None else len(config.seen_class_ids)
         lines.append(
-            f"Trained on the {counted(len(facts['seen_class_ids']), 'seen class', 'seen classes')} of "
+            f"Trained on the {counted(num_seen, 'seen class', 'seen classes')} of "
             f"{DATASET_NAMES[dataset]} ({config.setting}); the "
-            f"{counted(len(facts['unseen_class_ids']), 'unseen class', 'unseen classes')} were never labelled."
+            f"{counted(config.num_labels - num_seen, 'unseen class', 'unseen classes')} were never labelled."
         )
     recipe = load_benchmarks()["_common"]
+    run = training or {
+        "Augmentation": recipe["train_augmentation"],
+        "Optimiser": recipe["optimizer"],
+        "Schedule": recipe["schedule"],
+    }
+    lines += [f"- {key}: {value}." for key, value in run.items()]
     lines += [
-        f"- Augmentation: {recipe['train_augmentation']}.",
-        f"- Optimiser: {recipe['optimizer']}.",
-        f"- Schedule: {recipe['schedule']}.",
         f"- Loss: {recipe['loss']}.",
         f"- Prompts: {counted(config.num_prompt_tokens, 'token')} in {counted(config.num_prompt_layers, 'layer')}; "
         "cascade stages "
         f"{config.cascade_stages} plus the final layer.",
     ]
-    if training:
-        lines.append("- This run: " + ", ".join(f"{key} {value}" for key, value in training.items()) + ".")
     return "\n".join(lines)
 
 

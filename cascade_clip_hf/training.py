@@ -153,6 +153,54 @@ class DataPosition:
         return cls(epoch, steps_in_epoch * accumulation, batches_per_epoch)
 
 
+# The settings of a run that shape its result, recorded in each checkpoint: those a resumed run must keep to continue
+# it exactly, and those it may change (a longer run, evaluations at other steps, the best model by another metric).
+EXACT_RESUME_SETTINGS = (
+    "dataset",
+    "setting",
+    "seen_class_ids",
+    "seed",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_steps",
+    "weight_decay",
+    "no_decay_on_norms",
+    "crop_size",
+    "train_scale",
+    "scale_ratio_range",
+)
+ADJUSTABLE_SETTINGS = ("max_train_steps", "eval_steps", "metric_for_best_model")
+
+
+def check_resumed_settings(checkpoint: Path, settings: dict) -> list[str]:
+    """
+    Compares a resumed run's `settings` (`EXACT_RESUME_SETTINGS` and `ADJUSTABLE_SETTINGS`, by option name, as
+    JSON values) with those its checkpoint recorded; a checkpoint of an earlier version records none.
+
+    Returns:
+        One line per adjustable setting the resumed run changes, naming the old and new values.
+
+    Raises:
+        ValueError: naming the first exact-resume setting that changed, with its old and new values.
+    """
+    recorded = json.loads((checkpoint / TRAINING_STATE_FILE).read_text()).get("settings")
+    if recorded is None:
+        return []
+    for name in EXACT_RESUME_SETTINGS:
+        if name in recorded and recorded[name] != settings[name]:
+            raise ValueError(
+                f"{checkpoint} was saved by a run with --{name} {json.dumps(recorded[name])}, this one has "
+                f"{json.dumps(settings[name])}: resuming would not continue that run; pass the same value, or start "
+                "a new run in another --output_dir."
+            )
+    return [
+        f"--{name} changed on resuming: {json.dumps(recorded[name])} -> {json.dumps(settings[name])}."
+        for name in ADJUSTABLE_SETTINGS
+        if name in recorded and recorded[name] != settings[name]
+    ]
+
+
 def checkpoint_dirs(output_dir: str | os.PathLike) -> dict[int, Path]:
     """Complete checkpoints under `output_dir`, by step. Partial saves (hidden `.checkpoint-*` folders) are not."""
     found = {}
@@ -261,12 +309,18 @@ def publish_staging(staging: Path, target: Path) -> None:
 
 
 def save_checkpoint(
-    accelerator, output_dir: str | os.PathLike, step: int, position: DataPosition, best: BestModel | None = None
+    accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    position: DataPosition,
+    best: BestModel | None = None,
+    settings: dict | None = None,
 ) -> Path:
     """
     `accelerator.save_state` into a hidden staging folder, with `training_state.json` recording the steps done, the
-    data position to resume from and the `best` evaluation so far (if there was one), then a rename to
-    `checkpoint-{step}`: a crash or kill during the save leaves the previous checkpoints as they were.
+    data position to resume from, the `best` evaluation so far (if there was one) and the run's `settings` (see
+    `check_resumed_settings`), then a rename to `checkpoint-{step}`: a crash or kill during the save leaves the
+    previous checkpoints as they were.
     """
     output_dir = Path(output_dir)
     staging = output_dir / f".checkpoint-{step}.partial"
@@ -277,7 +331,12 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         evaluated = best is not None and best.step is not None
-        state = {"step": step, **asdict(position), **({"best": asdict(best)} if evaluated else {})}
+        state = {
+            "step": step,
+            **asdict(position),
+            **({"best": asdict(best)} if evaluated else {}),
+            **({"settings": settings} if settings is not None else {}),
+        }
         (staging / TRAINING_STATE_FILE).write_text(json.dumps(state, indent=2))
         publish_staging(staging, output_dir / f"checkpoint-{step}")
     accelerator.wait_for_everyone()

@@ -1,6 +1,7 @@
 """A training run's scalars in its output folder, whatever the trackers: a JSON-lines log and a plot of its curves."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,16 +26,39 @@ EVAL_PREFIX = "eval/"
 METRIC_MARKERS = "osv^D"
 
 
+def is_number(value) -> bool:
+    """Whether `value` is a finite int or float (JSON's numbers; not a boolean, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_scalars(path: str | os.PathLike) -> list[dict]:
     """
     The lines of a scalar log, oldest first; none for a missing file. A last line without its newline is an append
     that a kill interrupted and is left out.
+
+    Raises:
+        ValueError: naming the file and line number of a line that is not a JSON object of a whole `step` and
+            numbers (or null).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+    lines = []
+    for number, line in enumerate(text.split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            scalars = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{path}, line {number}: not JSON (a scalar log holds one JSON object a line)") from None
+        if not isinstance(scalars, dict) or not isinstance(scalars.get("step"), int) or scalars["step"] is True:
+            raise ValueError(f"{path}, line {number}: not an object with a whole-number step")
+        wrong = [key for key, value in scalars.items() if value is not None and not is_number(value)]
+        if wrong:
+            raise ValueError(f"{path}, line {number}: {wrong[0]!r} is {scalars[wrong[0]]!r}, not a finite number")
+        lines.append(scalars)
+    return lines
 
 
 class ScalarLog:

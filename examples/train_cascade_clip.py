@@ -34,6 +34,10 @@ from cascade_clip_hf.arguments import (
     check_output_argument,
     comma_separated_ints,
     data_source,
+    hub_license,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
     positive_int,
     trackers_argument,
 )
@@ -43,14 +47,18 @@ from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segm
 from cascade_clip_hf.errors import counted, run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import check_push, push_folder
-from cascade_clip_hf.model_card import build_model_card, training_provenance, write_model_card
+from cascade_clip_hf.model_card import build_model_card, training_provenance, training_run_recipe, write_model_card
 from cascade_clip_hf.presets import BACKGROUND_ZERO_BENCHMARKS, BENCHMARKS, default_train_steps
 from cascade_clip_hf.segmenter import load_for_inference
 from cascade_clip_hf.training import (
+    ADJUSTABLE_SETTINGS,
     BEST_DIR,
+    CHECKPOINT_PATTERN,
+    EXACT_RESUME_SETTINGS,
     AugmentedSegmentation,
     BestModel,
     DataPosition,
+    check_resumed_settings,
     parameter_groups,
     poly_schedule,
     read_best_model,
@@ -62,7 +70,7 @@ from cascade_clip_hf.training import (
     save_final,
     training_vocabulary,
 )
-from cascade_clip_hf.training_log import EVAL_PREFIX, ScalarLog, plot_training_curves, read_scalars
+from cascade_clip_hf.training_log import EVAL_PREFIX, SCALARS_FILE, ScalarLog, plot_training_curves, read_scalars
 from cascade_clip_hf.vocabulary import embed_class_names, load_class_embeddings, load_tokenizer
 
 
@@ -77,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--init_from", help="a Cascade-CLIP model to continue from (e.g. inductive -> transductive)")
     model.add_argument("--class_embeddings", help=".npy of precomputed class embeddings (one row per class)")
     model.add_argument("--templates", nargs="+", help="prompt templates for a dataset without a preset")
-    model.add_argument("--image_size", type=int, default=512, help="position-embedding grid size (pixels)")
+    model.add_argument("--image_size", type=positive_int, default=512, help="position-embedding grid size (pixels)")
     model.add_argument(
         "--model_config",
         type=json.loads,
@@ -87,10 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", required=True, help="folder for the model, checkpoints and logs")
     train.add_argument(
-        "--max_train_steps", type=int, help="optimizer steps; default: the original's for the benchmark"
+        "--max_train_steps", type=positive_int, help="optimizer steps; default: the original's for the benchmark"
     )
-    train.add_argument("--train_batch_size", type=int, default=4, help="images per process and step")
-    train.add_argument("--crop_size", type=int, default=512, help="side of the square training crops (pixels)")
+    train.add_argument("--train_batch_size", type=positive_int, default=4, help="images per process and step")
+    train.add_argument(
+        "--crop_size", type=positive_int, default=512, help="side of the square training crops (pixels)"
+    )
     train.add_argument(
         "--train_scale",
         type=comma_separated_ints,
@@ -99,7 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train.add_argument(
         "--scale_ratio_range",
-        type=float,
+        type=positive_float,
         nargs=2,
         default=[0.5, 2.0],
         metavar=("LOW", "HIGH"),
@@ -110,17 +120,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="no brightness/contrast/saturation/hue jitter (for data whose classes differ by colour)",
     )
-    train.add_argument("--learning_rate", type=float, default=2e-5, help="base rate; prompts and head train at 10x")
-    train.add_argument("--weight_decay", type=float, default=0.01, help="AdamW's weight decay")
-    train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
-    train.add_argument("--warmup_steps", type=int, default=1500, help="steps of linear warm-up")
     train.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="batches whose gradients make one step"
+        "--learning_rate", type=positive_float, default=2e-5, help="base rate; prompts and head train at 10x"
+    )
+    train.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW's weight decay")
+    train.add_argument("--no_decay_on_norms", action="store_true", help="exempt LayerNorms from weight decay")
+    train.add_argument("--warmup_steps", type=non_negative_int, default=1500, help="steps of linear warm-up")
+    train.add_argument(
+        "--gradient_accumulation_steps", type=positive_int, default=1, help="batches whose gradients make one step"
     )
     train.add_argument(
         "--activation_checkpointing", action="store_true", help="recompute layer activations in backward (less memory)"
     )
-    train.add_argument("--checkpointing_steps", type=int, default=2000, help="save state every N steps (0: never)")
+    train.add_argument(
+        "--checkpointing_steps", type=non_negative_int, default=2000, help="save state every N steps (0: never)"
+    )
     train.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
     train.add_argument(
         "--report_to",
@@ -128,14 +142,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="none",
         help="trackers, comma-separated (tensorboard, wandb, ...; each must be installed), all or none",
     )
-    train.add_argument("--logging_steps", type=int, default=10, help="log the losses every N steps")
+    train.add_argument("--logging_steps", type=positive_int, default=10, help="log the losses every N steps")
     train.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seeds everything random: prompt initialisation, data order, augmentation, dropout",
     )
-    train.add_argument("--num_workers", type=int, default=2, help="data loading processes per training process")
+    train.add_argument(
+        "--num_workers", type=non_negative_int, default=2, help="data loading processes per training process"
+    )
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--skip_eval", action="store_true", help="evaluate neither during training nor after")
     evaluation.add_argument(
@@ -153,11 +169,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval_split",
         help="default: val for a benchmark folder; the one of validation and val a Hugging Face dataset has",
     )
-    evaluation.add_argument("--eval_batch_size", type=int, default=1, help="images per process and step")
+    evaluation.add_argument("--eval_batch_size", type=positive_int, default=1, help="images per process and step")
     evaluation.add_argument("--max_eval_samples", type=positive_int, help="evaluate only the first N images")
     hub = parser.add_argument_group("model card and hub")
     hub.add_argument(
         "--license",
+        type=hub_license,
         help="the model's licence, a Hub licence id (other: the original release's non-commercial terms); default: "
         "apache-2.0 from CLIP, the licence of --init_from's card (the original's terms without one)",
     )
@@ -171,6 +188,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.dataset not in BENCHMARKS:
             parser.error("--max_train_steps is required for a dataset without a preset")
         args.max_train_steps = default_train_steps(args.dataset, args.setting)
+    if len(args.train_scale) != 2 or min(args.train_scale) < 1:
+        parser.error(f"--train_scale takes two sides of at least 1 pixel, LONG,SHORT; got {args.train_scale}")
+    if args.scale_ratio_range[0] > args.scale_ratio_range[1]:
+        parser.error(f"--scale_ratio_range takes LOW HIGH with LOW <= HIGH; got {args.scale_ratio_range}")
     if args.eval_steps and args.skip_eval:
         parser.error("--eval_steps evaluates during training, --skip_eval not at all: pass one of them")
     if args.push_to_hub and not args.hub_model_id:
@@ -180,9 +201,34 @@ def parse_args(argv=None) -> argparse.Namespace:
             check_push(args.hub_model_id, args.hub_token)
         except ValueError as error:
             parser.error(f"--push_to_hub: {error}")
+    if args.init_from and Path(args.init_from).is_dir():
+        init_from, output_dir = Path(args.init_from).resolve(), Path(args.output_dir).resolve()
+        if init_from == output_dir or output_dir in init_from.parents:
+            parser.error(f"--init_from {args.init_from} is inside --output_dir {args.output_dir}: choose another")
     # The model's file names depend on it and on transformers: the folder may hold only this program's outputs.
     check_output_argument(parser, args.output_dir, kind=MODEL)
+    check_earlier_run(parser, args)
     return args
+
+
+def check_earlier_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """
+    Refuses (one line, exit 2) a fresh run into a folder where an earlier run left checkpoints, `best/`, results or
+    scalars, whose curves, best model and checkpoints it would mix with its own.
+    """
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint or not output_dir.is_dir():
+        return
+    earlier = sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if path.name in (BEST_DIR, "eval_results.json", SCALARS_FILE) or CHECKPOINT_PATTERN.fullmatch(path.name)
+    )
+    if earlier:
+        parser.error(
+            f"--output_dir {args.output_dir} holds an earlier run's checkpoints ({', '.join(earlier[:3])}): resume "
+            "it with --resume_from_checkpoint latest, or choose another --output_dir"
+        )
 
 
 def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegmentation, CascadeClipProcessor]:
@@ -214,6 +260,8 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
             tokenizer=load_tokenizer(args.clip_model),
             templates=model.config.templates,
         )
+    if args.init_from and model.config.class_names == data.class_names:
+        resolve_seen_classes(model, data)
     if args.class_embeddings:
         embeddings = load_class_embeddings(args.class_embeddings, len(data.class_names), model.config.projection_dim)
         model.set_vocabulary(data.class_names, embeddings, data.seen_class_ids)
@@ -223,6 +271,24 @@ def build_model_and_processor(args, data) -> tuple[CascadeClipForZeroShotSegment
     processor.seen_classes = model.config.seen_class_names
     model.freeze_pretrained()
     return model, processor
+
+
+def resolve_seen_classes(model, data) -> None:
+    """
+    The one set of seen classes a run continuing from `model`, whose classes are the dataset's, trains and evaluates
+    with: `--seen_class_ids` or the benchmark's split where given (`data.seen_class_ids`; the model's vocabulary is
+    updated to it), else the model's own. Left in `data.seen_class_ids` and the model's configuration alike.
+    """
+    model_seen = model.config.seen_class_ids
+    if data.seen_class_ids is None:
+        data.seen_class_ids = None if model_seen is None else list(model_seen)
+        return
+    if model_seen is None or sorted(model_seen) != sorted(data.seen_class_ids):
+        logger.info(
+            f"Seen classes {sorted(data.seen_class_ids)} (--seen_class_ids or the benchmark's split) replace "
+            f"--init_from's {'all' if model_seen is None else sorted(model_seen)}."
+        )
+        model.set_vocabulary(data.class_names, model.class_embeddings, data.seen_class_ids)
 
 
 def check_metric_for_best_model(args, eval_data) -> None:
@@ -284,18 +350,23 @@ def main(argv=None) -> None:
     data = load_segmentation_data(source, "train")
     eval_split = None if args.skip_eval else args.eval_split or evaluation_split(source)
     eval_data = None if args.skip_eval else load_segmentation_data(source, eval_split)
-    check_metric_for_best_model(args, eval_data)
+    if eval_data is not None:
+        eval_data.check_first_sample(f"the evaluation split {eval_split!r}")
     provenance = training_provenance(args.clip_model, args.init_from, args.license)
     set_seed(args.seed)
+    model, processor = build_model_and_processor(args, data)
+    # One set of seen classes for training and every evaluation (during training, final, best model, card).
+    if eval_data is not None:
+        eval_data.seen_class_ids = data.seen_class_ids
+    check_metric_for_best_model(args, eval_data)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output_dir)
     accelerator.wait_for_everyone()
 
-    model, processor = build_model_and_processor(args, data)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    vocabulary = training_vocabulary(len(data.class_names), model.config.seen_class_ids, args.setting)
+    vocabulary = training_vocabulary(len(data.class_names), data.seen_class_ids, args.setting)
     augmentation = training_augmentation(
         crop_size=args.crop_size,
         scale=tuple(args.train_scale),
@@ -328,6 +399,16 @@ def main(argv=None) -> None:
     class_embeds = unwrapped.class_embeddings[vocabulary.class_ids]
     seen_class_mask = vocabulary.seen_class_mask.to(accelerator.device)
 
+    # What shapes the result, as JSON values: recorded in each checkpoint, compared on resuming.
+    settings = json.loads(
+        json.dumps(
+            {
+                **{name: getattr(args, name) for name in EXACT_RESUME_SETTINGS + ADJUSTABLE_SETTINGS},
+                "dataset": args.dataset or args.dataset_name,
+                "seen_class_ids": None if data.seen_class_ids is None else sorted(data.seen_class_ids),
+            }
+        )
+    )
     completed_steps, position = 0, DataPosition(epoch=0, batches=0, batches_per_epoch=len(train_dataloader))
     best = BestModel(args.metric_for_best_model)
     if args.resume_from_checkpoint:
@@ -339,6 +420,8 @@ def main(argv=None) -> None:
             completed_steps, position = read_training_state(
                 checkpoint, len(train_dataloader), args.gradient_accumulation_steps
             )
+            for line in check_resumed_settings(checkpoint, settings):
+                logger.info(line)
             best = read_best_model(checkpoint, args.metric_for_best_model)
             logger.info(
                 f"Resumed from {checkpoint} at step {completed_steps}, epoch {position.epoch}, "
@@ -432,7 +515,7 @@ def main(argv=None) -> None:
             postfix.update(loss=f"{loss.item():.4f}", lr=f"{learning_rate:.2e}")
             progress.set_postfix(postfix)
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, completed_steps, position, best)
+                save_checkpoint(accelerator, output_dir, completed_steps, position, best, settings)
             if completed_steps >= args.max_train_steps:
                 break
     progress.close()
@@ -456,14 +539,21 @@ def main(argv=None) -> None:
             dataset=args.dataset,
             results=results,
             split=eval_split,
-            training={
-                "steps": args.max_train_steps,
-                "batch": f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}",
-                "crop": args.crop_size,
-                "learning rate": args.learning_rate,
-                "seed": args.seed,
-                **({"evaluated every": f"{args.eval_steps} steps"} if evaluates_during_training else {}),
-            },
+            training=training_run_recipe(
+                crop_size=args.crop_size,
+                train_scale=args.train_scale,
+                scale_ratio_range=args.scale_ratio_range,
+                photometric_distortion=not args.no_photometric_distortion,
+                learning_rate=args.learning_rate,
+                weight_decay=args.weight_decay,
+                no_decay_on_norms=args.no_decay_on_norms,
+                warmup_steps=args.warmup_steps,
+                steps=args.max_train_steps,
+                batch=f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps} "
+                "images",
+                seed=args.seed,
+                evaluated_every=args.eval_steps if evaluates_during_training else None,
+            ),
             best_during_training=asdict(best),
             curves=curves and curves.name,
             **provenance,

@@ -18,11 +18,13 @@ from cascade_clip_hf.augmentation import (
 from cascade_clip_hf.data import (
     DatasetLayoutError,
     DataSource,
+    SegmentationData,
     benchmark_split,
     evaluation_split,
     hub_split,
     read_id2label,
 )
+from cascade_clip_hf.labels import IGNORE_INDEX, identity_lookup, reduce_zero_lookup
 from cascade_clip_hf.presets import benchmark_facts
 from cascade_clip_hf.training import AugmentedSegmentation
 
@@ -97,6 +99,45 @@ def test_the_evaluation_split_by_default(tmp_path, hub_dataset):
     both.save_to_disk(str(tmp_path / "both"))
     with pytest.raises(DatasetLayoutError, match="splits train, validation, val: name the one to evaluate on"):
         evaluation_split(DataSource(dataset_name=str(tmp_path / "both")))
+
+
+def in_memory_data(label: np.ndarray, num_classes: int = 4, **fields) -> SegmentationData:
+    """One sample of a 6x8 image with `label` as its label map."""
+    import datasets
+
+    image = np.zeros((6, 8, 3), dtype=np.uint8)
+    rows = datasets.Dataset.from_dict({"image": [image], "label": [label], "name": ["sample-a"]})
+    return SegmentationData(rows, [f"class {i}" for i in range(num_classes)], identity_lookup(num_classes), **fields)
+
+
+def test_the_first_sample_is_checked_before_a_run_relies_on_the_split():
+    in_memory_data(np.full((6, 8), IGNORE_INDEX)).check_first_sample("the split 'val'")
+    with pytest.raises(DatasetLayoutError, match=r"the split 'val': sample sample-a: label map \(5, 8\) and image"):
+        in_memory_data(np.zeros((5, 8), dtype=np.int64)).check_first_sample("the split 'val'")
+    with pytest.raises(DatasetLayoutError, match=r"sample-a has label values \[4, 7\] that are neither class ids"):
+        in_memory_data(np.tile([0, 4, 7, 255], (6, 2))).check_first_sample("the split 'val'")
+    reduced = in_memory_data(np.tile([0, 1, 255, 6], (6, 2)), unlabelled_values=(0, IGNORE_INDEX))
+    reduced.label_lookup = reduce_zero_lookup(4)
+    with pytest.raises(DatasetLayoutError, match=r"label values \[6\]"):  # 0 is background, 6 is class 5
+        reduced.check_first_sample("the split 'val'")
+
+
+def test_label_values_outside_the_classes_are_ignored_with_one_warning_each(caplog):
+    data = in_memory_data(np.tile([0, 9, 255, 1], (6, 2)))
+    for _ in range(3):
+        _, labels = data.load(0)
+    assert set(np.unique(labels)) == {0, 1, IGNORE_INDEX}
+    warnings = [record.getMessage() for record in caplog.records if "not ids of the 4 classes" in record.getMessage()]
+    assert warnings == [
+        "sample sample-a: label values [9] are not ids of the 4 classes: ignored (check --id2label, --reduce_labels)."
+    ]
+
+
+def test_seen_classes_must_be_ids_of_the_classes():
+    with pytest.raises(DatasetLayoutError, match=r"--seen_class_ids \[4, 9\] are not class ids"):
+        in_memory_data(np.zeros((6, 8)), seen_class_ids=[0, 9, 4])
+    with pytest.raises(DatasetLayoutError, match="names a class twice"):
+        in_memory_data(np.zeros((6, 8)), seen_class_ids=[1, 1])
 
 
 def test_id2label_must_be_complete(tmp_path):

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
-from cascade_clip_hf.atomic import RECORD
+from cascade_clip_hf.atomic import MODEL, RECORD, record_outputs
 from cascade_clip_hf.data import hub_split, read_id2label
 from cascade_clip_hf.evaluation import HEADLINE_METRICS
 from cascade_clip_hf.labels import HIDDEN_LABEL, IGNORE_INDEX
@@ -245,6 +245,17 @@ def test_a_missing_evaluation_split_is_refused_before_the_first_step(tmp_path, h
         (["--output_dir", "{tmp_path}/a_file/run"], "a_file is a file, not a folder"),
         (["--eval_steps", "2", "--skip_eval"], "--eval_steps evaluates during training, --skip_eval not at all"),
         (["--metric_for_best_model", "loss"], "argument --metric_for_best_model: invalid choice: 'loss'"),
+        (["--logging_steps", "0"], "argument --logging_steps: must be at least 1, got 0"),
+        (["--gradient_accumulation_steps", "0"], "argument --gradient_accumulation_steps: must be at least 1"),
+        (["--max_train_steps", "-3"], "argument --max_train_steps: must be at least 1, got -3"),
+        (["--train_batch_size", "0"], "argument --train_batch_size: must be at least 1, got 0"),
+        (["--learning_rate=-1e-4"], "argument --learning_rate: must be greater than 0, got -1e-4"),
+        (["--learning_rate", "nan"], "argument --learning_rate: expected a finite number, got nan"),
+        (["--weight_decay", "-0.1"], "argument --weight_decay: must be at least 0, got -0.1"),
+        (["--warmup_steps", "-1"], "argument --warmup_steps: must be at least 0, got -1"),
+        (["--checkpointing_steps", "-2"], "argument --checkpointing_steps: must be at least 0, got -2"),
+        (["--eval_steps", "0"], "argument --eval_steps: must be at least 1, got 0"),
+        (["--train_scale", "256"], "--train_scale takes two sides of at least 1 pixel"),
     ],
 )
 def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
@@ -257,6 +268,34 @@ def test_options_a_run_cannot_finish_with_are_refused_in_one_line(
     lines = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("left", ["checkpoint-4", "best", "eval_results.json", SCALARS_FILE])
+def test_a_fresh_run_into_an_earlier_runs_folder_is_refused(tmp_path, hub_dataset, tiny_hub_model_dir, capsys, left):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / left).mkdir() if "." not in left else (output / left).write_text("{}")
+    record_outputs(output, {left}, MODEL)  # as the earlier run recorded it
+    script = load_script(EXAMPLES / "train_cascade_clip.py")
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(train_args(hub_dataset, output, tiny_hub_model_dir, 2))
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert f"holds an earlier run's checkpoints ({left}): resume it with --resume_from_checkpoint latest" in lines[0]
+    resuming = ["--resume_from_checkpoint", "latest"]
+    assert script.parse_args(train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=resuming)).output_dir
+
+
+@pytest.mark.parametrize("inside", ["", "models/init"])
+def test_a_model_to_continue_from_inside_the_output_folder_is_refused(
+    tmp_path, hub_dataset, tiny_hub_model_dir, capsys, inside
+):
+    output = tmp_path / "run"
+    shutil.copytree(tiny_hub_model_dir, output / inside)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(EXAMPLES / "train_cascade_clip.py").parse_args(train_args(hub_dataset, output, output / inside, 2))
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "is inside --output_dir" in lines[0], lines
 
 
 def train_in_process(argv: list[str], monkeypatch) -> None:
@@ -331,7 +370,9 @@ def test_resuming_continues_exactly(
     state = json.loads((straight / checkpoint / "training_state.json").read_text())
     num_images = len(hub_split(str(dataset[0]), "train", read_id2label(dataset[1])))
     position = DataPosition.after_steps(checkpoint_step, num_images // batch_size // num_processes, accumulation)
+    settings = state.pop("settings")
     assert state == {"step": checkpoint_step, **asdict(position)}
+    assert settings["train_batch_size"] == batch_size and settings["gradient_accumulation_steps"] == accumulation
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / checkpoint, resumed / checkpoint)
@@ -366,6 +407,36 @@ def test_resuming_continues_exactly(
     assert not torch.equal(
         expected["vision_encoder.prompts.embeddings"], reference["vision_encoder.prompts.embeddings"]
     )
+
+
+def test_resuming_refuses_settings_that_change_the_result_and_allows_a_longer_run(
+    tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch, caplog
+):
+    output = tmp_path / "run"
+    first = ["--checkpointing_steps", "1", "--skip_eval", "--seen_class_ids", "0,1,2"]
+    train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 1, extra=first), monkeypatch)
+    settings = json.loads((output / "checkpoint-1" / "training_state.json").read_text())["settings"]
+    assert settings["seen_class_ids"] == [0, 1, 2] and settings["learning_rate"] == 5e-4
+    assert settings["dataset"] == str(hub_dataset[0]) and settings["max_train_steps"] == 1
+    resume = ["--resume_from_checkpoint", "latest"]
+    changes = [
+        (["--train_batch_size", "1"], "--train_batch_size 2, this one has 1"),
+        (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps 1, this one has 2"),
+        (["--seed", "3"], "--seed 0, this one has 3"),
+        (["--learning_rate", "1e-3"], "--learning_rate 0.0005, this one has 0.001"),
+        (["--setting", "transductive"], '--setting "inductive", this one has "transductive"'),
+    ]
+    for change, expected in changes:
+        argv = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=[*first, *resume, *change])
+        with pytest.raises(ValueError, match=f"checkpoint-1 was saved by a run with {expected}: resuming would not"):
+            train_in_process(argv, monkeypatch)
+    with pytest.raises(ValueError, match=r"--seen_class_ids \[0, 1, 2\], this one has null"):
+        extra = ["--checkpointing_steps", "1", "--skip_eval", *resume]
+        train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=extra), monkeypatch)
+    caplog.set_level("INFO")
+    train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=[*first, *resume]), monkeypatch)
+    assert "--max_train_steps changed on resuming: 1 -> 2." in caplog.text
+    assert (output / "checkpoint-2").is_dir()
 
 
 KILLED_SAVE = textwrap.dedent(
@@ -563,3 +634,52 @@ def test_the_same_seed_trains_the_same_weights_and_another_seed_others(
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["vision_encoder.prompts.embeddings"], other["vision_encoder.prompts.embeddings"])
     assert sum(not torch.equal(first[key], other[key]) for key in first) > 10
+
+
+def test_seen_classes_out_of_range_are_refused_before_anything_is_written(
+    tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch
+):
+    output = tmp_path / "run"
+    argv = train_args(hub_dataset, output, tiny_hub_model_dir, 2, extra=["--seen_class_ids", "0,9"])
+    with pytest.raises(ValueError, match=r"--seen_class_ids \[9\] are not class ids: the dataset has 4 classes"):
+        train_in_process(argv, monkeypatch)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(("flag", "expected_seen"), [(None, [0, 1]), ("0,1,2", [0, 1, 2])])
+def test_training_and_evaluation_share_one_set_of_seen_classes(
+    tmp_path, hub_dataset, tiny_clip_dir, monkeypatch, flag, expected_seen
+):
+    """From a model with its own split: the flag wins over it, else the model's is used, and evaluations agree."""
+    model_dir = save_tiny_cascade(tiny_clip_dir, tmp_path / "model", HUB_CLASSES, seen_class_ids=[0, 1])
+    output = tmp_path / "run"
+    extra = ["--checkpointing_steps", "0", "--max_eval_samples", "1", "--eval_steps", "1"]
+    extra += ["--seen_class_ids", flag] if flag else []
+    train_in_process(train_args(hub_dataset, output, model_dir, 1, extra=extra), monkeypatch)
+    assert CascadeClipForZeroShotSegmentation.from_pretrained(output).config.seen_class_ids == expected_seen
+    results = json.loads((output / "eval_results.json").read_text())
+    best = json.loads((output / "best" / "best_model.json").read_text())
+    assert results["hiou"] is not None and best["metrics"]["hiou"] == results["hiou"]
+    unseen_iou = [results["per_class_iou"][HUB_CLASSES[i]] for i in range(4) if i not in expected_seen]
+    assert results["miou_unseen"] == pytest.approx(np.mean(unseen_iou), abs=0.01)
+
+
+def test_the_card_states_the_run_that_ran_and_its_licence(tmp_path, hub_dataset, tiny_hub_model_dir, monkeypatch):
+    output = tmp_path / "run"
+    extra = ["--skip_eval", "--checkpointing_steps", "0", "--no_decay_on_norms", "--weight_decay", "0.05"]
+    extra += ["--scale_ratio_range", "1", "1.5", "--license", "mit"]
+    train_in_process(train_args(hub_dataset, output, tiny_hub_model_dir, 1, extra=extra), monkeypatch)
+    card = (output / "README.md").read_text()
+    assert "license: mit" in card
+    assert "resize to scale (256,64) with ratio 1.0-1.5 keeping aspect; random crop 64;" in card
+    assert "AdamW lr 0.0005 weight_decay 0.05;" in card and "; no weight decay on norm layers." in card
+    assert "linear warmup 2 steps from ratio 1e-6; 1 step of 2 x 1 x 1 images" in card
+    assert "2048" not in card and "lr 2e-5" not in card and "1500" not in card  # not the original recipe's
+
+
+def test_a_licence_the_hub_does_not_know_is_refused(tmp_path, hub_dataset, tiny_hub_model_dir, capsys):
+    argv = train_args(hub_dataset, tmp_path / "run", tiny_hub_model_dir, 2, extra=["--license", "Apache 2"])
+    with pytest.raises(SystemExit):
+        load_script(EXAMPLES / "train_cascade_clip.py").parse_args(argv)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "argument --license: 'Apache 2' is not a Hub licence id" in lines[0], lines

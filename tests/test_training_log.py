@@ -177,3 +177,35 @@ def test_aggregate_results_refuses_a_file_that_is_not_a_results_record(tmp_path)
     (tmp_path / "other.json").write_text(json.dumps({"step": 3}))
     with pytest.raises(ValueError, match="other.json is not a results.json record"):
         load_script(EXAMPLES / "aggregate_results.py").main([str(tmp_path / "other.json")])
+
+
+def test_aggregate_results_refuses_a_file_twice_and_metrics_that_are_not_numbers(tmp_path, caplog):
+    aggregate = load_script(EXAMPLES / "aggregate_results.py").main
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({**headline(40.0), "num_images": 4}))
+    with pytest.raises(ValueError, match=r"run/\.\./run\.json is .*run\.json again: each run's results"):
+        aggregate([str(run), str(tmp_path / "run" / ".." / "run.json")])
+    for value, shown in (("NaN", "nan"), ("true", "True"), ('"41.2"', "'41.2'")):
+        (tmp_path / "bad.json").write_text(f'{{"miou": 40.0, "hiou": {value}}}')
+        with pytest.raises(ValueError, match=f"bad.json: hiou is {shown}, not a finite number"):
+            aggregate([str(run), str(tmp_path / "bad.json")])
+    (tmp_path / "other.json").write_text(json.dumps({**headline(42.0), "num_images": 5, "dataset": "voc"}))
+    aggregate([str(run), str(tmp_path / "other.json")])
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == ['The runs differ in dataset ("voc", null); num_images (4, 5): their numbers may not compare.']
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("[1, 2]", "line 2: not an object with a whole-number step"),
+        ("{not json", "line 2: not JSON"),
+        ('{"step": 2, "loss": "high"}', "line 2: 'loss' is 'high', not a finite number"),
+        ('{"step": 2, "loss": NaN}', "line 2: 'loss' is nan, not a finite number"),
+        ('{"loss": 1.0}', "line 2: not an object with a whole-number step"),
+    ],
+)
+def test_plot_training_names_the_line_of_a_malformed_log(tmp_path, line, expected):
+    (tmp_path / SCALARS_FILE).write_text('{"step": 1, "loss": 1.0}\n' + line + "\n")
+    with pytest.raises(ValueError, match=f"{SCALARS_FILE}, {expected}"):
+        load_script(EXAMPLES / "plot_training.py").main([str(tmp_path)])
