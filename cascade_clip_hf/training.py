@@ -275,6 +275,26 @@ def read_best_model(checkpoint: Path, metric: str) -> BestModel:
     return BestModel(**recorded)
 
 
+def check_saved_best_model(output_dir: str | os.PathLike, best: BestModel, checkpoint: Path) -> None:
+    """
+    Refuses to resume from `checkpoint` where `output_dir/best` is not the best model that checkpoint records
+    (`best`): a run that went on past the checkpoint and evaluated later left its own best there, which the resumed
+    run would keep and its card would misname.
+
+    Raises:
+        ValueError: one line naming both steps and what to do.
+    """
+    saved = saved_best_model(output_dir)
+    if saved is None or (saved.metric == best.metric and saved.step == best.step):
+        return
+    recorded = f"step {best.step}" if best.step is not None else "no best model"
+    raise ValueError(
+        f"{Path(output_dir) / BEST_DIR} holds the best model of step {saved.step} by {saved.metric}, but "
+        f"{checkpoint.name} records {recorded} by {best.metric}: it comes from a run past that checkpoint or by "
+        f"another metric; move {BEST_DIR}/ away to resume from {checkpoint.name}, or resume from a later checkpoint."
+    )
+
+
 def saved_best_model(output_dir: str | os.PathLike) -> BestModel | None:
     """What `output_dir/best/best_model.json` records (see `save_best`), None without it."""
     path = Path(output_dir) / BEST_DIR / BEST_MODEL_FILE

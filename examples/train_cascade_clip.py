@@ -59,6 +59,7 @@ from cascade_clip_hf.training import (
     BestModel,
     DataPosition,
     check_resumed_settings,
+    check_saved_best_model,
     parameter_groups,
     poly_schedule,
     read_best_model,
@@ -416,13 +417,14 @@ def main(argv=None) -> None:
         if checkpoint is None:
             logger.info(f"No checkpoint in {output_dir} yet: starting from step 0.")
         else:
+            best = read_best_model(checkpoint, args.metric_for_best_model)
+            check_saved_best_model(output_dir, best, checkpoint)
             accelerator.load_state(str(checkpoint))
             completed_steps, position = read_training_state(
                 checkpoint, len(train_dataloader), args.gradient_accumulation_steps
             )
             for line in check_resumed_settings(checkpoint, settings):
                 logger.info(line)
-            best = read_best_model(checkpoint, args.metric_for_best_model)
             logger.info(
                 f"Resumed from {checkpoint} at step {completed_steps}, epoch {position.epoch}, "
                 f"batch {position.batches}."

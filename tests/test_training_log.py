@@ -1,6 +1,7 @@
 """What a training run leaves to look at: the scalar log, its curves, the best model, the card and seed tables."""
 
 import json
+from dataclasses import asdict
 
 import PIL.Image
 import pytest
@@ -18,6 +19,7 @@ from cascade_clip_hf.training import (
     TRAINING_STATE_FILE,
     BestModel,
     DataPosition,
+    check_saved_best_model,
     read_best_model,
     save_best,
     save_checkpoint,
@@ -209,3 +211,17 @@ def test_plot_training_names_the_line_of_a_malformed_log(tmp_path, line, expecte
     (tmp_path / SCALARS_FILE).write_text('{"step": 1, "loss": 1.0}\n' + line + "\n")
     with pytest.raises(ValueError, match=f"{SCALARS_FILE}, {expected}"):
         load_script(EXAMPLES / "plot_training.py").main([str(tmp_path)])
+
+
+def test_resuming_refuses_a_best_model_that_its_checkpoint_does_not_record(tmp_path):
+    """A run went on past checkpoint-5 and kept step 8 in best/: a resume from checkpoint-5 would keep and misname it."""
+    checkpoint = tmp_path / "checkpoint-5"
+    (tmp_path / BEST_DIR).mkdir()
+    saved = BestModel("hiou", 8, {"hiou": 40.0})
+    (tmp_path / BEST_DIR / BEST_MODEL_FILE).write_text(json.dumps(asdict(saved)))
+    with pytest.raises(ValueError, match=r"holds the best model of step 8 by hiou, but checkpoint-5 records step 2"):
+        check_saved_best_model(tmp_path, BestModel("hiou", 2, {"hiou": 30.0}), checkpoint)
+    with pytest.raises(ValueError, match="records no best model by miou"):
+        check_saved_best_model(tmp_path, BestModel("miou"), checkpoint)
+    check_saved_best_model(tmp_path, saved, tmp_path / "checkpoint-9")  # the checkpoint that records it
+    check_saved_best_model(tmp_path / "elsewhere", BestModel("hiou"), checkpoint)  # no best/ at all
