@@ -214,7 +214,7 @@ def test_plot_training_names_the_line_of_a_malformed_log(tmp_path, line, expecte
 
 
 def test_resuming_refuses_a_best_model_that_its_checkpoint_does_not_record(tmp_path):
-    """A run went on past checkpoint-5 and kept step 8 in best/: a resume from checkpoint-5 would keep and misname it."""
+    """A run went past checkpoint-5 and kept step 8 in best/: resuming from checkpoint-5 would keep and misname it."""
     checkpoint = tmp_path / "checkpoint-5"
     (tmp_path / BEST_DIR).mkdir()
     saved = BestModel("hiou", 8, {"hiou": 40.0})
