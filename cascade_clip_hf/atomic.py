@@ -142,6 +142,18 @@ def write_record(folder: Path, record: Record) -> None:
             raise
 
 
+def forget_identities(folder: str | os.PathLike) -> None:
+    """
+    Drops what identifies each output from the record of `folder`, keeping names and kinds: for outputs committed
+    to a repository (the shipped demo model, the bundled scenes, benchmark reports, model cards), whose files a clone
+    gives new times. Their names are then replaced as those of records without identities are.
+    """
+    folder = Path(folder)
+    record = read_record(folder)
+    if record.identities:
+        write_record(folder, Record(record.names, record.staging))
+
+
 def recorded_names(folder: Path) -> set[str]:
     """The names of the entries of `folder` this program wrote and that are still as written, from its record (none
     without one), and its staging names."""

@@ -98,11 +98,14 @@ def check_report_paths(parser, *paths: str | None) -> None:
 def write_text(path: str | None, text: str) -> None:
     """Writes `text` to `path`, when one is given, atomically and never over a file this program did not write."""
     # Imported here: benchmark workers import this module beside the code of an older revision, which may lack it.
-    from cascade_clip_hf.atomic import BENCHMARK, output_files
+    from cascade_clip_hf.atomic import BENCHMARK, forget_identities, output_files
 
     if path:
-        with output_files(Path(path).parent, BENCHMARK) as staging:
+        folder = Path(path).resolve().parent
+        with output_files(folder, BENCHMARK) as staging:
             (staging / Path(path).name).write_text(text, encoding="utf-8")
+        if folder.is_relative_to(Path(__file__).resolve().parent.parent):  # committed to the repository
+            forget_identities(folder)
 
 
 def write_report(path: str | None, report: dict) -> None:

@@ -36,7 +36,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
 from cascade_clip_hf.arguments import CommandLineParser, check_output_argument
-from cascade_clip_hf.atomic import MODEL, SCENES, atomic_directory, output_files
+from cascade_clip_hf.atomic import MODEL, SCENES, atomic_directory, forget_identities, output_files
 from cascade_clip_hf.evaluation import markdown_summary
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.toy_world import (
@@ -360,6 +360,7 @@ def main(argv=None) -> None:
                 image, _, caption = example_scene(index)
                 PIL.Image.fromarray(image).save(staging / SCENE_FILE.format(index))
                 logger.info(f"{SCENE_FILE.format(index)}: {caption}")
+        forget_identities(args.scenes_dir)  # committed to the repository
     if args.ship_to:
         ship(folder / "cascade", args.ship_to)
     logger.info("Cascade:\n" + markdown_summary(cascade) + "\nSingle decoder:\n" + markdown_summary(single))
@@ -383,6 +384,7 @@ def ship(model_dir: Path, ship_to: str) -> None:
                 published = dict(sorted({**published, "toy_world": True}.items()))
             if published != settings:
                 path.write_text(json.dumps(published, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    forget_identities(ship_to)  # committed to the repository
 
 
 def without_entries(value, keys: tuple[str, ...]):

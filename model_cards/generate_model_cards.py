@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cascade_clip_hf import CascadeClipConfig
 from cascade_clip_hf.arguments import CommandLineParser, check_output_argument
-from cascade_clip_hf.atomic import MODEL_CARD
+from cascade_clip_hf.atomic import MODEL_CARD, forget_identities
 from cascade_clip_hf.model_card import build_model_card, write_model_card
 from cascade_clip_hf.presets import BENCHMARKS
 
@@ -71,6 +71,7 @@ def main(argv=None) -> None:
                 split=results.get("split", "val") if results else "val",
             )
             logger.info(f"Wrote {write_model_card(Path(args.output_dir) / name, card, MODEL_CARD)}")
+            forget_identities(Path(args.output_dir) / name)  # committed to the repository
 
 
 if __name__ == "__main__":
