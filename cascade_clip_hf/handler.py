@@ -15,6 +15,7 @@ import base64
 import binascii
 import http.client
 import io
+import math
 import os
 import time
 import urllib.parse
@@ -65,7 +66,7 @@ def environment_number(name: str, default: float, kind: type) -> int | float:
         value = kind(text)
     except ValueError:
         value = None
-    if value is None or value <= 0:
+    if value is None or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}={text!r} is not a positive {kind.__name__}: set a number such as {default}")
     return value
 
@@ -86,7 +87,8 @@ def download(url: str, timeout: float, max_bytes: int) -> bytes:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise RequestError(too_large(max_bytes))
-            while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
+            # read1 returns what has arrived, at most one wait: a server sending a byte at a time meets the deadline.
+            while chunk := response.read1(DOWNLOAD_CHUNK_BYTES):
                 size += len(chunk)
                 if size > max_bytes:
                     raise RequestError(too_large(max_bytes))

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -175,7 +176,8 @@ def handler_module(model_dir: Path):
 
 class ImageServer(BaseHTTPRequestHandler):
     """Serves `image` at /image.png, more bytes than the limit at /endless, a redirect to a file: URL at
-    /elsewhere, and at /stalled a body it never finishes."""
+    /elsewhere, at /stalled a body it never finishes, and at /dripping one byte at a time, each within a socket's
+    timeout but all of them far past the download's."""
 
     image = b""
     release = threading.Event()
@@ -186,7 +188,7 @@ class ImageServer(BaseHTTPRequestHandler):
             self.send_header("Location", "ftp://127.0.0.1/image.png")
             self.end_headers()
             return
-        self.send_response(200 if self.path in ("/image.png", "/endless", "/stalled") else 404)
+        self.send_response(200 if self.path in ("/image.png", "/endless", "/stalled", "/dripping") else 404)
         self.end_headers()
         try:
             if self.path == "/image.png":
@@ -198,6 +200,12 @@ class ImageServer(BaseHTTPRequestHandler):
                 self.wfile.write(self.image[:10])
                 self.wfile.flush()
                 self.release.wait(timeout=10)
+            elif self.path == "/dripping":
+                for byte in self.image[:100]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    if self.release.wait(timeout=0.1):
+                        break
         except ConnectionError:  # the handler hung up, as it should
             pass
 
@@ -223,6 +231,9 @@ def test_urls_when_allowed_stream_within_the_limits(tmp_path, tiny_hub_model_dir
             path: handler({"inputs": f"{base}/{path}"})["error"]
             for path in ("endless", "elsewhere", "stalled", "missing")
         }
+        started = time.monotonic()
+        refusals["dripping"] = handler({"inputs": f"{base}/dripping"})["error"]
+        dripping_s = time.monotonic() - started
     finally:
         ImageServer.release.set()
         server.shutdown()
@@ -232,6 +243,7 @@ def test_urls_when_allowed_stream_within_the_limits(tmp_path, tiny_hub_model_dir
     assert "redirects to 'ftp://127.0.0.1/image.png', which is not http(s)" in refusals["elsewhere"]
     assert "cannot download the image URL (timed out)" in refusals["stalled"]
     assert "cannot download the image URL (HTTP Error 404" in refusals["missing"]
+    assert "the image URL took more than 0.5 s" in refusals["dripping"] and dripping_s < 3
 
 
 def test_pil_images_the_default_folder_and_failures_inside_the_model(tiny_hub_model_dir, monkeypatch):
