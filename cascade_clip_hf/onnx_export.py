@@ -335,7 +335,7 @@ def export_onnx(
     source = Path(model_name).expanduser()
     inputs = sorted(path for path in source.iterdir() if path.is_file()) if source.is_dir() else []
     onnx_files = [IMAGE_MODEL, TEXT_MODEL] + ([IMAGE_MODEL_INT8] if quantize else [])
-    check_output_folder(output, [*onnx_files, MANIFEST, "config.json", "README.md"], inputs, kind=MODEL)
+    check_output_folder(output_dir, [*onnx_files, MANIFEST, "config.json", "README.md"], inputs, kind=MODEL)
     model, processor = load_for_inference(model_name)
     license_files = [name for name in LICENSE_FILES if (source / name).is_file()] if source.is_dir() else []
     with output_files(output, MODEL) as staging:

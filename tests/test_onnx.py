@@ -157,7 +157,7 @@ def test_segment_command_names_a_folder_without_an_export(tmp_path, source_dir, 
     assert "no ONNX export here" in caplog.text and "cascade-clip export-onnx" in caplog.text
 
 
-def test_export_refuses_a_users_file_and_the_source_folder(tmp_path, source_dir, caplog):
+def test_export_refuses_a_users_file_and_the_source_folder(tmp_path, source_dir, caplog, monkeypatch):
     output = tmp_path / "export"
     output.mkdir()
     (output / TEXT_MODEL).write_text("the user's own file")
@@ -169,3 +169,7 @@ def test_export_refuses_a_users_file_and_the_source_folder(tmp_path, source_dir,
     assert main(["export-onnx", str(source_dir), "--output", str(source_dir)]) == 2
     assert "would replace the input" in caplog.text
     assert (source_dir / "config.json").read_bytes() == config
+    monkeypatch.chdir(tmp_path / "export")
+    assert main(["export-onnx", str(source_dir), "--output", ""]) == 2  # not the folder it runs in
+    assert "refusing to write to an empty output path" in caplog.text
+    assert sorted(path.name for path in output.iterdir()) == [TEXT_MODEL]
