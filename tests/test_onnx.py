@@ -181,6 +181,40 @@ def test_export_refuses_an_opset_torch_cannot_write_before_exporting(tmp_path, s
     assert list(tmp_path.iterdir()) == []
 
 
+def truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path):
+    path.write_bytes(b"\x08\x07garbage" * 100)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "backend"),
+    [
+        (IMAGE_MODEL, truncated, "onnx"),
+        (IMAGE_MODEL_INT8, garbage, "onnx-int8"),
+        (TEXT_MODEL, truncated, "onnx"),
+        (DEFAULT_CLASS_EMBEDDINGS, garbage, "onnx"),
+        (DEFAULT_CLASS_EMBEDDINGS, lambda path: path.unlink(), "onnx"),
+        ("config.json", lambda path: path.unlink(), "onnx"),
+        (MANIFEST, garbage, "onnx"),
+    ],
+)
+def test_segment_refuses_a_damaged_export_in_one_line_naming_the_file(
+    tmp_path, export_dir, caplog, name, damage, backend
+):
+    damaged = tmp_path / "export"
+    shutil.copytree(export_dir, damaged)
+    damage(damaged / name)
+    random_image(40, 40).save(tmp_path / "photo.png")
+    command = ["segment", str(tmp_path / "photo.png"), "--model", str(damaged), "--backend", backend]
+    assert main([*command, "--output", str(tmp_path / "out")]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and str(damaged / name) in errors[0] and "export-onnx" in errors[0]
+    assert "\n" not in errors[0] and not (tmp_path / "out").exists()
+
+
 def test_export_refuses_a_users_file_and_the_source_folder(tmp_path, source_dir, caplog, monkeypatch):
     output = tmp_path / "export"
     output.mkdir()
