@@ -15,6 +15,7 @@ from .configuration_cascade_clip import CascadeClipConfig
 from .convert_clip_checkpoint import fold_class_embedding
 from .errors import counted
 from .image_processing_cascade_clip import CascadeClipImageProcessor
+from .model_card import build_model_card
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .presets import BACKGROUND_ZERO_BENCHMARKS, benchmark_facts, stages_from_layers
 from .processing_cascade_clip import CascadeClipProcessor
@@ -330,7 +331,9 @@ def convert_checkpoint(
     do_reduce_labels: bool | None = None,
 ) -> ConversionReport:
     """
-    Converts an original checkpoint into a `save_pretrained` folder (safetensors weights, config, processor).
+    Converts an original checkpoint into a `save_pretrained` folder (safetensors weights, config, processor) with a
+    model card whose licence is the original release's non-commercial terms, which converted weights keep (and
+    which `cascade-clip export-onnx` and the Hub upload carry on).
 
     Settings come from `preset` (a benchmark of the original release), then from the explicit arguments, then
     from the checkpoint's `meta` (its class names). The default vocabulary's embeddings are read from
@@ -402,9 +405,19 @@ def convert_checkpoint(
         templates=templates,
         seen_classes=seen_classes,
     )
+    card = build_model_card(
+        config,
+        repo_id=Path(output_dir).name,
+        dataset=preset,
+        summary=(
+            "Cascade-CLIP for zero-shot semantic segmentation, converted by `cascade-clip convert` from the original "
+            f"release's checkpoint `{Path(checkpoint_path).name}`."
+        ),
+    )
     with atomic_directory(output_dir, inputs, kind=MODEL) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        card.save(staging / "README.md")
 
     vision, text = config.vision_config, config.text_config
     report.notes.extend(

@@ -17,6 +17,7 @@ import http.client
 import io
 import math
 import os
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -36,7 +37,12 @@ logger = logging.get_logger(__name__)
 ALLOW_URLS_VARIABLE = "CASCADE_CLIP_ALLOW_URLS"
 MAX_IMAGE_BYTES_VARIABLE = "CASCADE_CLIP_MAX_IMAGE_BYTES"
 URL_TIMEOUT_VARIABLE = "CASCADE_CLIP_URL_TIMEOUT"
+MAX_IMAGE_PIXELS_VARIABLE = "CASCADE_CLIP_MAX_IMAGE_PIXELS"
+MAX_LABELS_VARIABLE = "CASCADE_CLIP_MAX_LABELS"
 DEFAULT_MAX_IMAGE_BYTES = 20 * 2**20
+# A small file can decode to a huge image: pixels are bounded apart from bytes (40 megapixels take 120 MB as RGB).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_LABELS = 1000
 DEFAULT_URL_TIMEOUT_SECONDS = 10.0
 DOWNLOAD_CHUNK_BYTES = 2**16
 # The pipeline options a request may set, besides `candidate_labels`.
@@ -104,19 +110,31 @@ def too_large(max_bytes: int) -> str:
     return f"the image is over this endpoint's limit of {max_bytes} bytes ({MAX_IMAGE_BYTES_VARIABLE}); send less"
 
 
-def decode_image(data: bytes) -> PIL.Image.Image:
+def check_pixels(image: PIL.Image.Image, max_pixels: int) -> None:
+    """Refuses an image of more than `max_pixels` pixels (from its size alone: a file's header, before decoding)."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestError(
+            f"the image is {width}x{height} pixels, over this endpoint's limit of {max_pixels} pixels "
+            f"({MAX_IMAGE_PIXELS_VARIABLE}); send a smaller one"
+        )
+
+
+def decode_image(data: bytes, max_pixels: int) -> PIL.Image.Image:
     """
     Opens and fully decodes an image file's bytes, so that a truncated or corrupt one fails here.
 
     Raises:
-        RequestError: the bytes are not an image PIL reads, or its header claims more than
-            `PIL.Image.MAX_IMAGE_PIXELS` pixels (a possible decompression bomb, refused before they are allocated).
+        RequestError: the bytes are not an image PIL reads, or its header claims more than `max_pixels` pixels or
+            more than `PIL.Image.MAX_IMAGE_PIXELS` (a possible decompression bomb), refused before they are
+            allocated.
     """
     try:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice as many, and would then allocate them all.
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             with PIL.Image.open(io.BytesIO(data)) as image:
+                check_pixels(image, max_pixels)
                 image.load()
                 return image.copy()
     except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError) as error:
@@ -141,9 +159,20 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
     return data
 
 
+# How Python shows an object that has no text of its own, e.g. PIL naming the in-memory file it could not read.
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def one_line(error: BaseException) -> str:
-    """What `error` says, on one line."""
-    return " ".join(str(error).split()) or type(error).__name__
+    """What `error` says, on one line, without object reprs (which tell a caller nothing)."""
+    return " ".join(OBJECT_REPR.sub("", str(error)).split()) or type(error).__name__
+
+
+def described(value) -> str:
+    """A request's value as an error shows it: short plain values as they are, others by their type."""
+    if value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def png_base64(mask: PIL.Image.Image) -> str:
@@ -161,7 +190,9 @@ class EndpointHandler:
 
     Settings, from the environment: `CASCADE_CLIP_ALLOW_URLS=1` lets requests name image URLs (off by default),
     fetched within `CASCADE_CLIP_URL_TIMEOUT` seconds (default 10); `CASCADE_CLIP_MAX_IMAGE_BYTES` bounds an image
-    file's size, however it is sent (default 20 MiB).
+    file's size, however it is sent (default 20 MiB), `CASCADE_CLIP_MAX_IMAGE_PIXELS` its width times height,
+    PIL images included (default 40,000,000; PIL's own decompression-bomb limit applies to files too), and
+    `CASCADE_CLIP_MAX_LABELS` the number of `candidate_labels` (default 1000).
 
     Args:
         path (`str`): the model's folder (the endpoint passes the repository's); this file's folder by default.
@@ -175,6 +206,8 @@ class EndpointHandler:
         self.allow_urls = os.environ.get(ALLOW_URLS_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
         self.max_image_bytes = int(environment_number(MAX_IMAGE_BYTES_VARIABLE, DEFAULT_MAX_IMAGE_BYTES, int))
         self.url_timeout = environment_number(URL_TIMEOUT_VARIABLE, DEFAULT_URL_TIMEOUT_SECONDS, float)
+        self.max_image_pixels = int(environment_number(MAX_IMAGE_PIXELS_VARIABLE, DEFAULT_MAX_IMAGE_PIXELS, int))
+        self.max_labels = int(environment_number(MAX_LABELS_VARIABLE, DEFAULT_MAX_LABELS, int))
         self.segmenter = pipeline(
             "zero-shot-image-segmentation",
             model=str(path or Path(__file__).parent),
@@ -200,8 +233,8 @@ class EndpointHandler:
         try:
             if not isinstance(data, dict) or "inputs" not in data:
                 raise RequestError('the request has no "inputs": send {"inputs": <image>, "parameters": {...}}')
-            image = self.read_image(data["inputs"])
             options = self.read_parameters(data.get("parameters"))
+            image = self.read_image(data["inputs"])
             segments = self.segmenter(image, **options)
         except ValueError as error:
             return {"error": one_line(error)}
@@ -218,11 +251,12 @@ class EndpointHandler:
     def read_image(self, inputs) -> PIL.Image.Image:
         """The image a request's `inputs` holds; never a local file, whatever the string says."""
         if isinstance(inputs, PIL.Image.Image):
+            check_pixels(inputs, self.max_image_pixels)
             return inputs
         if isinstance(inputs, (bytes, bytearray, memoryview)):
             if len(inputs) > self.max_image_bytes:
                 raise RequestError(too_large(self.max_image_bytes))
-            return decode_image(bytes(inputs))
+            return decode_image(bytes(inputs), self.max_image_pixels)
         if not isinstance(inputs, str):
             raise RequestError(f"inputs must be one image, as {IMAGE_FORMS}; got {type(inputs).__name__}")
         text = inputs.strip()
@@ -233,25 +267,30 @@ class EndpointHandler:
             header, _, payload = text.partition(",")
             if not header.lower().endswith(";base64"):
                 raise RequestError("a data: URL in inputs must be base64, as in data:image/png;base64,<data>")
-            return decode_image(decode_base64(payload, self.max_image_bytes))
+            return decode_image(decode_base64(payload, self.max_image_bytes), self.max_image_pixels)
         if scheme in ("http", "https"):
             if not self.allow_urls:
                 raise RequestError(
                     f"this endpoint does not fetch image URLs: send the image itself, or set {ALLOW_URLS_VARIABLE}=1 "
                     "in the endpoint's environment"
                 )
-            return decode_image(download(text, self.url_timeout, self.max_image_bytes))
+            return decode_image(download(text, self.url_timeout, self.max_image_bytes), self.max_image_pixels)
         if scheme:
             raise RequestError(f"inputs starts with {prefix[:20]!r}: send the image as {IMAGE_FORMS}")
-        return decode_image(decode_base64(text, self.max_image_bytes))
+        return decode_image(decode_base64(text, self.max_image_bytes), self.max_image_pixels)
 
-    @staticmethod
-    def read_parameters(parameters) -> dict:
+    def read_parameters(self, parameters) -> dict:
         """The pipeline options of a request's `parameters`, checked."""
         if parameters is None:
-            return {}
+            parameters = {}
         if not isinstance(parameters, dict):
             raise RequestError(f"parameters must be an object, got {type(parameters).__name__}")
+        not_names = [key for key in parameters if not isinstance(key, str)]
+        if not_names:
+            raise RequestError(
+                f"parameters must be named by strings, got the key {described(not_names[0])}; use candidate_labels, "
+                f"{', '.join(WINDOW_PARAMETERS)}"
+            )
         known = ("candidate_labels", *WINDOW_PARAMETERS)
         unknown = sorted(set(parameters) - set(known))
         if unknown:
@@ -268,12 +307,24 @@ class EndpointHandler:
                     'candidate_labels must be a non-empty list of non-empty class names, e.g. ["car", "road"]; '
                     "leave it out for the model's own classes"
                 )
+            if len(labels) > self.max_labels:
+                raise RequestError(
+                    f"{len(labels)} candidate_labels, over this endpoint's limit of {self.max_labels} "
+                    f"({MAX_LABELS_VARIABLE}); send fewer"
+                )
             options["candidate_labels"] = labels
+        elif not self.segmenter.model.config.id2label:
+            raise RequestError(
+                'this model has no default vocabulary: pass the class names, as in {"inputs": <image>, '
+                '"parameters": {"candidate_labels": ["car", "road"]}}'
+            )
         for name in WINDOW_PARAMETERS:
             value = parameters.get(name)
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RequestError(f"{name} must be a positive integer (pixels, or windows per pass), got {value!r}")
+                raise RequestError(
+                    f"{name} must be a positive integer (pixels, or windows per pass), got {described(value)}"
+                )
             options[name] = value
         return options

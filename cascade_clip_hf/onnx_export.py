@@ -28,7 +28,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import save_file
 from torch import nn
 
-from .atomic import MODEL, check_output_folder, output_files, shown
+from .atomic import MODEL, atomic_directory, check_output_folder, shown
 from .model_card import ORIGINAL_LICENSE, ORIGINAL_LICENSE_NAME, ORIGINAL_WEIGHTS_LICENSE, card_data_of
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation, class_embeddings_of_prompts
 from .onnx_runtime import (
@@ -56,6 +56,18 @@ EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXPORT_TOLERANCE = 1e-4
 # Files a source model folder may hold its licence in; they are copied beside the export as they are.
 LICENSE_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "NOTICE")
+
+
+def supported_opsets() -> range:
+    """
+    The ONNX opsets this torch's exporter writes as asked: below its operator library's opset it converts the graph
+    and, when that fails (as it does for this model), keeps its own opset instead; above `ONNX_MAX_OPSET` it is not
+    tested. Read from torch's (private) constants, as no public name says it.
+    """
+    from torch.onnx._constants import ONNX_MAX_OPSET
+    from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+
+    return range(TORCHLIB_OPSET, ONNX_MAX_OPSET + 1)
 
 
 class CascadeClipImagePath(nn.Module):
@@ -309,23 +321,29 @@ def export_onnx(
     """
     Exports a model (see the module's docstring) into `output_dir` and checks it: ONNX Runtime must reproduce
     PyTorch's float32 logits and class embeddings on random inputs within `EXPORT_TOLERANCE`; the int8 model's
-    difference and class agreement are recorded. Files of other names in `output_dir` are left alone; a file of one
-    of the export's names that cascade-clip did not write is refused before anything is exported, and so is an
-    output folder that would replace the source model's files.
+    difference and class agreement are recorded. The export replaces `output_dir` whole, so nothing of an earlier
+    export stays beside it; a folder holding anything cascade-clip did not write as a model is refused before
+    anything is exported, and so is an output folder that would replace the source model's files.
 
     Args:
         model_name (`str`): a model folder or Hub id (loaded strictly, see `segmenter.load_for_inference`).
         output_dir: the folder to write, created if needed.
         quantize (`str`, *optional*): `"int8"` to also write the image path quantized.
-        opset (`int`, *optional*): the ONNX opset (torch's default when None).
+        opset (`int`, *optional*): the ONNX opset, one of `supported_opsets()` (torch's default when None).
 
     Returns:
         The manifest written as `onnx_export.json`.
 
     Raises:
         ValueError: one line naming the problem (model, output folder, an unknown quantization, an export that
-            does not reproduce the model).
+            does not reproduce the model, an opset torch's exporter cannot write).
     """
+    if opset is not None and opset not in supported_opsets():
+        opsets = supported_opsets()
+        raise ValueError(
+            f"--opset {opset}: torch {torch.__version__} exports opsets {opsets[0]} to {opsets[-1]} only (choose one "
+            "of them, or leave it out for torch's default)."
+        )
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantize!r}: use one of {', '.join(QUANTIZATIONS)}.")
     missing = [package for package in EXPORT_PACKAGES if importlib.util.find_spec(package) is None]
@@ -335,10 +353,10 @@ def export_onnx(
     source = Path(model_name).expanduser()
     inputs = sorted(path for path in source.iterdir() if path.is_file()) if source.is_dir() else []
     onnx_files = [IMAGE_MODEL, TEXT_MODEL] + ([IMAGE_MODEL_INT8] if quantize else [])
-    check_output_folder(output_dir, [*onnx_files, MANIFEST, "config.json", "README.md"], inputs, kind=MODEL)
+    check_output_folder(output_dir, inputs=inputs, kind=MODEL)
     model, processor = load_for_inference(model_name)
     license_files = [name for name in LICENSE_FILES if (source / name).is_file()] if source.is_dir() else []
-    with output_files(output, MODEL) as staging:
+    with atomic_directory(output, inputs, kind=MODEL) as staging:
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
         for name in license_files:
@@ -351,8 +369,6 @@ def export_onnx(
             save_file(
                 {"class_embeddings": model.class_embeddings.float().contiguous()}, staging / DEFAULT_CLASS_EMBEDDINGS
             )
-        # Again with every name, before the long part: the processor's files are known now.
-        check_output_folder(output, files, inputs, kind=MODEL)
 
         logger.info(f"Exporting the image path of {model_name} ...")
         image_checks, opset = export_image_path(model, staging / IMAGE_MODEL, opset)

@@ -11,6 +11,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,15 @@ ONNX_SUBFOLDER = "onnx"
 # The exported image path takes windows of at least this many patches a side: torch.export specialises a grid
 # side of one patch (a size of 1 broadcasts), so the graph cannot cover it.
 MIN_WINDOW_PATCHES = 2
+# The inputs each exported graph takes, by name: a file of another graph is refused when the export is opened.
+GRAPH_INPUTS = {
+    IMAGE_MODEL: ["pixel_values", "class_embeds"],
+    IMAGE_MODEL_INT8: ["pixel_values", "class_embeds"],
+    TEXT_MODEL: ["input_ids", "attention_mask"],
+}
+AGAIN = "export the model again with `cascade-clip export-onnx`"
+
+Loaded = TypeVar("Loaded")
 
 
 def export_folder(model: str | os.PathLike) -> Path:
@@ -63,19 +73,63 @@ def export_folder(model: str | os.PathLike) -> Path:
     )
 
 
+def load_export_file(path: Path, load: Callable[[Path], Loaded]) -> Loaded:
+    """
+    `load(path)` for a file of an export, read when the export is opened rather than at the first image.
+
+    Raises:
+        ValueError: one line naming `path`, when it is missing or `load` fails on it (a truncated or damaged file).
+    """
+    if not path.is_file():
+        raise ValueError(f"{path}: missing from the export; {AGAIN}.")
+    try:
+        return load(path)
+    except Exception as error:  # each reader (ONNX Runtime, safetensors, json) has errors of its own
+        raise ValueError(f"{path}: damaged, not readable ({one_line(error)}); {AGAIN}.") from error
+
+
 def inference_session(path: Path, threads: int | None, providers: Sequence[str] | None):
-    """An ONNX Runtime session on `path`, computing with `threads` threads (ONNX Runtime's choice when None)."""
+    """
+    An ONNX Runtime session on `path`, computing with `threads` threads (ONNX Runtime's choice when None).
+
+    Raises:
+        ValueError: one line naming `path`, when ONNX Runtime is missing, or the file is missing, damaged or not a
+            graph of an export (other inputs than `GRAPH_INPUTS` names for it).
+    """
     try:
         import onnxruntime
     except ImportError as error:
         raise ValueError(
             f"{path}: ONNX Runtime is not installed: pip install 'cascade-clip-hf[onnx]'. ({error})"
         ) from error
-    if not path.is_file():
-        raise ValueError(f"{path}: missing from the export; export the model again with `cascade-clip export-onnx`.")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or 0
-    return onnxruntime.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    session = load_export_file(
+        path,
+        lambda path: onnxruntime.InferenceSession(
+            str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+        ),
+    )
+    inputs = [value.name for value in session.get_inputs()]
+    if path.name in GRAPH_INPUTS and inputs != GRAPH_INPUTS[path.name]:
+        raise ValueError(f"{path}: a graph taking {inputs}, not {GRAPH_INPUTS[path.name]}; {AGAIN}.")
+    return session
+
+
+def load_default_class_embeddings(path: Path, config: CascadeClipConfig) -> torch.Tensor:
+    """
+    The default vocabulary's class embeddings `(num_labels, projection_dim)` from `path`.
+
+    Raises:
+        ValueError: one line naming `path` when it is missing, damaged or of another shape.
+    """
+    class_embeddings = load_export_file(path, lambda path: load_file(path)["class_embeddings"])
+    expected = (config.num_labels, config.projection_dim)
+    if tuple(class_embeddings.shape) != expected:
+        raise ValueError(
+            f"{path}: class embeddings of shape {tuple(class_embeddings.shape)}, the config says {expected}; {AGAIN}."
+        )
+    return class_embeddings
 
 
 class OnnxCascadeClip:
@@ -92,7 +146,8 @@ class OnnxCascadeClip:
         providers (`list[str]`, *optional*): ONNX Runtime execution providers; the CPU's by default.
 
     Raises:
-        ValueError: for a folder that is not a complete export of this format.
+        ValueError: one line naming the file, for a folder that is not a complete export of this format or holds a
+            missing or damaged file: every file is read here, none at the first image.
     """
 
     device = torch.device("cpu")
@@ -106,12 +161,7 @@ class OnnxCascadeClip:
         providers: Sequence[str] | None = None,
     ):
         self.folder = Path(folder)
-        try:
-            manifest = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise ValueError(
-                f"{self.folder / MANIFEST}: not readable ({one_line(error)}); export the model again."
-            ) from error
+        manifest = load_export_file(self.folder / MANIFEST, lambda path: json.loads(path.read_text(encoding="utf-8")))
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else None
             raise ValueError(
@@ -119,7 +169,9 @@ class OnnxCascadeClip:
                 "export the model again."
             )
         self.manifest = manifest
-        self.config = CascadeClipConfig.from_pretrained(self.folder)
+        self.config = load_export_file(
+            self.folder / "config.json", lambda path: CascadeClipConfig.from_pretrained(path.parent)
+        )
         image_model = IMAGE_MODEL_INT8 if quantized else IMAGE_MODEL
         if quantized and image_model not in manifest.get("files", []):
             raise ValueError(
@@ -127,9 +179,10 @@ class OnnxCascadeClip:
             )
         self.image_session = inference_session(self.folder / image_model, threads, providers)
         self.text_session = inference_session(self.folder / TEXT_MODEL, threads, providers)
-        default_embeddings = self.folder / DEFAULT_CLASS_EMBEDDINGS
         self.class_embeddings = (
-            load_file(default_embeddings)["class_embeddings"] if default_embeddings.is_file() else None
+            load_default_class_embeddings(self.folder / DEFAULT_CLASS_EMBEDDINGS, self.config)
+            if self.config.num_labels
+            else None
         )
         self.default_seen_class_mask = seen_class_mask(self.config.class_names, self.config.seen_class_names)
         # What the export recorded of the text tower's weights, and the results computed since (they never change).
@@ -270,5 +323,7 @@ def load_onnx_segmenter(
     """
     folder = export_folder(model)
     onnx_model = OnnxCascadeClip(folder, quantized, threads, providers)
-    processor = CascadeClipProcessor.from_pretrained(folder)
+    processor = load_export_file(
+        folder / "processor_config.json", lambda path: CascadeClipProcessor.from_pretrained(folder)
+    )
     return CascadeClipZeroShotSegmentationPipeline(model=onnx_model, processor=processor, device="cpu")

@@ -68,12 +68,16 @@ def load_average() -> list[float]:
 
 
 def machine_description(device: str) -> dict:
-    """The machine a figure was measured on: CPU, its matmul-relevant flags, cores, threads, versions and date."""
+    """
+    The machine a figure was measured on: CPU, its matmul-relevant flags, cores, total memory (GiB, the machine's,
+    not a container's limit), threads, versions and date.
+    """
     flags = set((cpuinfo_field("flags") or "").split())
     description = {
         "cpu": cpuinfo_field("model name") or platform.processor() or platform.machine(),
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
         "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

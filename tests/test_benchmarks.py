@@ -2,7 +2,7 @@
 
 import json
 
-from .helpers import run_script
+from .helpers import EXAMPLES, load_script, run_script
 
 
 def test_user_paths_benchmark_measures_this_tree_beside_the_baseline(tmp_path):
@@ -25,3 +25,19 @@ def test_a_benchmark_refuses_to_replace_a_users_file_before_measuring(tmp_path):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "mine.json" in errors[0], result.stderr[-2000:]
     assert mine.read_text() == "my notes"
+
+
+def test_a_tiny_onnx_benchmark_judges_no_full_size_target():
+    benchmark = load_script(EXAMPLES / "benchmark_onnx.py")
+    backends = {name: {"forward_s": 1.0, "max_abs_logit_difference": 0.0} for name in benchmark.BACKENDS}
+    demo = {"bundled": {"scenes": 1, "identical_scenes": 1}, "held_out": {"scenes": 1, "identical_scenes": 1}}
+    report = {
+        "backends": {**backends, "onnx-int8": {"forward_s": 0.1}},
+        "demo": {"backends": {"onnx-float32": {**demo, "overall": 1.0}, "onnx-int8": {"overall": 1.0}}},
+        "machine": {"cpu_flags": {"avx512_vnni": True}},
+    }
+    judged = benchmark.target_rows({**report, "tiny": False})
+    assert [row["pass"] for row in judged] == [True] * 4
+    tiny = benchmark.target_rows({**report, "tiny": True})
+    assert [row["pass"] for row in tiny] == [None] * 4
+    assert all("tiny model" in row["report_only"] for row in tiny)

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.cli import main
@@ -16,6 +17,8 @@ from cascade_clip_hf.convert_original_checkpoint import (
     convert_state_dict,
     infer_config,
 )
+from cascade_clip_hf.model_card import ORIGINAL_LICENSE, ORIGINAL_LICENSE_NAME
+from cascade_clip_hf.onnx_export import export_card
 from cascade_clip_hf.presets import benchmark_facts
 
 from .helpers import CLIP_TOKENIZER, OFFICIAL_TINY, conversion_flags
@@ -175,6 +178,11 @@ def test_cli_convert_with_precomputed_embeddings(tmp_path, official_meta):
     seen_names = [official_meta["class_names"][i] for i in official_meta["seen_class_ids"]]
     assert processor.seen_classes == seen_names
     assert processor.templates == [official_meta["prompt_template"]]
+    # The converted weights keep the original release's non-commercial terms, in the card's metadata.
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert (card.data.license, card.data.license_name) == (ORIGINAL_LICENSE, ORIGINAL_LICENSE_NAME)
+    assert "non-commercial use only" in card.text and "checkpoint.pth" in card.text
+    assert export_card(str(tmp_path / "model"), [])[1] == ORIGINAL_LICENSE  # what export-onnx records
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, caplog):

@@ -27,12 +27,14 @@ from .helpers import python_without_package, random_image
 
 PACKAGE_HANDLER = Path(modeling.__file__).with_name("handler.py")
 LABELS = ["bicycle", "red thing", "ocean"]
-# The subprocess's byte limit: above the test images, far below the default.
+# The subprocess's limits: above the test images (80x50 pixels, three labels), far below the defaults.
 MAX_IMAGE_BYTES = 100_000
+MAX_IMAGE_PIXELS = 5000
+MAX_LABELS = 5
 
 # Run by a python that cannot import the package: the handler from the model's folder, a request of each kind.
 CONTRACT_SCRIPT = """
-import base64, importlib.util, json, sys
+import base64, importlib.util, io, json, sys
 from pathlib import Path
 import PIL.Image
 
@@ -45,6 +47,9 @@ handler = module.EndpointHandler(str(model_dir))
 png, jpeg = (work / "image.png").read_bytes(), (work / "rotated.jpg").read_bytes()
 labels = json.loads(sys.argv[3])
 oversized = bytes(int(sys.argv[4]) + 1)
+wide = PIL.Image.new("L", (100, 60))  # a small file of more pixels than the limit
+wide_png = io.BytesIO()
+wide.save(wide_png, format="PNG")
 requests = {
     "bytes": {"inputs": png},
     "base64": {"inputs": base64.encodebytes(png).decode(), "parameters": {"candidate_labels": labels}},
@@ -71,6 +76,12 @@ requests = {
     "unknown parameter": {"inputs": png, "parameters": {"threshold": 0.5}},
     "bad stride": {"inputs": png, "parameters": {"stride": 0}},
     "stride over crop": {"inputs": png, "parameters": {"crop_size": 32, "stride": 48}},
+    "too many pixels": {"inputs": wide_png.getvalue()},
+    "too many pixels base64": {"inputs": base64.b64encode(wide_png.getvalue()).decode()},
+    "too many pixels PIL": {"inputs": wide},
+    "too many labels": {"inputs": png, "parameters": {"candidate_labels": [f"class {i}" for i in range(6)]}},
+    "a key not a string": {"inputs": png, "parameters": {1: "car", "stride": 40}},
+    "an object as stride": {"inputs": png, "parameters": {"stride": io.BytesIO()}},
 }
 answers = {name: handler(request) for name, request in requests.items()}
 PIL.Image.MAX_IMAGE_PIXELS = 3000  # the 80x50 image is then a possible decompression bomb
@@ -100,6 +111,12 @@ REFUSALS = {
     "bad stride": "stride must be a positive integer",
     "stride over crop": "stride (48) is larger than crop_size (32)",
     "bomb": "possible decompression bomb",
+    "too many pixels": f"100x60 pixels, over this endpoint's limit of {MAX_IMAGE_PIXELS} pixels",
+    "too many pixels base64": "(CASCADE_CLIP_MAX_IMAGE_PIXELS)",
+    "too many pixels PIL": "(CASCADE_CLIP_MAX_IMAGE_PIXELS)",
+    "too many labels": f"6 candidate_labels, over this endpoint's limit of {MAX_LABELS} (CASCADE_CLIP_MAX_LABELS)",
+    "a key not a string": "parameters must be named by strings, got the key 1",
+    "an object as stride": "stride must be a positive integer (pixels, or windows per pass), got a BytesIO",
 }
 
 
@@ -140,6 +157,8 @@ def test_the_contract_without_the_package(tmp_path, tiny_hub_model_dir):
         "HF_HUB_OFFLINE": "1",
         "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "CASCADE_CLIP_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
+        "CASCADE_CLIP_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+        "CASCADE_CLIP_MAX_LABELS": str(MAX_LABELS),
         "OMP_NUM_THREADS": "1",
     }
     env.pop("CASCADE_CLIP_ALLOW_URLS", None)
@@ -164,6 +183,7 @@ def test_the_contract_without_the_package(tmp_path, tiny_hub_model_dir):
         assert set(answers[name]) == {"error"}, name
         error = answers[name]["error"]
         assert message in error and "\n" not in error and "Traceback" not in error, (name, error)
+        assert " at 0x" not in error, (name, error)  # PIL names an unreadable in-memory file by its repr
 
 
 def handler_module(model_dir: Path):
@@ -253,13 +273,19 @@ def test_pil_images_the_default_folder_and_failures_inside_the_model(tiny_hub_mo
     answer = handler({"inputs": image, "parameters": {"candidate_labels": LABELS}})  # as the toolkit passes files
     assert_same_segments(answer, handler.segmenter(image, candidate_labels=LABELS), image.size)
 
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    handler.segmenter.model.config.id2label = {}  # a model without a default vocabulary
+    assert handler({"inputs": png.getvalue()}) == {
+        "error": 'this model has no default vocabulary: pass the class names, as in {"inputs": <image>, '
+        '"parameters": {"candidate_labels": ["car", "road"]}}'
+    }
+
     def fail(*args, **kwargs):
         raise RuntimeError("out of memory\nwhile segmenting")
 
     handler.segmenter = fail
-    png = io.BytesIO()
-    image.save(png, format="PNG")
-    assert handler({"inputs": png.getvalue()}) == {
+    assert handler({"inputs": png.getvalue(), "parameters": {"candidate_labels": LABELS}}) == {
         "error": "segmentation failed (RuntimeError: out of memory while segmenting); see the endpoint's logs"
     }
     monkeypatch.setenv("CASCADE_CLIP_MAX_IMAGE_BYTES", "lots")

@@ -10,9 +10,11 @@ import torch
 from transformers import CLIPModel
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation
+from cascade_clip_hf.atomic import MODEL, RECORD, atomic_directory
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.onnx_export import export_card, export_onnx
 from cascade_clip_hf.onnx_runtime import (
+    DEFAULT_CLASS_EMBEDDINGS,
     IMAGE_MODEL,
     IMAGE_MODEL_INT8,
     MANIFEST,
@@ -157,14 +159,70 @@ def test_segment_command_names_a_folder_without_an_export(tmp_path, source_dir, 
     assert "no ONNX export here" in caplog.text and "cascade-clip export-onnx" in caplog.text
 
 
+def test_reexport_replaces_the_earlier_export_whole(tmp_path, source_dir):
+    output = tmp_path / "export"
+    with atomic_directory(output, kind=MODEL) as staging:  # an earlier export, of another source, with int8
+        for name in (IMAGE_MODEL_INT8, DEFAULT_CLASS_EMBEDDINGS, "LICENSE", "NOTICE", "config.json"):
+            (staging / name).write_text("stale")
+    export_onnx(str(source_dir), output)
+    names = {path.name for path in output.iterdir()}
+    assert not names & {IMAGE_MODEL_INT8, "LICENSE", "NOTICE"}
+    assert (output / DEFAULT_CLASS_EMBEDDINGS).read_bytes() != b"stale"
+    assert json.loads((output / "config.json").read_text())["model_type"] == "cascade_clip"
+    assert {*json.loads((output / MANIFEST).read_text())["files"], RECORD} == names
+
+
+@pytest.mark.parametrize("opset", [1, 17, 99])
+def test_export_refuses_an_opset_torch_cannot_write_before_exporting(tmp_path, source_dir, caplog, opset):
+    output = tmp_path / "export"
+    assert main(["export-onnx", str(source_dir), "--output", str(output), "--opset", str(opset)]) == 2
+    assert f"--opset {opset}: torch" in caplog.text and "exports opsets 18 to" in caplog.text
+    assert "Traceback" not in caplog.text and not output.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path):
+    path.write_bytes(b"\x08\x07garbage" * 100)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "backend"),
+    [
+        (IMAGE_MODEL, truncated, "onnx"),
+        (IMAGE_MODEL_INT8, garbage, "onnx-int8"),
+        (TEXT_MODEL, truncated, "onnx"),
+        (DEFAULT_CLASS_EMBEDDINGS, garbage, "onnx"),
+        (DEFAULT_CLASS_EMBEDDINGS, lambda path: path.unlink(), "onnx"),
+        ("config.json", lambda path: path.unlink(), "onnx"),
+        (MANIFEST, garbage, "onnx"),
+    ],
+)
+def test_segment_refuses_a_damaged_export_in_one_line_naming_the_file(
+    tmp_path, export_dir, caplog, name, damage, backend
+):
+    damaged = tmp_path / "export"
+    shutil.copytree(export_dir, damaged)
+    damage(damaged / name)
+    random_image(40, 40).save(tmp_path / "photo.png")
+    command = ["segment", str(tmp_path / "photo.png"), "--model", str(damaged), "--backend", backend]
+    assert main([*command, "--output", str(tmp_path / "out")]) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and str(damaged / name) in errors[0] and "export-onnx" in errors[0]
+    assert "\n" not in errors[0] and not (tmp_path / "out").exists()
+
+
 def test_export_refuses_a_users_file_and_the_source_folder(tmp_path, source_dir, caplog, monkeypatch):
     output = tmp_path / "export"
     output.mkdir()
-    (output / TEXT_MODEL).write_text("the user's own file")
+    (output / "notes.txt").write_text("the user's own file")
     assert main(["export-onnx", str(source_dir), "--output", str(output)]) == 2
-    assert f"it holds {TEXT_MODEL}, which cascade-clip did not write" in caplog.text
-    assert (output / TEXT_MODEL).read_text() == "the user's own file"
-    assert sorted(path.name for path in output.iterdir()) == [TEXT_MODEL]
+    assert "it holds notes.txt, which cascade-clip did not write" in caplog.text
+    assert (output / "notes.txt").read_text() == "the user's own file"
+    assert sorted(path.name for path in output.iterdir()) == ["notes.txt"]
     config = (source_dir / "config.json").read_bytes()
     assert main(["export-onnx", str(source_dir), "--output", str(source_dir)]) == 2
     assert "would replace the input" in caplog.text
@@ -172,4 +230,4 @@ def test_export_refuses_a_users_file_and_the_source_folder(tmp_path, source_dir,
     monkeypatch.chdir(tmp_path / "export")
     assert main(["export-onnx", str(source_dir), "--output", ""]) == 2  # not the folder it runs in
     assert "refusing to write to an empty output path" in caplog.text
-    assert sorted(path.name for path in output.iterdir()) == [TEXT_MODEL]
+    assert sorted(path.name for path in output.iterdir()) == ["notes.txt"]
