@@ -79,26 +79,25 @@ class CommandLineParser(argparse.ArgumentParser):
         return argument
 
 
-def positive_int(text: str) -> int:
-    """A whole number of at least 1 (sizes, counts)."""
+def whole_number_of_at_least(text: str, minimum: int) -> int:
+    """`text` as a whole number of at least `minimum`, or argparse's error saying which it is not."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (sizes, counts)."""
+    return whole_number_of_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """A whole number of at least 0 (counts where 0 means none or never)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return whole_number_of_at_least(text, 0)
 
 
 def finite_float(text: str) -> float:
