@@ -17,6 +17,7 @@ from transformers import CLIPTokenizer
 from transformers.utils import logging
 
 from .atomic import VOCABULARY, output_files, shown
+from .errors import counted
 from .pipeline_cascade_clip import check_class_embeds
 
 
@@ -284,7 +285,8 @@ def check_distinct_class_embeddings(class_embeds: torch.Tensor, class_names: Seq
     if not pairs:
         return
     raise ValueError(
-        f"{len(pairs)} pairs of classes have the same text embedding (cosine similarity of at least "
+        f"{counted(len(pairs), 'pair')} of classes {'has' if len(pairs) == 1 else 'have'} the same text embedding "
+        "(cosine similarity of at least "
         f"{SAME_CLASS_SIMILARITY}), e.g. {'; '.join(pairs[:5])}: the model cannot tell them apart. Most often the "
         "tokenizer reads their names the same (unknown characters, or a tokenizer without its vocabulary files): "
         "rename them, or use the model's own tokenizer."
@@ -478,7 +480,8 @@ def load_vocabulary(path: str | os.PathLike) -> ClassVocabulary:
     pairs = same_class_pairs(vocabulary.class_embeds, vocabulary.class_names)
     if pairs:
         logger.warning(
-            f"{name}: {len(pairs)} pairs of classes have the same embedding, e.g. {'; '.join(pairs[:5])}: the model "
+            f"{name}: {counted(len(pairs), 'pair')} of classes {'has' if len(pairs) == 1 else 'have'} the same "
+            f"embedding, e.g. {'; '.join(pairs[:5])}: the model "
             "cannot tell them apart; embed them again with the model's own tokenizer, or rename them."
         )
     return vocabulary

@@ -17,6 +17,7 @@ from cascade_clip_hf.cli import main
 from cascade_clip_hf.vocabulary import (
     VOCABULARY_FORMAT,
     ClassVocabulary,
+    check_distinct_class_embeddings,
     check_templates,
     content_digest,
     load_class_embeddings,
@@ -227,3 +228,13 @@ def test_npy_class_embeddings_are_checked_alike(tmp_path, array, message):
         load_class_embeddings(path, 3, 16)
     np.save(path, np.ones((3, 16), dtype=np.float16))
     assert load_class_embeddings(path, 3, 16).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("duplicates", "expected"), [(1, "1 pair of classes has"), (2, "2 pairs of classes have")])
+def test_classes_with_one_embedding_are_counted_in_words_that_agree(duplicates, expected):
+    class_embeds = unit_embeds(4)
+    class_embeds[3] = class_embeds[0]
+    if duplicates == 2:
+        class_embeds[2] = class_embeds[1]
+    with pytest.raises(ValueError, match=f"^{expected} the same text embedding"):
+        check_distinct_class_embeddings(class_embeds, ["a", "b", "c", "d"])
