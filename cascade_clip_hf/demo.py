@@ -18,7 +18,8 @@ def parse_labels(text: str | None) -> list[str] | None:
 def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", dtype: str = "float32") -> gr.Blocks:
     """
     The app for one model (folder or Hub id) in `dtype` (see `INFERENCE_DTYPES`); its `segment` endpoint takes an
-    image and comma-separated names.
+    image and comma-separated names. `example_labels` fill the names box, except for a toy model (`toy_world`),
+    which reads none of a photo's words and starts from its own vocabulary.
     """
     segmenter = load_segmenter(model_name, device, dtype)
 
@@ -55,7 +56,9 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", d
             image_input = gr.Image(type="filepath", image_mode=None, label="Image")
             overlay_output = gr.Image(type="pil", format="png", label="Segmentation")
         placeholder = ", ".join(config.class_names[:3]) if config.toy_world else "cat, grass, sky"
-        labels_input = gr.Textbox(label="Class names", value=example_labels, placeholder=placeholder)
+        labels_input = gr.Textbox(
+            label="Class names", value="" if config.toy_world else example_labels, placeholder=placeholder
+        )
         run_button = gr.Button("Segment", variant="primary")
         shares_output = gr.Label(label="Share of the pixels")
         run_button.click(

@@ -27,10 +27,8 @@ if __name__ == "__main__":
                 f"the environment variable CASCADE_CLIP_DTYPE is {dtype!r}: set it to one of "
                 f"{', '.join(INFERENCE_DTYPES)}, or leave it unset for {INFERENCE_DTYPES[0]}."
             )
-        # Photo classes for a named model; the toy model reads none of them, and starts from its own vocabulary.
-        demo = build_demo(
-            named_model or str(DEMO_MODEL), example_labels="cat, grass, sky" if named_model else "", dtype=dtype
-        )
+        # Photo classes as an example; a toy model reads none of them and starts from its own vocabulary.
+        demo = build_demo(named_model or str(DEMO_MODEL), example_labels="cat, grass, sky", dtype=dtype)
     except INPUT_ERRORS as error:
         logger.error(f"error: {one_line(error)}")
         sys.exit(2)

@@ -108,3 +108,15 @@ def test_demo_requirements_install_the_package_by_its_published_name():
     package = [requirement for requirement in requirements if requirement.name == setup["metadata"]["name"]]
     assert len(package) == 1 and package[0].url is None and package[0].extras == {"demo"}
     assert package[0].specifier.contains(cascade_clip_hf.__version__)
+
+
+def test_a_toy_model_named_explicitly_starts_from_its_own_vocabulary(tiny_hub_model_dir):
+    import gradio as gr
+
+    from cascade_clip_hf.demo import build_demo
+
+    def names_box(demo) -> str:
+        return next(block.value for block in demo.blocks.values() if isinstance(block, gr.Textbox))
+
+    assert names_box(build_demo(str(DEMO_MODEL), example_labels="cat, grass, sky")) == ""
+    assert names_box(build_demo(str(tiny_hub_model_dir), example_labels="cat, grass, sky")) == "cat, grass, sky"
