@@ -216,17 +216,25 @@ def image_sources(inputs: list[str], recursive: bool = False, output: Path | Non
     Files as given (missing ones too, to be reported when read), and the images (by suffix) of folders, sorted;
     with `recursive`, those of their subfolders too, at any depth, except hidden ones, links to folders and the
     folder `output`. A folder's entry named like an image that is not a readable regular file (a folder, named
-    pipe, socket, device, broken link, or a file without read permission) is left out with a warning.
+    pipe, socket, device, broken link, or a file without read permission) is left out with a warning. A file
+    reached twice (given twice, or given and found in a folder given) is segmented once, where it is first found.
     """
-    sources = []
+    sources, seen = [], set()
     for name in inputs:
         path = Path(name)
         if path.is_dir():
             skipped = output.resolve() if output is not None else None
             found = folder_images(path, recursive, skipped)
-            sources += [ImageSource(image, name, PurePosixPath(image.relative_to(path).as_posix())) for image in found]
+            found_sources = [
+                ImageSource(image, name, PurePosixPath(image.relative_to(path).as_posix())) for image in found
+            ]
         else:
-            sources.append(ImageSource(path, name, PurePosixPath(path.name)))
+            found_sources = [ImageSource(path, name, PurePosixPath(path.name))]
+        for source in found_sources:
+            key = source.path.resolve() if source.path.exists() else source.path
+            if key not in seen:
+                seen.add(key)
+                sources.append(source)
     return sources
 
 

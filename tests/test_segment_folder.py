@@ -199,6 +199,15 @@ def test_recursion_skips_the_output_folder_and_plain_listing_stays_in_the_folder
     assert [source.path for source in cli.image_sources([str(photos)])] == [photos / "a.png"]
 
 
+def test_a_file_reached_twice_is_segmented_once(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    random_image(8, 8).save(photos / "sub" / "a.png")
+    given = [str(photos / "sub" / "a.png"), str(photos), str(photos / "sub" / ".." / "sub" / "a.png")]
+    listed = cli.image_sources(given, recursive=True)
+    assert [(source.path, source.given) for source in listed] == [(photos / "sub" / "a.png", given[0])]
+
+
 def test_result_names_keep_suffixes_apart_and_number_only_a_name_taken_by_another_input():
     sources = [
         cli.ImageSource(Path(path), given, PurePosixPath(relative))
