@@ -50,7 +50,9 @@ def add_convert_parser(subparsers) -> None:
         "or the flags.",
     )
     parser.add_argument("checkpoint", help="the original .pth checkpoint")
-    parser.add_argument("--output-dir", required=True, help="where to write the converted model")
+    parser.add_argument(
+        "--output-dir", "--output", dest="output_dir", required=True, help="where to write the converted model"
+    )
     parser.add_argument("--preset", choices=BENCHMARKS, help="the benchmark the checkpoint was trained on")
     parser.add_argument(
         "--setting", choices=SETTINGS, help="the setting the checkpoint was trained in (default: inductive)"
