@@ -13,7 +13,13 @@ import json
 import multiprocessing
 
 import torch
-from benchmarking import check_report_paths, machine_description, time_runs, write_report
+from benchmarking import (
+    add_device_and_dtypes_arguments,
+    check_report_paths,
+    machine_description,
+    time_runs,
+    write_report,
+)
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
 from cascade_clip_hf.arguments import CommandLineParser
@@ -64,15 +70,7 @@ def markdown_table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = CommandLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        choices=("cpu", "cuda"),
-        help="where to run",
-    )
-    parser.add_argument(
-        "--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"), help="number formats"
-    )
+    add_device_and_dtypes_arguments(parser)
     parser.add_argument(
         "--attn", nargs="+", default=["sdpa"], choices=("sdpa", "eager"), help="attention implementations"
     )

@@ -11,7 +11,13 @@ import json
 import multiprocessing
 
 import torch
-from benchmarking import check_report_paths, machine_description, time_runs, write_report
+from benchmarking import (
+    add_device_and_dtypes_arguments,
+    check_report_paths,
+    machine_description,
+    time_runs,
+    write_report,
+)
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation
 from cascade_clip_hf.arguments import CommandLineParser
@@ -61,15 +67,7 @@ def measure(device: str, dtype_name: str, batch_size: int, steps: int, crop_size
 
 def main() -> None:
     parser = CommandLineParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        choices=("cpu", "cuda"),
-        help="where to run",
-    )
-    parser.add_argument(
-        "--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"), help="number formats"
-    )
+    add_device_and_dtypes_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=4, help="images per step")
     parser.add_argument("--crop_size", type=int, default=512, help="side of the square crops (pixels)")
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps")

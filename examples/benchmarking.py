@@ -89,6 +89,20 @@ def machine_description(device: str) -> dict:
     return description
 
 
+def add_device_and_dtypes_arguments(parser) -> None:
+    """`--device` (the GPU where there is one) and `--dtypes` (the number formats to measure), as every benchmark
+    of the model on one device takes them."""
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=("cpu", "cuda"),
+        help="where to run",
+    )
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"), help="number formats"
+    )
+
+
 def check_report_paths(parser, *paths: str | None) -> None:
     """Ends the script before it measures anything, in one line, where writing a report to a path would replace a
     file this program did not write as a benchmark report (see `write_text`)."""
