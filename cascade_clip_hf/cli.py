@@ -31,7 +31,7 @@ from .arguments import (
 from .atomic import SEGMENTATION, VOCABULARY, check_output_folder, output_files, recorded_names, shown
 from .configuration_cascade_clip import SETTINGS
 from .convert_original_checkpoint import DEFAULT_TOKENIZER, convert_checkpoint
-from .errors import INPUT_ERRORS, counted, one_line
+from .errors import INPUT_ERRORS, configure_logging, counted, one_line
 from .image_processing_cascade_clip import ImageInputError, check_image_file
 from .onnx_export import QUANTIZATIONS
 from .presets import BENCHMARKS
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C is left to the console command, `cascade_clip_command.main`, which also covers this module's imports.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(level=logging.INFO, format="%(message)s")
     transformers_logging.set_verbosity_error()
     try:
         code = args.run(args)

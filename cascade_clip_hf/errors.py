@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 
 from huggingface_hub.errors import StrictDataclassError
+from huggingface_hub.utils import logging as hub_logging
 
 
 # What bad input raises (files, options, model folders, configurations), as opposed to faults of the program.
@@ -33,6 +34,16 @@ def one_line(error: BaseException, spellings: dict[str, str] | None = None) -> s
         text = text.replace(original, spelling)
     text = text.strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def configure_logging(level: int = logging.WARNING, format: str = "%(message)s") -> None:
+    """
+    Logging for a command, a script or the demo app: the root logger's handler at `level`, with `format`.
+    huggingface_hub logs through a handler of its own and also passes its records on to the root logger, which
+    would print each of them twice; they stay with its own handler.
+    """
+    logging.basicConfig(level=level, format=format)
+    hub_logging.disable_propagation()
 
 
 def run_script(main: Callable[[], object]) -> None:

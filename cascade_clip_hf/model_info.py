@@ -3,14 +3,14 @@
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download, metadata_load
+from huggingface_hub import metadata_load
 from yaml import YAMLError
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import counted
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .processing_cascade_clip import CascadeClipProcessor
-from .segmenter import cascade_clip_source
+from .segmenter import cascade_clip_source, download_from_hub
 
 
 def model_info(model_name: str) -> dict:
@@ -30,9 +30,9 @@ def model_info(model_name: str) -> dict:
     Raises:
         ValueError: one line saying why `model_name` is not a Cascade-CLIP model here (see `cascade_clip_source`).
     """
-    source = cascade_clip_source(model_name)
-    config = CascadeClipConfig.from_pretrained(source)
-    processor = CascadeClipProcessor.from_pretrained(source)
+    source, _, local_files_only = cascade_clip_source(model_name)
+    config = CascadeClipConfig.from_pretrained(source, local_files_only=local_files_only)
+    processor = CascadeClipProcessor.from_pretrained(source, local_files_only=local_files_only)
     seen = set(config.seen_class_ids if config.seen_class_ids is not None else config.id2label)
     with torch.device("meta"):
         parameters = CascadeClipForZeroShotSegmentation(config).num_parameters()
@@ -69,7 +69,7 @@ def model_info(model_name: str) -> dict:
 def card_license(source: str) -> str | None:
     """The `license` of the model card (`README.md` metadata) of a model folder or Hub id; None without one."""
     try:
-        card = Path(source) / "README.md" if Path(source).is_dir() else Path(hf_hub_download(source, "README.md"))
+        card = Path(source) / "README.md" if Path(source).is_dir() else download_from_hub(source, "README.md")[0]
         metadata = metadata_load(card) if card.is_file() else None
     except (OSError, ValueError, YAMLError):
         return None

@@ -5,8 +5,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-from huggingface_hub import hf_hub_download, is_offline_mode
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -14,6 +15,7 @@ from huggingface_hub.errors import (
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from transformers.utils import logging as transformers_logging
 
@@ -44,14 +46,49 @@ def looks_like_a_path(model_name: str) -> bool:
     )
 
 
-def find_model_config(model_name: str) -> tuple[str, Path | None]:
+class ModelLocation(NamedTuple):
+    """Where a model named by the user is, found before its weights are read."""
+
+    # What `from_pretrained` takes: the folder, or the Hub id.
+    source: str
+    # The model's config.json; None when a folder has none.
+    config_file: Path | None
+    # True when the Hub cannot be reached and its cache holds the model: `from_pretrained` must then read the cache
+    # alone, or it would retry each optional file it looks for (about 25 seconds each).
+    local_files_only: bool = False
+
+
+def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
     """
-    Where a model named by the user is, before its weights are read: a folder, or a Hub id (its `config.json`
-    downloaded, or taken from the cache).
+    A file of a Hub repository: downloaded, or the cache's copy when the Hub cannot be reached. Without a copy, this
+    fails at once, where `hf_hub_download` alone would retry for about 25 seconds, logging each try.
 
     Returns:
-        What to pass to `from_pretrained` (the folder or the Hub id) and the model's `config.json` (None when a
-        folder has none).
+        The file, and whether the Hub could be reached.
+
+    Raises:
+        LocalEntryNotFoundError: the Hub cannot be reached (or HF_HUB_OFFLINE is set) and the cache has no copy.
+        HFValidationError, RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError: as `hf_hub_download`.
+    """
+    validate_repo_id(repo_id)
+    try:
+        # One request without retries first: the Hub answers, refuses with a definite error, or is out of reach.
+        get_hf_file_metadata(hf_hub_url(repo_id, filename))
+        return Path(hf_hub_download(repo_id, filename)), True
+    except (RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError):
+        raise
+    except Exception as error:  # offline mode, the HTTP client's transport errors (httpx's, by version), 5xx
+        unreachable = error
+    cached = try_to_load_from_cache(repo_id, filename)
+    if not isinstance(cached, str):
+        raise LocalEntryNotFoundError(f"the Hub cannot be reached ({one_line(unreachable)})") from unreachable
+    return Path(cached), False
+
+
+def find_model_config(model_name: str) -> ModelLocation:
+    """
+    Where a model named by the user is, before its weights are read: a folder, or a Hub id (its `config.json`
+    downloaded, or taken from the cache when the Hub cannot be reached).
 
     Raises:
         ValueError: one line saying why the name cannot be a model here: no such folder, not a Hub id, no such or
@@ -62,12 +99,13 @@ def find_model_config(model_name: str) -> tuple[str, Path | None]:
         raise ValueError(f"{model_name}: a file; pass the model's folder (with config.json and the weights).")
     if folder.is_dir():
         config_file = folder / "config.json"
-        return str(folder), config_file if config_file.is_file() else None
+        return ModelLocation(str(folder), config_file if config_file.is_file() else None)
     if looks_like_a_path(model_name):
         raise ValueError(f"no model folder {model_name!r}: no such folder.")
     unknown = f"no model folder or Hub id {model_name!r}"
     try:
-        return model_name, Path(hf_hub_download(model_name, "config.json"))
+        config_file, reachable = download_from_hub(model_name, "config.json")
+        return ModelLocation(model_name, config_file, local_files_only=not reachable)
     except HFValidationError as error:
         raise ValueError(
             f"{unknown}: no such folder here, and not a Hub id (org/name, of letters, digits, '-', '_' and '.')."
@@ -113,26 +151,26 @@ def damaged_weights_file(folder: Path) -> Path | None:
     return None
 
 
-def cascade_clip_source(model_name: str) -> str:
+def cascade_clip_source(model_name: str) -> ModelLocation:
     """
-    What to pass to `from_pretrained` for the Cascade-CLIP model that `model_name` (a folder or a Hub id) names,
-    once its `config.json` says it is one; no weights are read.
+    Where the Cascade-CLIP model that `model_name` (a folder or a Hub id) names is, once its `config.json` says it
+    is one; no weights are read.
 
     Raises:
         ValueError: one line saying why `model_name` is not a Cascade-CLIP model here: see `find_model_config`, or
             it has no `config.json`, or one of another model type.
     """
-    source, config_file = find_model_config(model_name)
-    if config_file is None:
+    location = find_model_config(model_name)
+    if location.config_file is None:
         raise ValueError(
             f"{model_name}: not a model folder (no config.json); pass a folder written by save_pretrained or "
             "`cascade-clip convert`."
         )
-    model_type = read_model_type(config_file)
+    model_type = read_model_type(location.config_file)
     if model_type != CascadeClipConfig.model_type:
         said = f"says model_type {model_type!r}" if model_type else "names no model_type, or cannot be read"
         raise ValueError(f"{model_name}: not a Cascade-CLIP model (its config.json {said}).")
-    return source
+    return location
 
 
 @contextmanager
@@ -169,14 +207,18 @@ def load_for_inference(
     """
     if dtype not in INFERENCE_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} for {model_name}: use one of {', '.join(INFERENCE_DTYPES)}.")
-    source = cascade_clip_source(model_name)
+    source, _, local_files_only = cascade_clip_source(model_name)
     try:
         # Mismatched shapes are collected rather than raised, to be refused below with the others in one line.
         with without_loading_bars():
             model, loading_info = CascadeClipForZeroShotSegmentation.from_pretrained(
-                source, output_loading_info=True, ignore_mismatched_sizes=True, dtype=dtype
+                source,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                dtype=dtype,
+                local_files_only=local_files_only,
             )
-            processor = CascadeClipProcessor.from_pretrained(source)
+            processor = CascadeClipProcessor.from_pretrained(source, local_files_only=local_files_only)
     except SafetensorError as error:
         damaged = damaged_weights_file(Path(source)) if Path(source).is_dir() else None
         raise ValueError(

@@ -10,7 +10,7 @@ import os
 import sys
 
 from cascade_clip_hf.demo import build_demo
-from cascade_clip_hf.errors import INPUT_ERRORS, one_line
+from cascade_clip_hf.errors import INPUT_ERRORS, configure_logging, one_line
 from cascade_clip_hf.segmenter import DEMO_MODEL, INFERENCE_DTYPES
 
 
@@ -18,7 +18,7 @@ logger = logging.getLogger("cascade_clip_hf")
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(message)s")
+    configure_logging(format="%(message)s")
     named_model = os.environ.get("CASCADE_CLIP_MODEL")
     dtype = os.environ.get("CASCADE_CLIP_DTYPE") or INFERENCE_DTYPES[0]
     try:

@@ -13,7 +13,7 @@ import logging
 import os
 
 from cascade_clip_hf.arguments import CommandLineParser
-from cascade_clip_hf.errors import one_line, run_script
+from cascade_clip_hf.errors import configure_logging, one_line, run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, aggregate_markdown
 from cascade_clip_hf.training_log import is_number
 
@@ -49,7 +49,7 @@ def main(argv=None) -> str:
     parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="results.json files, one per run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    configure_logging(level=logging.INFO, format="%(name)s: %(message)s")
     records, seen_files = {}, {}
     for path in args.results:
         real_path = os.path.realpath(path)

@@ -27,7 +27,7 @@ from cascade_clip_hf.arguments import (
 )
 from cascade_clip_hf.atomic import EVALUATION, output_files
 from cascade_clip_hf.data import load_segmentation_data
-from cascade_clip_hf.errors import counted, run_script
+from cascade_clip_hf.errors import configure_logging, counted, run_script
 from cascade_clip_hf.evaluation import evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.presets import BENCHMARKS, benchmark_facts
 from cascade_clip_hf.segmenter import load_for_inference
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = Accelerator()
     model, processor = load_for_inference(args.model)
     model = model.to(accelerator.device)

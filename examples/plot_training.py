@@ -9,7 +9,7 @@ is still running, or after it was killed), and marks the step of the best model 
 import logging
 
 from cascade_clip_hf.arguments import CommandLineParser
-from cascade_clip_hf.errors import run_script
+from cascade_clip_hf.errors import configure_logging, run_script
 from cascade_clip_hf.training_log import plot_training_curves
 
 
@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     parser = CommandLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="the --output_dir of a training run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logger.info(f"Curves written to {plot_training_curves(args.run_dir)}")
 
 

@@ -44,7 +44,7 @@ from cascade_clip_hf.arguments import (
 from cascade_clip_hf.atomic import MODEL, identity, output_files, record_outputs
 from cascade_clip_hf.augmentation import training_augmentation
 from cascade_clip_hf.data import DatasetLayoutError, evaluation_split, load_segmentation_data
-from cascade_clip_hf.errors import counted, run_script
+from cascade_clip_hf.errors import configure_logging, counted, run_script
 from cascade_clip_hf.evaluation import HEADLINE_METRICS, evaluate_split, markdown_summary, results_record
 from cascade_clip_hf.hub import check_push, push_folder
 from cascade_clip_hf.model_card import build_model_card, training_provenance, training_run_recipe, write_model_card
@@ -341,7 +341,7 @@ def main(argv=None) -> None:
     )
     # Every process runs this script: information once, from the main process; warnings and errors from all,
     # since some befall one process only.
-    logging.basicConfig(
+    configure_logging(
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )

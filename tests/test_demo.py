@@ -64,19 +64,20 @@ def test_demo_app_refuses_an_unknown_dtype_in_one_line():
     ]
 
 
-def test_demo_app_names_a_model_it_cannot_load_in_one_line(tmp_path):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(tmp_path / "empty_cache"),
-        "CASCADE_CLIP_MODEL": "org/cascade-clip-coco",
-    }
+@pytest.mark.parametrize(
+    "hub, reason", [("offline", "HF_HUB_OFFLINE is set"), ("unreachable", "the Hub cannot be reached")]
+)
+def test_demo_app_names_a_model_it_cannot_load_in_one_line(hub, reason, tmp_path):
+    # Out of reach, huggingface_hub alone would retry for about 25 seconds, logging each try twice.
+    network = {"HF_HUB_OFFLINE": "1"} if hub == "offline" else {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    env.update(network, HF_HUB_CACHE=str(tmp_path / "empty_cache"), CASCADE_CLIP_MODEL="org/cascade-clip-coco")
     command = [sys.executable, str(EXAMPLES.parent / "demo" / "app.py")]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.splitlines() == [
-        "error: no model folder or Hub id 'org/cascade-clip-coco': no such folder here, and HF_HUB_OFFLINE is set, "
-        "with no copy of it in the cache; give a model folder, or download the model once while online."
+        f"error: no model folder or Hub id 'org/cascade-clip-coco': no such folder here, and {reason}, with no copy "
+        "of it in the cache; give a model folder, or download the model once while online."
     ]
 
 

@@ -339,15 +339,19 @@ def hub_error(error_class: type) -> Exception:
         (hub_error(GatedRepoError), "the Hub model 'org/model' is gated: accept its conditions"),
         (hub_error(RemoteEntryNotFoundError), "the Hub repository 'org/model' holds no config.json"),
         (LocalEntryNotFoundError("offline"), "no such folder here, and HF_HUB_OFFLINE is set, with no copy of it"),
+        (
+            ConnectionError("[Errno 111] Connection refused"),
+            "no such folder here, and the Hub cannot be reached, with",
+        ),
     ],
-    ids=["not-on-the-hub", "gated", "not-a-model-repository", "offline-and-not-cached"],
+    ids=["not-on-the-hub", "gated", "not-a-model-repository", "offline-and-not-cached", "unreachable-and-not-cached"],
 )
 def test_a_hub_id_that_cannot_be_loaded_is_refused_saying_why(error, phrase, monkeypatch):
-    def download(repo_id, filename):
+    def hub_answer(url):
         raise error
 
-    monkeypatch.setattr(segmenter_module, "hf_hub_download", download)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(segmenter_module, "get_hf_file_metadata", hub_answer)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", isinstance(error, LocalEntryNotFoundError))
     with pytest.raises(ValueError, match=re.escape(phrase)) as refusal:
         load_segmenter("org/model")
     assert "\n" not in str(refusal.value)
@@ -355,6 +359,7 @@ def test_a_hub_id_that_cannot_be_loaded_is_refused_saying_why(error, phrase, mon
 
 def test_a_hub_id_of_another_kind_of_model_is_refused_before_its_weights(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    monkeypatch.setattr(segmenter_module, "get_hf_file_metadata", lambda url: None)
     monkeypatch.setattr(segmenter_module, "hf_hub_download", lambda repo_id, filename: str(tmp_path / filename))
     with pytest.raises(ValueError, match=r"^org/bert: not a Cascade-CLIP model .*model_type 'bert'"):
         load_segmenter("org/bert")

@@ -16,7 +16,7 @@ from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentatio
 from cascade_clip_hf.hub import push_model_to_hub
 from cascade_clip_hf.model_card import build_model_card, training_provenance
 
-from .helpers import random_image
+from .helpers import free_port, random_image
 
 
 REPOSITORY = Path(__file__).parent.parent
@@ -53,6 +53,20 @@ with torch.no_grad():
     with torch.no_grad():
         expected = model(**processor(images=random_image(50, 80))).logits.numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), expected)
+
+
+def test_a_cached_model_loads_at_once_when_the_hub_cannot_be_reached(tmp_path, tiny_hub_model_dir):
+    cache = hub_cache_with(tiny_hub_model_dir, tmp_path / "cache", "org/cascade-clip-tiny")
+    random_image(50, 80).save(tmp_path / "image.png")
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    command = [sys.executable, "-m", "cascade_clip_hf.cli", "segment", "image.png", "--model", "org/cascade-clip-tiny"]
+    command += ["--output", "out"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Unread, every optional file the loading looks for (chat_template.jinja, ...) was retried for about 25 seconds.
+    assert "Retry" not in result.stderr
+    assert json.loads((tmp_path / "out" / "image.png.json").read_text())["fractions"]
 
 
 @pytest.fixture
