@@ -5,7 +5,7 @@ import PIL.Image
 
 from .segmenter import load_segmenter, vocabulary
 from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
-from .vocabulary import check_class_names
+from .vocabulary import check_class_names, unreadable_names_warning
 
 
 def parse_labels(text: str | None) -> list[str] | None:
@@ -28,6 +28,10 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", d
             raise gr.Error("Upload an image first.")
         try:
             labels = parse_labels(labels_text)
+            # The pipeline logs this once, on the server; the page shows it with every run that has such names.
+            warning = unreadable_names_warning(segmenter.processor.tokenizer, labels) if labels else None
+            if warning:
+                gr.Warning(warning)
             image = PIL.Image.fromarray(segmenter.image_processor.read_image(image_path))
             segments = segmenter(image, candidate_labels=labels)
         except ValueError as error:

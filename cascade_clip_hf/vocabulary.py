@@ -172,29 +172,37 @@ def check_tokenizer(tokenizer, source: str) -> None:
 NAMES_QUOTED = 5
 
 
-def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
+def unreadable_names_warning(tokenizer, class_names: Sequence[str]) -> str | None:
     """
-    Warns, naming a few and counting all, about class names the tokenizer reads partly as its unknown token (its
-    `unk_token_id`): words or characters outside its vocabulary. CLIP's byte-level tokenizer reads anything; a
-    small vocabulary such as the shipped toy model's does not, and its unknown token is also the end of the text,
-    where CLIP's text tower stops reading, so "class 0" ... "class 199" all read as "clas".
+    The warning, naming a few and counting all, about class names the tokenizer reads partly as its unknown token
+    (its `unk_token_id`): words or characters outside its vocabulary; None when it reads them all. CLIP's byte-level
+    tokenizer reads anything; a small vocabulary such as the shipped toy model's does not, and its unknown token is
+    also the end of the text, where CLIP's text tower stops reading, so "class 0" ... "class 199" all read as "clas".
     """
     if tokenizer.unk_token_id is None:
-        return
+        return None
     unreadable = [
         name
         for name in class_names
         if tokenizer.unk_token_id in tokenizer(name.strip(), add_special_tokens=False)["input_ids"]
     ]
-    if unreadable:
-        quoted = ", ".join(repr(name) for name in unreadable[:NAMES_QUOTED])
-        more = f" and {len(unreadable) - NAMES_QUOTED} more" if len(unreadable) > NAMES_QUOTED else ""
+    if not unreadable:
+        return None
+    quoted = ", ".join(repr(name) for name in unreadable[:NAMES_QUOTED])
+    more = f" and {len(unreadable) - NAMES_QUOTED} more" if len(unreadable) > NAMES_QUOTED else ""
+    return (
+        f"The tokenizer cannot read {len(unreadable)} of {len(class_names)} class names ({quoted}{more}): words or "
+        "characters outside its vocabulary become its unknown token, so these names lose their meaning and may all "
+        "embed alike; use words the model's tokenizer knows."
+    )
+
+
+def warn_unreadable_names(tokenizer, class_names: Sequence[str]) -> None:
+    """Logs `unreadable_names_warning`, if any."""
+    warning = unreadable_names_warning(tokenizer, class_names)
+    if warning:
         # Once per vocabulary: a run checks its vocabulary, then tokenizes it again for every batch.
-        logger.warning_once(
-            f"The tokenizer cannot read {len(unreadable)} of {len(class_names)} class names ({quoted}{more}): "
-            "words or characters outside its vocabulary become its unknown token, so these names lose their "
-            "meaning and may all embed alike; use words the model's tokenizer knows."
-        )
+        logger.warning_once(warning)
 
 
 def tokenize_class_prompts(

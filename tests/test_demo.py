@@ -121,3 +121,20 @@ def test_a_toy_model_named_explicitly_starts_from_its_own_vocabulary(tiny_hub_mo
 
     assert names_box(build_demo(str(DEMO_MODEL), example_labels="cat, grass, sky")) == ""
     assert names_box(build_demo(str(tiny_hub_model_dir), example_labels="cat, grass, sky")) == "cat, grass, sky"
+
+
+def test_the_page_warns_about_class_names_the_tokenizer_cannot_read(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from cascade_clip_hf.demo import build_demo
+
+    warnings = []
+    monkeypatch.setattr(gr, "Warning", warnings.append)
+    demo = build_demo(str(DEMO_MODEL))
+    segment = next(function.fn for function in demo.fns.values() if function.api_name == "segment")
+    random_image(40, 40).save(tmp_path / "scene.png")
+    segment(str(tmp_path / "scene.png"), "sand, stone")
+    assert warnings == []
+    segment(str(tmp_path / "scene.png"), "sand, class 7, Ωmega")
+    assert len(warnings) == 1
+    assert warnings[0].startswith("The tokenizer cannot read 2 of 3 class names ('class 7', 'Ωmega')")
