@@ -9,20 +9,41 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 from coloraide import Color
+from coloraide.css import color_names
 
 
 # Glasbey's categorical palette (colorcet's `glasbey`: 256 colours, none near black, white or grey), built greedily so
 # that each colour is as far as possible, in a perceptual colour space, from all colours before it: any first k are
 # well apart, the first ones most of all.
 PALETTE = np.array([list(bytes.fromhex(code[1:])) for code in colorcet.glasbey], dtype=np.uint8)
-PALETTE_LAB = np.array([Color("srgb", (rgb / 255).tolist()).convert("lab").coords() for rgb in PALETTE])
-# Colours are drawn from at least the palette's first 20 (more when more classes are present), whose least distance
-# is CIE76 23.7: room for a colour word to find a colour of its hue, few enough to stay far apart.
+# Colours of classes not named with a colour word are drawn from at least the palette's first 20 (more when more
+# classes are present), whose least distance is CIE76 23.7.
 COLOUR_CHOICES = 20
-# Chromatic words only: the palette has no black, white or grey. Their colours are the CSS colours of those names.
-COLOUR_WORDS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "violet", "magenta", "pink", "brown")
-# A palette colour has a word's hue when its CIE LCh hue lies within so many degrees of the word's colour's.
-COLOUR_WORD_HUE_TOLERANCE = 30.0
+# No two colours given in one image are closer than this (CIE76), where any colour is left to give.
+MIN_COLOUR_DISTANCE = 20.0
+# The colours people most often call by the eleven basic colour terms (Berlin and Kay), from the xkcd colour survey
+# (Munroe, 2010); any other CSS colour name in a class name ("gold", "navy", "sky blue") stands for its CSS colour.
+BASIC_COLOURS = {
+    "red": "#e50000", "orange": "#f97306", "yellow": "#ffff14", "green": "#15b01a", "blue": "#0343df",
+    "purple": "#7e1e9c", "pink": "#ff81c0", "brown": "#653700", "grey": "#929591", "black": "#000000",
+    "white": "#ffffff",
+}  # fmt: skip
+COLOUR_ALIASES = {"gray": "grey"}
+# A colour stands for a chromatic colour word when its OKLCh hue lies within so many degrees of the word's colour's,
+# with at least this share of its chroma: of the same hue, and not greyish.
+HUE_TOLERANCE = 12.0
+MIN_CHROMA_SHARE = 0.5
+# Below this OKLCh chroma a colour is neutral (black, white, greys, "silver"): only greys stand for it.
+NEUTRAL_CHROMA = 0.03
+# The greys, black and white (CIELAB L* 0 to 100, 25 apart) that a class named with a colour word takes when no
+# colour of the word is far enough from the colours given: unhued, so that they never contradict the name.
+NEUTRALS = np.array(
+    [
+        [round(Color("lab", [lightness, 0, 0]).convert("srgb").fit()["red"] * 255)] * 3
+        for lightness in (0, 25, 50, 75, 100)
+    ],
+    dtype=np.uint8,
+)
 
 # The legend's row height, as a share of the overlay's shorter side, and at least so many pixels.
 LEGEND_ROW_SHARE = 1 / 30
@@ -35,36 +56,80 @@ BLEND_ROWS = 256
 
 
 def colour_word(class_name: str) -> str | None:
-    """The first of `COLOUR_WORDS` that is a whole word of `class_name` ("plain Yellow" -> "yellow"), or None."""
-    return next((word for word in re.findall(r"[a-z]+", class_name.lower()) if word in COLOUR_WORDS), None)
+    """
+    The first colour name in `class_name`: a basic colour term or a CSS colour name, of one word or two written
+    apart ("plain Yellow" -> "yellow", "sky blue" -> "skyblue", "light gray" -> "lightgray"); None without one.
+    """
+    words = re.findall(r"[a-z]+", class_name.lower())
+    for first, second in zip(words, words[1:] + [""], strict=True):
+        for candidate in (first + second, first):
+            word = COLOUR_ALIASES.get(candidate, candidate)
+            if word in BASIC_COLOURS or (color_names.has_name(word) and word != "transparent"):
+                return word
+    return None
+
+
+def converted(rgb: np.ndarray, space: str) -> np.ndarray:
+    """uint8 sRGB colours, `(n, 3)`, as coordinates in the colour space `space` (coloraide's name: "lab", "oklab")."""
+    return np.array([Color("srgb", (colour / 255).tolist()).convert(space).coords() for colour in rgb]).reshape(-1, 3)
+
+
+def word_colour(word: str) -> np.ndarray:
+    """The colour, uint8 RGB of shape `(3,)`, that the colour name `word` (see `colour_word`) stands for."""
+    colour = Color(BASIC_COLOURS.get(word, word)).convert("srgb").fit()
+    return np.array([round(value * 255) for value in colour.coords()], dtype=np.uint8)
+
+
+PALETTE_LAB = converted(PALETTE, "lab")
+PALETTE_OKLAB = converted(PALETTE, "oklab")
+
+
+def hue_and_chroma(oklab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OKLCh hue (degrees) and chroma of OKLab colours `(n, 3)`."""
+    return np.degrees(np.arctan2(oklab[:, 2], oklab[:, 1])), np.hypot(oklab[:, 1], oklab[:, 2])
 
 
 @functools.cache
-def palette_matching(word: str) -> tuple[int, ...]:
+def word_candidates(word: str) -> np.ndarray:
     """
-    Indices into `PALETTE` of the colours of the CSS colour `word`'s hue (see `COLOUR_WORD_HUE_TOLERANCE`), the
-    nearest to it (CIEDE2000) first.
+    The colours a class named with the colour name `word` may take, in order of preference: the word's own colour,
+    then the palette's colours that could be called by the word, the nearest (OKLab) first, then the neutral greys,
+    the nearest first. A palette colour could be called by the word when it is nearer to the word's colour than to
+    any other basic colour term's and, for a chromatic word, of its hue (`HUE_TOLERANCE`) and not greyish
+    (`MIN_CHROMA_SHARE`); for a neutral word, when it is neutral too (there are none: Glasbey left them out).
+
+    Returns:
+        `np.ndarray` of shape `(num_candidates, 3)`, uint8 RGB.
     """
-    reference = Color(word)
-    reference_hue = reference.convert("lch")["hue"]
-    matching = []
-    for index, rgb in enumerate(PALETTE.tolist()):
-        colour = Color("srgb", [value / 255 for value in rgb])
-        hue_difference = abs(colour.convert("lch")["hue"] - reference_hue) % 360
-        if min(hue_difference, 360 - hue_difference) <= COLOUR_WORD_HUE_TOLERANCE:
-            matching.append((reference.delta_e(colour, method="2000"), index))
-    return tuple(index for _, index in sorted(matching))
+    reference = word_colour(word)
+    reference_oklab = converted(reference[None], "oklab")
+    prototypes = converted(np.array([word_colour(other) for other in BASIC_COLOURS if other != word]), "oklab")
+    to_reference = np.linalg.norm(PALETTE_OKLAB - reference_oklab, axis=1)
+    to_prototypes = np.linalg.norm(PALETTE_OKLAB[:, None] - prototypes[None], axis=-1).min(axis=1)
+    (reference_hue,), (reference_chroma,) = hue_and_chroma(reference_oklab)
+    hue, chroma = hue_and_chroma(PALETTE_OKLAB)
+    if reference_chroma < NEUTRAL_CHROMA:
+        fitting = chroma < NEUTRAL_CHROMA
+    else:
+        hue_difference = np.abs((hue - reference_hue + 180) % 360 - 180)
+        fitting = (hue_difference <= HUE_TOLERANCE) & (chroma >= MIN_CHROMA_SHARE * reference_chroma)
+    matching = np.flatnonzero((to_reference <= to_prototypes) & fitting)
+    matching = matching[np.argsort(to_reference[matching], kind="stable")]
+    neutral_order = np.argsort(np.linalg.norm(converted(NEUTRALS, "oklab") - reference_oklab, axis=1), kind="stable")
+    return np.concatenate([reference[None], PALETTE[matching], NEUTRALS[neutral_order]])
 
 
 def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarray:
     """
-    A colour for each class, distinct among the classes present in one image.
+    A colour for each class, distinct among the classes present in one image, and never one that contradicts a
+    colour named in a class name.
 
-    Each class named with a colour word takes, largest class first, the free palette colour of that word's hue
-    nearest to the word's colour, where there is one. The other classes then take, largest first, the free palette
-    colour farthest (CIE76) from all colours given so far, as Glasbey built the palette, so the largest classes get
-    the most distinct colours. Colours come from the palette's first `COLOUR_CHOICES` (or as many as there are
-    classes present); past 256 classes present the palette repeats.
+    Classes named with a colour word (see `colour_word`) go first, largest first: each takes the first of its
+    word's candidates (its own colour, then palette colours of its hue, then greys; see `word_candidates`) that is
+    at least `MIN_COLOUR_DISTANCE` from all colours given, or failing that, the grey farthest from them. The other
+    classes then take, largest first, the palette colour farthest (CIE76) from all colours given, as Glasbey built
+    the palette, so that the largest classes get the most distinct colours. Their colours come from the palette's
+    first `COLOUR_CHOICES` (or as many as there are classes present); past 256 classes present, the palette repeats.
 
     Args:
         pixel_counts (`np.ndarray` of shape `(num_classes,)`): the pixels each class wins; zero for classes absent.
@@ -73,32 +138,41 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
         `np.ndarray` of shape `(num_classes, 3)`, uint8 RGB; black for the classes absent.
     """
     present = sorted(np.flatnonzero(pixel_counts).tolist(), key=lambda index: (-pixel_counts[index], index))
-    choices = min(max(len(present), COLOUR_CHOICES), len(PALETTE))
-    # For each palette colour drawn from, its distance to the nearest colour given so far; -1 once given itself.
-    distance_to_given = np.full(choices, np.inf)
-    colour_of = {}
-
-    def give(class_index: int, palette_index: int) -> None:
-        colour_of[class_index] = palette_index
-        distances = np.linalg.norm(PALETTE_LAB[:choices] - PALETTE_LAB[palette_index], axis=1)
-        np.minimum(distance_to_given, distances, out=distance_to_given)
-        distance_to_given[palette_index] = -1
-
-    for class_index in present:
-        word = colour_word(class_names[class_index])
-        if word is not None:
-            free = [index for index in palette_matching(word) if index < choices and distance_to_given[index] >= 0]
-            if free:
-                give(class_index, free[0])
-    for class_index in present:
-        if class_index not in colour_of:
-            if distance_to_given.max() >= 0:
-                give(class_index, int(distance_to_given.argmax()))
-            else:
-                colour_of[class_index] = len(colour_of) % len(PALETTE)
     colours = np.zeros((len(class_names), 3), dtype=np.uint8)
-    for class_index, palette_index in colour_of.items():
-        colours[class_index] = PALETTE[palette_index]
+    given_lab = np.empty((0, 3))
+
+    def give(class_index: int, rgb) -> None:
+        nonlocal given_lab
+        colours[class_index] = rgb
+        given_lab = np.vstack([given_lab, converted(np.asarray(rgb)[None], "lab")])
+
+    def distance_to_given(candidates_lab: np.ndarray) -> np.ndarray:
+        if not len(given_lab):
+            return np.full(len(candidates_lab), np.inf)
+        return np.linalg.norm(candidates_lab[:, None] - given_lab[None], axis=-1).min(axis=1)
+
+    named = [(index, colour_word(class_names[index])) for index in present]
+    for class_index, word in named:
+        if word is None:
+            continue
+        candidates = word_candidates(word)
+        distances = distance_to_given(converted(candidates, "lab"))
+        far_enough = np.flatnonzero(distances >= MIN_COLOUR_DISTANCE)
+        neutrals = np.arange(len(candidates) - len(NEUTRALS), len(candidates))
+        chosen = far_enough[0] if len(far_enough) else neutrals[distances[neutrals].argmax()]
+        give(class_index, candidates[chosen])
+    choices = min(max(len(present), COLOUR_CHOICES), len(PALETTE))
+    free = np.ones(choices, dtype=bool)
+    for class_index, word in named:
+        if word is not None:
+            continue
+        if free.any():
+            distances = np.where(free, distance_to_given(PALETTE_LAB[:choices]), -1)
+            palette_index = int(distances.argmax())
+            free[palette_index] = False
+        else:
+            palette_index = len(given_lab) % len(PALETTE)
+        give(class_index, PALETTE[palette_index])
     return colours
 
 
