@@ -37,6 +37,7 @@ EVALUATION = "evaluation"  # examples/evaluate_cascade_clip.py: results of a mod
 BENCHMARK = "benchmark"  # examples/benchmark_*.py: timing reports
 SCENES = "scenes"  # examples/build_demo_model.py: the bundled example scenes
 MODEL_CARD = "model card"  # model_cards/generate_model_cards.py: a card written without its model
+SPACE = "space"  # demo/build_space.py: the demo app as a Hugging Face Space folder
 # Staging entries carry this in their name; `tempfile.mkdtemp` adds random characters and never reuses an existing
 # name. The program deletes only the staging it created in the same run, or names its record lists as staging.
 STAGING = ".cascade-clip-staging"

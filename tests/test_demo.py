@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -95,20 +96,39 @@ def test_demo_page_says_when_its_model_is_the_toy(tiny_hub_model_dir):
     assert "toy" not in page_text(build_demo(str(tiny_hub_model_dir)))
 
 
-def test_demo_requirements_install_the_package_by_its_published_name():
+def test_the_space_folder_runs_its_own_copy_of_the_package_and_requires_only_published_ones(tmp_path):
     from configparser import ConfigParser
 
     from packaging.requirements import Requirement
 
-    import cascade_clip_hf
-
+    space = tmp_path / "space"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES.parent / "demo" / "build_space.py"), "--output-dir", str(space)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     setup = ConfigParser()
     setup.read(EXAMPLES.parent / "setup.cfg")
-    lines = (EXAMPLES.parent / "demo" / "requirements.txt").read_text().splitlines()
-    requirements = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
-    package = [requirement for requirement in requirements if requirement.name == setup["metadata"]["name"]]
-    assert len(package) == 1 and package[0].url is None and package[0].extras == {"demo"}
-    assert package[0].specifier.contains(cascade_clip_hf.__version__)
+    lines = (space / "requirements.txt").read_text().splitlines()
+    names = {Requirement(line).name for line in lines}
+    # A Space installs from the package index only: the package itself is in the folder, not required.
+    assert setup["metadata"]["name"] not in names and {"torch", "transformers", "gradio"} <= names
+    assert "sdk_version: " in (space / "README.md").read_text()
+    assert not list(space.rglob("__pycache__"))
+    # The Space runs app.py from its folder, which Python searches before the installed packages.
+    check = (
+        "import cascade_clip_hf; from cascade_clip_hf.demo import build_demo; "
+        "from cascade_clip_hf.segmenter import DEMO_MODEL; build_demo(str(DEMO_MODEL)); "
+        "print(cascade_clip_hf.__file__)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=space, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Path(result.stdout.strip()).parent == space / "cascade_clip_hf"
 
 
 def test_a_toy_model_named_explicitly_starts_from_its_own_vocabulary(tiny_hub_model_dir):
