@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import huggingface_hub.constants
 import numpy as np
@@ -90,6 +91,25 @@ def test_every_auto_class_and_both_pipelines_open_a_folder_by_path(
     assert {segment["label"] for segment in default_vocabulary(image)} <= set(
         default_vocabulary.model.config.class_names
     )
+
+
+def test_the_auto_classes_know_the_shipped_model_once_the_package_is_imported():
+    """As README's table says: before `import cascade_clip_hf`, transformers does not know the model type (its own
+    error); after it, the Auto classes give the package's classes."""
+    script = f"""
+from transformers import AutoConfig, AutoProcessor
+try:
+    AutoConfig.from_pretrained({str(DEMO_MODEL)!r})
+except ValueError as error:
+    print("before:", "does not recognize this architecture" in str(error))
+import cascade_clip_hf
+print("after:", type(AutoConfig.from_pretrained({str(DEMO_MODEL)!r})).__name__,
+      type(AutoProcessor.from_pretrained({str(DEMO_MODEL)!r})).__name__)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["before: True", "after: CascadeClipConfig CascadeClipProcessor"]
 
 
 def test_only_pipelines_registered_under_another_class_are_loaded_from_the_model():
