@@ -87,6 +87,7 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
                 loaded.append(self.processor.image_processor.read_image(image, timeout=timeout))
             except (OSError, ValueError) as error:
                 raise ValueError(f"Cannot read image: {error}") from error
+        self.check_image_sizes(loaded)
         if candidate_labels is None:
             if class_embeds is not None:
                 raise ValueError("class_embeds need their class names: pass candidate_labels too, one per row.")
@@ -106,6 +107,30 @@ class CascadeClipZeroShotSegmentationPipeline(Pipeline):
         inputs["output_sizes"] = [image.shape[:2] for image in loaded]
         inputs["class_names"] = class_names
         return dict(inputs)
+
+    def check_image_sizes(self, images: list[np.ndarray]) -> None:
+        """
+        Refuses, naming its size as given, an image that the processor's resizing would make smaller than one patch
+        of the vision tower on a side (a panorama strip of 2000x8 pixels is 256x1 at 256 pixels on the long side).
+
+        Args:
+            images: `(height, width, channels)` arrays, as `read_image` gives them.
+        """
+        image_processor = self.processor.image_processor
+        patch_size = self.model.config.vision_config.patch_size
+        for image in images:
+            height, width = image.shape[:2]
+            resized = (
+                image_processor.target_size(height, width, image_processor.size)
+                if image_processor.do_resize
+                else (height, width)
+            )
+            if min(resized) < patch_size:
+                raise ValueError(
+                    f"an image of {width}x{height} pixels (width x height) would be {resized[1]}x{resized[0]} once "
+                    f"resized for the model, less than one {patch_size}x{patch_size} patch on a side: it is too "
+                    "thin; crop it to a less elongated part."
+                )
 
     def _forward(self, model_inputs: dict, crop_size=None, stride=None, window_batch_size=None) -> dict:
         class_embeds = model_inputs.get("class_embeds")

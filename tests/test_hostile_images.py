@@ -227,11 +227,16 @@ FOLDER_CASES = {
         lambda path: path.write_bytes(png_claiming(10000, 10000)),
         "decompression bomb",
     ),
-    "too thin to resize": ("b_thin.png", lambda path: PIL.Image.new("RGB", (20000, 20)).save(path), "too thin"),
+    # Named by the size the user gave, not the resized one the model sees.
+    "too thin to resize": (
+        "b_thin.png",
+        lambda path: PIL.Image.new("RGB", (20000, 20)).save(path),
+        "20000x20 pixels (width x height) would be 256x0 once resized",
+    ),
     "thinner than a patch after resizing": (
         "b_narrow.png",
-        lambda path: PIL.Image.new("RGB", (2000, 20)).save(path),
-        "smaller than one 8x8 patch",
+        lambda path: PIL.Image.new("RGB", (20, 2000)).save(path),
+        "20x2000 pixels (width x height) would be 3x256 once resized for the model, less than one 8x8 patch",
     ),
     "1x1 image": ("b.png", lambda path: save(np.full((1, 1, 3), (200, 30, 30), np.uint8), path), None),
     "unicode file name": ("b_ünïcødé_图像.png", lambda path: save(scene(1), path), None),
