@@ -12,6 +12,8 @@ from cascade_clip_hf import CascadeClipImageProcessor, CascadeClipProcessor
 from cascade_clip_hf.image_processing_cascade_clip import ImageInputError, keep_ratio_size
 from cascade_clip_hf.segmenter import DEMO_MODEL
 
+from .helpers import EXAMPLES, load_script
+
 
 SMALL = {"shortest_edge": 32, "longest_edge": 128}
 
@@ -51,6 +53,15 @@ def test_resize_is_bilinear_on_eight_bit_pixels(image_processor):
     torch.testing.assert_close(pixel_values, pixel_values.round(), atol=1e-3, rtol=0)
     assert pixel_values[0, 0, 0] == 0 and pixel_values[0, 0, -1] == 200
     assert 0 < pixel_values[0, 0, 23] < 200  # interpolated across the edge
+
+
+def test_resize_is_within_one_gray_level_of_opencv_the_original_resizer():
+    comparison = load_script(EXAMPLES / "compare_resize_with_opencv.py")
+    results = comparison.compare_with_opencv([(48, 64), (300, 200), (1200, 1600)])
+    assert [result["resized"] for result in results] == [(512, 683), (768, 512), (512, 683)]
+    assert all(result["max_difference"] <= 1 for result in results)
+    # Not identical: OpenCV's fixed-point weights round some values the other way.
+    assert all(0 < result["differing_share"] < 0.2 for result in results)
 
 
 def image_variants():
