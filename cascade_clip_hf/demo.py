@@ -1,9 +1,11 @@
 """A Gradio app: upload an image, name some classes, see the segmentation with its legend (Space-ready)."""
 
+from pathlib import Path
+
 import gradio as gr
 import PIL.Image
 
-from .segmenter import load_segmenter, vocabulary
+from .segmenter import DEMO_MODEL, load_segmenter, vocabulary
 from .visualization import class_fractions, overlay_with_legend, segmentation_from_masks
 from .vocabulary import check_class_names, unreadable_names_warning
 
@@ -49,10 +51,13 @@ def build_demo(model_name: str, device: str = "cpu", example_labels: str = "", d
         if config.toy_world
         else ""
     )
+    # The shipped model by what it is, not by the server's path to the package.
+    shipped = Path(model_name).resolve() == DEMO_MODEL.resolve()
+    shown_model = "the shipped toy-world model (`cascade_clip_hf/demo_model`)" if shipped else f"`{model_name}`"
     with gr.Blocks(title="Cascade-CLIP zero-shot segmentation") as demo:
         gr.Markdown(
             "# Cascade-CLIP zero-shot segmentation\n"
-            f"Model: `{model_name}` ({dtype}). Name any classes, separated by commas; leave the box empty for the "
+            f"Model: {shown_model} ({dtype}). Name any classes, separated by commas; leave the box empty for the "
             "model's own vocabulary. Each pixel goes to the class that scores best there." + toy_notice
         )
         with gr.Row():

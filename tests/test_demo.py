@@ -93,6 +93,7 @@ def test_demo_page_says_when_its_model_is_the_toy(tiny_hub_model_dir):
 
     toy_page = page_text(build_demo(str(DEMO_MODEL)))
     assert "A toy model" in toy_page and "sand, stone, soil" in toy_page
+    assert "Model: the shipped toy-world model" in toy_page and str(DEMO_MODEL) not in toy_page
     assert "toy" not in page_text(build_demo(str(tiny_hub_model_dir)))
 
 
