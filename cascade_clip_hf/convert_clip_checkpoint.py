@@ -5,6 +5,7 @@ from transformers import CLIPModel, CLIPTokenizer
 from transformers.utils import logging
 
 from .configuration_cascade_clip import CascadeClipConfig
+from .hub import pretrained_options
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation, resize_position_grid
 from .vocabulary import embed_class_names, load_tokenizer
 
@@ -43,7 +44,9 @@ def cascade_clip_from_clip(
     vocabulary embedded with the text tower, and CLIP frozen except the prompts (the tapped layers' projections stay
     random and frozen). See [`CascadeClipForZeroShotSegmentation.from_clip_pretrained`] for the arguments.
     """
-    clip = CLIPModel.from_pretrained(clip_name_or_path, **(clip_kwargs or {}))
+    clip = CLIPModel.from_pretrained(
+        clip_name_or_path, **{**pretrained_options(clip_name_or_path), **(clip_kwargs or {})}
+    )
     preset_kwargs = CascadeClipConfig.from_preset(preset, setting).to_diff_dict() if preset else {}
     for tower_key in ("vision_config", "text_config", "projection_dim", "transformers_version", "model_type"):
         preset_kwargs.pop(tower_key, None)

@@ -1,10 +1,29 @@
-"""Publishing a saved model folder to the Hugging Face Hub."""
+"""The Hugging Face Hub: reading models and tokenizers from it without waiting on it when it is out of reach, and
+publishing a saved model folder to it."""
 
 import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    get_token,
+    hf_hub_download,
+    hf_hub_url,
+    is_offline_mode,
+    try_to_load_from_cache,
+)
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from transformers.utils import logging
 
@@ -17,6 +36,58 @@ logger = logging.get_logger(__name__)
 NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", ".*", ".*/**", "*.partial/**"]
 # The Inference Endpoints handler every save_pretrained writes beside the model.
 HANDLER_FILE = Path(__file__).with_name("handler.py")
+
+
+def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
+    """
+    A file of a Hub repository: downloaded, or the cache's copy when the Hub cannot be reached. Without a copy, this
+    fails at once, where `hf_hub_download` alone would retry for about 25 seconds, logging each try.
+
+    Returns:
+        The file, and whether the Hub could be reached.
+
+    Raises:
+        LocalEntryNotFoundError: the Hub cannot be reached (or HF_HUB_OFFLINE is set) and the cache has no copy.
+        HFValidationError, RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError: as `hf_hub_download`.
+    """
+    validate_repo_id(repo_id)
+    try:
+        # One request without retries first: the Hub answers, refuses with a definite error, or is out of reach.
+        get_hf_file_metadata(hf_hub_url(repo_id, filename))
+        return Path(hf_hub_download(repo_id, filename)), True
+    except (RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError):
+        raise
+    except Exception as error:  # offline mode, the HTTP client's transport errors (httpx's, by version), 5xx
+        unreachable = error
+    cached = try_to_load_from_cache(repo_id, filename)
+    if not isinstance(cached, str):
+        raise LocalEntryNotFoundError(f"the Hub cannot be reached ({one_line(unreachable)})") from unreachable
+    return Path(cached), False
+
+
+def pretrained_options(name_or_path: str | os.PathLike, filename: str = "config.json") -> dict:
+    """
+    What `from_pretrained` needs to load `name_or_path` without waiting on a Hub out of reach: nothing for a folder
+    or when the Hub answers; `{"local_files_only": True}` when it cannot be reached and its cache holds the
+    repository's `filename`. Without that, `from_pretrained` retries every file it looks for (about 25 seconds each).
+
+    Raises:
+        ValueError: one line, when the Hub cannot be reached (or HF_HUB_OFFLINE is set) and the cache does not hold
+            `filename` of `name_or_path`.
+    """
+    if Path(name_or_path).expanduser().is_dir():
+        return {}
+    try:
+        _, reachable = download_from_hub(str(name_or_path), filename)
+    except LocalEntryNotFoundError as error:
+        reason = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached"
+        raise ValueError(
+            f"{name_or_path}: no such folder here, and {reason}, with no copy of it in the cache; give a folder, or "
+            "download it once while online."
+        ) from error
+    except (HFValidationError, HfHubHTTPError):
+        return {}  # not a Hub id, or no such repository or file: from_pretrained says so in its own words
+    return {} if reachable else {"local_files_only": True}
 
 
 def check_push(repo_id: str, token: str | None = None) -> None:

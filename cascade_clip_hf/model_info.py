@@ -8,9 +8,10 @@ from yaml import YAMLError
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import counted
+from .hub import download_from_hub
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .processing_cascade_clip import CascadeClipProcessor
-from .segmenter import cascade_clip_source, download_from_hub
+from .segmenter import cascade_clip_source
 
 
 def model_info(model_name: str) -> dict:

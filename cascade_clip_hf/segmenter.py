@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, is_offline_mode, try_to_load_from_cache
+from huggingface_hub import is_offline_mode
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -15,12 +15,12 @@ from huggingface_hub.errors import (
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 from transformers.utils import logging as transformers_logging
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import INPUT_ERRORS, counted, one_line
+from .hub import download_from_hub
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 from .processing_cascade_clip import CascadeClipProcessor
@@ -56,33 +56,6 @@ class ModelLocation(NamedTuple):
     # True when the Hub cannot be reached and its cache holds the model: `from_pretrained` must then read the cache
     # alone, or it would retry each optional file it looks for (about 25 seconds each).
     local_files_only: bool = False
-
-
-def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
-    """
-    A file of a Hub repository: downloaded, or the cache's copy when the Hub cannot be reached. Without a copy, this
-    fails at once, where `hf_hub_download` alone would retry for about 25 seconds, logging each try.
-
-    Returns:
-        The file, and whether the Hub could be reached.
-
-    Raises:
-        LocalEntryNotFoundError: the Hub cannot be reached (or HF_HUB_OFFLINE is set) and the cache has no copy.
-        HFValidationError, RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError: as `hf_hub_download`.
-    """
-    validate_repo_id(repo_id)
-    try:
-        # One request without retries first: the Hub answers, refuses with a definite error, or is out of reach.
-        get_hf_file_metadata(hf_hub_url(repo_id, filename))
-        return Path(hf_hub_download(repo_id, filename)), True
-    except (RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError):
-        raise
-    except Exception as error:  # offline mode, the HTTP client's transport errors (httpx's, by version), 5xx
-        unreachable = error
-    cached = try_to_load_from_cache(repo_id, filename)
-    if not isinstance(cached, str):
-        raise LocalEntryNotFoundError(f"the Hub cannot be reached ({one_line(unreachable)})") from unreachable
-    return Path(cached), False
 
 
 def find_model_config(model_name: str) -> ModelLocation:

@@ -18,6 +18,7 @@ from transformers.utils import logging
 
 from .atomic import VOCABULARY, output_files, shown
 from .errors import counted
+from .hub import pretrained_options
 from .pipeline_cascade_clip import check_class_embeds
 
 
@@ -154,7 +155,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, **kwargs) -> CLIPTokenizer:
         ValueError: naming `name_or_path`, when it holds no tokenizer files (transformers would otherwise build a
             tokenizer of only its special tokens, which reads every class name the same).
     """
-    tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **kwargs)
+    options = {**pretrained_options(name_or_path, "tokenizer_config.json"), **kwargs}
+    tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **options)
     check_tokenizer(tokenizer, str(name_or_path))
     return tokenizer
 

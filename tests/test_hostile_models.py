@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, pipeline
 
 from cascade_clip_hf import CascadeClipForZeroShotSegmentation, CascadeClipImageProcessor
-from cascade_clip_hf import segmenter as segmenter_module
+from cascade_clip_hf import hub as hub_module
 from cascade_clip_hf.cli import main
 from cascade_clip_hf.segmenter import DEMO_MODEL, load_segmenter
 from cascade_clip_hf.vocabulary import SAME_CLASS_SIMILARITY, check_distinct_class_embeddings
@@ -350,7 +350,7 @@ def test_a_hub_id_that_cannot_be_loaded_is_refused_saying_why(error, phrase, mon
     def hub_answer(url):
         raise error
 
-    monkeypatch.setattr(segmenter_module, "get_hf_file_metadata", hub_answer)
+    monkeypatch.setattr(hub_module, "get_hf_file_metadata", hub_answer)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", isinstance(error, LocalEntryNotFoundError))
     with pytest.raises(ValueError, match=re.escape(phrase)) as refusal:
         load_segmenter("org/model")
@@ -359,8 +359,8 @@ def test_a_hub_id_that_cannot_be_loaded_is_refused_saying_why(error, phrase, mon
 
 def test_a_hub_id_of_another_kind_of_model_is_refused_before_its_weights(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    monkeypatch.setattr(segmenter_module, "get_hf_file_metadata", lambda url: None)
-    monkeypatch.setattr(segmenter_module, "hf_hub_download", lambda repo_id, filename: str(tmp_path / filename))
+    monkeypatch.setattr(hub_module, "get_hf_file_metadata", lambda url: None)
+    monkeypatch.setattr(hub_module, "hf_hub_download", lambda repo_id, filename: str(tmp_path / filename))
     with pytest.raises(ValueError, match=r"^org/bert: not a Cascade-CLIP model .*model_type 'bert'"):
         load_segmenter("org/bert")
 

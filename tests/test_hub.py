@@ -69,6 +69,29 @@ def test_a_cached_model_loads_at_once_when_the_hub_cannot_be_reached(tmp_path, t
     assert json.loads((tmp_path / "out" / "image.png.json").read_text())["fractions"]
 
 
+def test_a_cached_clip_and_its_tokenizer_load_at_once_when_the_hub_cannot_be_reached(tmp_path, tiny_clip_dir):
+    cache = hub_cache_with(tiny_clip_dir, tmp_path / "cache", "org/tiny-clip")
+    script = """
+from cascade_clip_hf import CascadeClipForZeroShotSegmentation
+from cascade_clip_hf.vocabulary import load_tokenizer
+load_tokenizer("org/tiny-clip")
+CascadeClipForZeroShotSegmentation.from_clip_pretrained("org/tiny-clip", image_size=64, id2label={0: "cat"})
+try:
+    load_tokenizer("org/not-cached")
+except ValueError as error:
+    print(error)
+"""
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Retry" not in result.stderr
+    assert result.stdout.splitlines() == [
+        "org/not-cached: no such folder here, and the Hub cannot be reached, with no copy of it in the cache; give "
+        "a folder, or download it once while online."
+    ]
+
+
 @pytest.fixture
 def hub_repository() -> dict[str, bytes]:
     """The files the intercepted Hub's repository holds before an upload, by name."""
