@@ -40,10 +40,13 @@ def configure_logging(level: int = logging.WARNING, format: str = "%(message)s")
     """
     Logging for a command, a script or the demo app: the root logger's handler at `level`, with `format`.
     huggingface_hub logs through a handler of its own and also passes its records on to the root logger, which
-    would print each of them twice; they stay with its own handler.
+    would print each of them twice; they stay with its own handler. Its HTTP client's log of each request is left out.
     """
     logging.basicConfig(level=level, format=format)
     hub_logging.disable_propagation()
+    # huggingface_hub's HTTP client (httpx, httpx2 in its later versions) logs every request at INFO.
+    for client in ("httpx", "httpx2"):
+        logging.getLogger(client).setLevel(logging.WARNING)
 
 
 def run_script(main: Callable[[], object]) -> None:

@@ -17,12 +17,9 @@ from huggingface_hub import (
     try_to_load_from_cache,
 )
 from huggingface_hub.errors import (
-    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
 )
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from transformers.utils import logging
@@ -38,6 +35,13 @@ NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", ".*", ".*/**", "*.partial/**
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 
 
+def is_transient(error: HfHubHTTPError) -> bool:
+    """Whether the Hub's HTTP error says it is out of service for now (5xx, a timeout, too many requests) rather
+    than answering (no such repository or file, no access)."""
+    status = error.response.status_code if error.response is not None else None
+    return status is None or status >= 500 or status in (408, 429)
+
+
 def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
     """
     A file of a Hub repository: downloaded, or the cache's copy when the Hub cannot be reached. Without a copy, this
@@ -48,16 +52,20 @@ def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
 
     Raises:
         LocalEntryNotFoundError: the Hub cannot be reached (or HF_HUB_OFFLINE is set) and the cache has no copy.
-        HFValidationError, RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError: as `hf_hub_download`.
+        HFValidationError: `repo_id` is not a Hub id.
+        HfHubHTTPError: the Hub's definite answers, as `hf_hub_download` raises them: RepositoryNotFoundError,
+            GatedRepoError, RemoteEntryNotFoundError, and other 4xx errors.
     """
     validate_repo_id(repo_id)
     try:
         # One request without retries first: the Hub answers, refuses with a definite error, or is out of reach.
         get_hf_file_metadata(hf_hub_url(repo_id, filename))
         return Path(hf_hub_download(repo_id, filename)), True
-    except (RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError):
-        raise
-    except Exception as error:  # offline mode, the HTTP client's transport errors (httpx's, by version), 5xx
+    except HfHubHTTPError as error:
+        if not is_transient(error):
+            raise
+        unreachable = error
+    except Exception as error:  # offline mode, and the transport errors of huggingface_hub's HTTP client (httpx's)
         unreachable = error
     cached = try_to_load_from_cache(repo_id, filename)
     if not isinstance(cached, str):

@@ -7,10 +7,12 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
+from yaml import YAMLError
 
 from .atomic import output_files
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import counted
+from .hub import download_from_hub
 from .presets import BENCHMARKS, load_benchmarks
 
 
@@ -266,11 +268,13 @@ def build_model_card(
 
 
 def card_data_of(model_name_or_path: str) -> ModelCardData | None:
-    """The metadata of a model's card: a local folder's README.md, or a Hub model's (None when there is none)."""
+    """The metadata of a model's card: a local folder's README.md, or a Hub model's (None when there is none, or the
+    Hub cannot be reached and the cache does not hold it)."""
     path = Path(model_name_or_path)
     try:
-        card = ModelCard.load(path / "README.md" if path.is_dir() else model_name_or_path)
-    except (OSError, ValueError, EntryNotFoundError):  # no card, or the Hub cannot be reached
+        card_file = path / "README.md" if path.is_dir() else download_from_hub(model_name_or_path, "README.md")[0]
+        card = ModelCard.load(card_file)
+    except (OSError, ValueError, EntryNotFoundError, YAMLError):
         return None
     return card.data
 

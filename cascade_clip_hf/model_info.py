@@ -1,14 +1,10 @@
 """What `cascade-clip info` tells about a model: its vocabulary and settings, read without its weights."""
 
-from pathlib import Path
-
 import torch
-from huggingface_hub import metadata_load
-from yaml import YAMLError
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import counted
-from .hub import download_from_hub
+from .model_card import card_data_of
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .processing_cascade_clip import CascadeClipProcessor
 from .segmenter import cascade_clip_source
@@ -38,6 +34,7 @@ def model_info(model_name: str) -> dict:
     with torch.device("meta"):
         parameters = CascadeClipForZeroShotSegmentation(config).num_parameters()
     vision, text = config.vision_config, config.text_config
+    card = card_data_of(source)
     return {
         "model": model_name,
         "toy_world": config.toy_world,
@@ -63,18 +60,8 @@ def model_info(model_name: str) -> dict:
         "num_decoders": config.num_decoders,
         "dtype": str(config.dtype).removeprefix("torch.") if config.dtype is not None else None,
         "parameters": parameters,
-        "license": card_license(source),
+        "license": str(card.license) if card and card.license else None,
     }
-
-
-def card_license(source: str) -> str | None:
-    """The `license` of the model card (`README.md` metadata) of a model folder or Hub id; None without one."""
-    try:
-        card = Path(source) / "README.md" if Path(source).is_dir() else download_from_hub(source, "README.md")[0]
-        metadata = metadata_load(card) if card.is_file() else None
-    except (OSError, ValueError, YAMLError):
-        return None
-    return str(metadata["license"]) if metadata and metadata.get("license") else None
 
 
 def format_model_info(info: dict) -> str:

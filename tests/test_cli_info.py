@@ -1,7 +1,12 @@
 """`cascade-clip info [MODEL] [--json]`: a model's vocabulary and settings, read without its weights."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor
 from cascade_clip_hf.cli import main
@@ -47,3 +52,32 @@ def test_info_on_a_folder_that_is_no_model_is_one_line(capsys, caplog):
         f"error: {EXAMPLES / 'scenes'}: not a model folder (no config.json); pass a folder written by "
         "save_pretrained or `cascade-clip convert`."
     ]
+
+
+class NotFoundHandler(BaseHTTPRequestHandler):
+    """Answers every request with 404, as the Hub answers for a model it does not have."""
+
+    def do_HEAD(self):
+        self.send_response(404)
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, format, *args):
+        pass
+
+
+def test_a_hub_that_answers_no_such_model_is_reported_in_one_line(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFoundHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_HUB_CACHE=str(tmp_path / "cache"))
+    try:
+        command = [sys.executable, "-m", "cascade_clip_hf.cli", "info", "org/x"]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert result.returncode == 2
+    # Neither the HTTP client's log of each request nor retries: one line, which says the Hub answered.
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: no model folder or Hub id 'org/x': the Hub cannot give it (") and "404" in line
