@@ -14,7 +14,7 @@ from transformers.testing_utils import CaptureLogger
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor, hub
 from cascade_clip_hf.hub import push_model_to_hub
-from cascade_clip_hf.model_card import build_model_card, training_provenance
+from cascade_clip_hf.model_card import build_model_card, card_data_of, training_provenance
 
 from .helpers import free_port, random_image
 
@@ -285,3 +285,20 @@ def test_continued_models_keep_their_parents_licence(tmp_path, tiny_model_dir):
     metadata, text = card_yaml(training_provenance("openai/clip-vit-base-patch16", init_from=str(parent)))
     assert metadata["license"] == "apache-2.0" and metadata["base_model"] == "openai/clip-vit-base-patch16"
     assert f"the licence of `{parent}`" in text
+
+
+def test_the_card_of_a_hub_parent_is_read_from_the_cache_when_the_hub_is_out_of_reach(tmp_path, monkeypatch):
+    def out_of_reach(url):
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("hf_hub_download retries for 25 seconds when the Hub is out of reach")
+
+    monkeypatch.setattr(hub, "get_hf_file_metadata", out_of_reach)
+    monkeypatch.setattr(hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    assert card_data_of("org/parent") is None
+    card = build_model_card(CascadeClipConfig(), "org/parent", **training_provenance("openai/clip-vit-base-patch16"))
+    card.save(tmp_path / "README.md")
+    monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo_id, filename: str(tmp_path / filename))
+    assert card_data_of("org/parent").license == "apache-2.0"
