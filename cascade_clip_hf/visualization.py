@@ -1,6 +1,7 @@
 """Pictures of segmentations: class colours, an overlay on the image, and a legend of the classes present."""
 
 import functools
+import itertools
 import re
 
 import colorcet
@@ -61,7 +62,7 @@ def colour_word(class_name: str) -> str | None:
     apart ("plain Yellow" -> "yellow", "sky blue" -> "skyblue", "light gray" -> "lightgray"); None without one.
     """
     words = re.findall(r"[a-z]+", class_name.lower())
-    for first, second in zip(words, words[1:] + [""], strict=True):
+    for first, second in itertools.zip_longest(words, words[1:], fillvalue=""):
         for candidate in (first + second, first):
             word = COLOUR_ALIASES.get(candidate, candidate)
             if word in BASIC_COLOURS or (color_names.has_name(word) and word != "transparent"):
@@ -126,10 +127,12 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
 
     Classes named with a colour word (see `colour_word`) go first, largest first: each takes the first of its
     word's candidates (its own colour, then palette colours of its hue, then greys; see `word_candidates`) that is
-    at least `MIN_COLOUR_DISTANCE` from all colours given, or failing that, the grey farthest from them. The other
-    classes then take, largest first, the palette colour farthest (CIE76) from all colours given, as Glasbey built
-    the palette, so that the largest classes get the most distinct colours. Their colours come from the palette's
-    first `COLOUR_CHOICES` (or as many as there are classes present); past 256 classes present, the palette repeats.
+    at least `MIN_COLOUR_DISTANCE` from all colours given. The other classes, and those whose word's candidates are
+    all nearer than that to colours given (more classes of one colour than it has distinct shades), then take,
+    largest first, the palette colour farthest (CIE76) from all colours given, as Glasbey built the palette, so
+    that the largest classes get the most distinct colours: distinct comes before the named hue. Their colours come
+    from the palette's first `COLOUR_CHOICES` (or as many as there are classes present); past 256 classes present,
+    the palette repeats.
 
     Args:
         pixel_counts (`np.ndarray` of shape `(num_classes,)`): the pixels each class wins; zero for classes absent.
@@ -151,21 +154,19 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
             return np.full(len(candidates_lab), np.inf)
         return np.linalg.norm(candidates_lab[:, None] - given_lab[None], axis=-1).min(axis=1)
 
-    named = [(index, colour_word(class_names[index])) for index in present]
-    for class_index, word in named:
-        if word is None:
-            continue
-        candidates = word_candidates(word)
-        distances = distance_to_given(converted(candidates, "lab"))
-        far_enough = np.flatnonzero(distances >= MIN_COLOUR_DISTANCE)
-        neutrals = np.arange(len(candidates) - len(NEUTRALS), len(candidates))
-        chosen = far_enough[0] if len(far_enough) else neutrals[distances[neutrals].argmax()]
-        give(class_index, candidates[chosen])
+    # Largest first: the classes without a colour word, and those whose word's colours are all too near others.
+    unmatched = []
+    for class_index in present:
+        word = colour_word(class_names[class_index])
+        candidates = word_candidates(word) if word else np.empty((0, 3), dtype=np.uint8)
+        far_enough = np.flatnonzero(distance_to_given(converted(candidates, "lab")) >= MIN_COLOUR_DISTANCE)
+        if len(far_enough):
+            give(class_index, candidates[far_enough[0]])
+        else:
+            unmatched.append(class_index)
     choices = min(max(len(present), COLOUR_CHOICES), len(PALETTE))
     free = np.ones(choices, dtype=bool)
-    for class_index, word in named:
-        if word is not None:
-            continue
+    for class_index in unmatched:
         if free.any():
             distances = np.where(free, distance_to_given(PALETTE_LAB[:choices]), -1)
             palette_index = int(distances.argmax())

@@ -92,6 +92,22 @@ def test_classes_sharing_a_colour_word_get_distinct_colours_that_never_contradic
 
 
 @pytest.mark.parametrize(
+    "class_names",
+    [
+        [f"blue {thing}" for thing in ("sky", "car", "cup", "toy", "mug", "bin", "sea", "pen", "box", "hat", "bag")],
+        ["white wall", "white car", "white cloud", "black cat", "black car", "gray floor", "grey road", "white cup"],
+        ["sand", "草", "🌊", "7", "blue-green", ""],
+    ],
+    ids=["more-blues-than-shades-of-blue", "many-neutrals", "names-without-latin-letters"],
+)
+def test_classes_present_stay_distinct_whatever_their_names(class_names):
+    colours = colours_in_overlay(class_names, block_segmentation(list(range(len(class_names)))))
+    assert len(colours) == len(class_names)
+    distances = [as_color(a).delta_e(as_color(b), method="76") for a, b in itertools.combinations(colours.values(), 2)]
+    assert min(distances) > 20
+
+
+@pytest.mark.parametrize(
     "name, word",
     [
         ("plain Yellow", "yellow"),
@@ -101,6 +117,9 @@ def test_classes_sharing_a_colour_word_get_distinct_colours_that_never_contradic
         ("whiteboard", None),
         ("reddish", None),
         ("transparent glass", None),
+        ("草", None),
+        ("", None),
+        ("Dark-Blue", "darkblue"),
     ],
 )
 def test_colour_words_are_whole_words_or_two_word_css_names(name, word):
