@@ -1101,9 +1101,11 @@ class CascadeClipForZeroShotSegmentation(CascadeClipPreTrainedModel):
                 f"{tuple(pixel_values.shape)}. Use CascadeClipImageProcessor to prepare images."
             )
         if min(pixel_values.shape[-2:]) < vision_config.patch_size:
+            height, width = pixel_values.shape[-2:]
             raise ValueError(
-                f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one "
-                f"{vision_config.patch_size}x{vision_config.patch_size} patch."
+                f"pixel_values of {width}x{height} pixels (width x height) are smaller than one "
+                f"{vision_config.patch_size}x{vision_config.patch_size} patch on a side: the image is too thin once "
+                "resized by the processor; crop it to a less elongated part."
             )
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be floating point (normalised), got {pixel_values.dtype}.")

@@ -97,11 +97,16 @@ def test_the_auto_classes_know_the_shipped_model_once_the_package_is_imported():
     """As README's table says: before `import cascade_clip_hf`, transformers does not know the model type (its own
     error); after it, the Auto classes give the package's classes."""
     script = f"""
-from transformers import AutoConfig, AutoProcessor
-try:
-    AutoConfig.from_pretrained({str(DEMO_MODEL)!r})
-except ValueError as error:
-    print("before:", "does not recognize this architecture" in str(error))
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, pipeline
+for load, message in [
+    (AutoConfig.from_pretrained, "does not recognize this architecture"),
+    (lambda folder: pipeline("image-segmentation", model=folder), "does not recognize this architecture"),
+    (AutoImageProcessor.from_pretrained, "Unrecognized image processor"),
+]:
+    try:
+        load({str(DEMO_MODEL)!r})
+    except ValueError as error:
+        print("before:", message in str(error))
 import cascade_clip_hf
 print("after:", type(AutoConfig.from_pretrained({str(DEMO_MODEL)!r})).__name__,
       type(AutoProcessor.from_pretrained({str(DEMO_MODEL)!r})).__name__)
@@ -109,7 +114,7 @@ print("after:", type(AutoConfig.from_pretrained({str(DEMO_MODEL)!r})).__name__,
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == ["before: True", "after: CascadeClipConfig CascadeClipProcessor"]
+    assert result.stdout.splitlines() == ["before: True"] * 3 + ["after: CascadeClipConfig CascadeClipProcessor"]
 
 
 def test_only_pipelines_registered_under_another_class_are_loaded_from_the_model():
