@@ -1,8 +1,10 @@
 """Pictures of segmentations: class colours, an overlay on the image, and a legend of the classes present."""
 
 import functools
+import importlib.util
 import itertools
 import re
+from pathlib import Path
 
 import colorcet
 import numpy as np
@@ -18,10 +20,11 @@ from coloraide.css import color_names
 # well apart, the first ones most of all.
 PALETTE = np.array([list(bytes.fromhex(code[1:])) for code in colorcet.glasbey], dtype=np.uint8)
 # Colours of classes not named with a colour word are drawn from at least the palette's first 20 (more when more
-# classes are present), whose least distance is CIE76 23.7.
+# classes are present), whose least distance is 0.115 in OKLab.
 COLOUR_CHOICES = 20
-# No two colours given in one image are closer than this (CIE76), where any colour is left to give.
-MIN_COLOUR_DISTANCE = 20.0
+# No two colours given in one image are closer than this in OKLab (Euclidean), where any colour is left to give.
+# OKLab, not CIELAB: CIELAB puts blues that look alike far apart (#0343df and #1626ff: CIE76 32, CIEDE2000 6.6).
+MIN_COLOUR_DISTANCE = 0.1
 # The colours people most often call by the eleven basic colour terms (Berlin and Kay), from the xkcd colour survey
 # (Munroe, 2010); any other CSS colour name in a class name ("gold", "navy", "sky blue") stands for its CSS colour.
 BASIC_COLOURS = {
@@ -54,6 +57,9 @@ LEGEND_MAX_TEXT_SHARE = 0.5
 # Rows shown whatever the overlay's height (a tiny overlay gets a taller canvas rather than an empty legend).
 LEGEND_MIN_ROWS = 5
 BLEND_ROWS = 256
+# The legend's font: DejaVu Sans (Latin with accents, Greek, Cyrillic and more), from the system's fonts or the copy
+# matplotlib ships. Pillow's built-in font, used when neither is there, has unaccented Latin letters only.
+LEGEND_FONT = "DejaVuSans.ttf"
 
 
 def colour_word(class_name: str) -> str | None:
@@ -81,7 +87,6 @@ def word_colour(word: str) -> np.ndarray:
     return np.array([round(value * 255) for value in colour.coords()], dtype=np.uint8)
 
 
-PALETTE_LAB = converted(PALETTE, "lab")
 PALETTE_OKLAB = converted(PALETTE, "oklab")
 
 
@@ -129,7 +134,7 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
     word's candidates (its own colour, then palette colours of its hue, then greys; see `word_candidates`) that is
     at least `MIN_COLOUR_DISTANCE` from all colours given. The other classes, and those whose word's candidates are
     all nearer than that to colours given (more classes of one colour than it has distinct shades), then take,
-    largest first, the palette colour farthest (CIE76) from all colours given, as Glasbey built the palette, so
+    largest first, the palette colour farthest (OKLab) from all colours given, as Glasbey built the palette, so
     that the largest classes get the most distinct colours: distinct comes before the named hue. Their colours come
     from the palette's first `COLOUR_CHOICES` (or as many as there are classes present); past 256 classes present,
     the palette repeats.
@@ -142,24 +147,24 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
     """
     present = sorted(np.flatnonzero(pixel_counts).tolist(), key=lambda index: (-pixel_counts[index], index))
     colours = np.zeros((len(class_names), 3), dtype=np.uint8)
-    given_lab = np.empty((0, 3))
+    given_oklab = np.empty((0, 3))
 
     def give(class_index: int, rgb) -> None:
-        nonlocal given_lab
+        nonlocal given_oklab
         colours[class_index] = rgb
-        given_lab = np.vstack([given_lab, converted(np.asarray(rgb)[None], "lab")])
+        given_oklab = np.vstack([given_oklab, converted(np.asarray(rgb)[None], "oklab")])
 
-    def distance_to_given(candidates_lab: np.ndarray) -> np.ndarray:
-        if not len(given_lab):
-            return np.full(len(candidates_lab), np.inf)
-        return np.linalg.norm(candidates_lab[:, None] - given_lab[None], axis=-1).min(axis=1)
+    def distance_to_given(candidates_oklab: np.ndarray) -> np.ndarray:
+        if not len(given_oklab):
+            return np.full(len(candidates_oklab), np.inf)
+        return np.linalg.norm(candidates_oklab[:, None] - given_oklab[None], axis=-1).min(axis=1)
 
     # Largest first: the classes without a colour word, and those whose word's colours are all too near others.
     unmatched = []
     for class_index in present:
         word = colour_word(class_names[class_index])
         candidates = word_candidates(word) if word else np.empty((0, 3), dtype=np.uint8)
-        far_enough = np.flatnonzero(distance_to_given(converted(candidates, "lab")) >= MIN_COLOUR_DISTANCE)
+        far_enough = np.flatnonzero(distance_to_given(converted(candidates, "oklab")) >= MIN_COLOUR_DISTANCE)
         if len(far_enough):
             give(class_index, candidates[far_enough[0]])
         else:
@@ -168,13 +173,34 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
     free = np.ones(choices, dtype=bool)
     for class_index in unmatched:
         if free.any():
-            distances = np.where(free, distance_to_given(PALETTE_LAB[:choices]), -1)
+            distances = np.where(free, distance_to_given(PALETTE_OKLAB[:choices]), -1)
             palette_index = int(distances.argmax())
             free[palette_index] = False
         else:
-            palette_index = len(given_lab) % len(PALETTE)
+            palette_index = len(given_oklab) % len(PALETTE)
         give(class_index, PALETTE[palette_index])
     return colours
+
+
+@functools.cache
+def legend_font_file() -> str | None:
+    """The path of `LEGEND_FONT`, among the system's fonts or matplotlib's; None when neither has it."""
+    try:
+        return PIL.ImageFont.truetype(LEGEND_FONT).path
+    except OSError:
+        pass
+    matplotlib = importlib.util.find_spec("matplotlib")
+    if matplotlib is not None and matplotlib.submodule_search_locations:
+        path = Path(matplotlib.submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf" / LEGEND_FONT
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def legend_font(size: int) -> PIL.ImageFont.FreeTypeFont:
+    """The legend's font at `size` pixels (see `LEGEND_FONT`)."""
+    path = legend_font_file()
+    return PIL.ImageFont.truetype(path, size) if path else PIL.ImageFont.load_default(size=size)
 
 
 def segmentation_from_masks(segments: list[dict], class_names: list[str], size: tuple[int, int]) -> np.ndarray:
@@ -270,7 +296,7 @@ def overlay_with_legend(
 
     row_height = max(LEGEND_MIN_ROW_HEIGHT, round(min(overlay.size) * LEGEND_ROW_SHARE))
     padding = row_height // 3
-    font = PIL.ImageFont.load_default(size=row_height * 2 // 3)
+    font = legend_font(row_height * 2 // 3)
     max_rows = max(LEGEND_MIN_ROWS, (overlay.height - 2 * padding) // row_height)
     rows = legend_rows(class_names, pixel_counts, max_rows)
     max_text_width = max(int(overlay.width * LEGEND_MAX_TEXT_SHARE), row_height * 5)
