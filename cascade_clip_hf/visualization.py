@@ -226,6 +226,16 @@ def class_fractions(segmentation: np.ndarray, class_names: list[str]) -> dict[st
     return {name: float(count) / segmentation.size for name, count in zip(class_names, counts, strict=True)}
 
 
+def draws(font: PIL.ImageFont.FreeTypeFont, text: str) -> bool:
+    """Whether `font` has a glyph for every character of `text` other than spaces."""
+    missing = np.asarray(font.getmask("\ue000"))  # private use: no font draws it, so this is the missing-glyph box
+    for character in set(text) - {" "}:
+        glyph = np.asarray(font.getmask(character))
+        if glyph.shape == missing.shape and (glyph == missing).all():
+            return False
+    return True
+
+
 def fitted_text(text: str, font, max_width: int) -> str:
     """`text`, cut and ended with an ellipsis where it is wider than `max_width` pixels in `font` (a PIL font)."""
     if font.getlength(text) <= max_width:
@@ -298,7 +308,11 @@ def overlay_with_legend(
     padding = row_height // 3
     font = legend_font(row_height * 2 // 3)
     max_rows = max(LEGEND_MIN_ROWS, (overlay.height - 2 * padding) // row_height)
-    rows = legend_rows(class_names, pixel_counts, max_rows)
+    # A name in letters the font lacks would be a row of boxes: it is shown by its index into `class_names`.
+    rows = [
+        (label if index is None or draws(font, label) else f"class {index}", share, index)
+        for label, share, index in legend_rows(class_names, pixel_counts, max_rows)
+    ]
     max_text_width = max(int(overlay.width * LEGEND_MAX_TEXT_SHARE), row_height * 5)
     texts = [
         f"{fitted_text(label, font, max_text_width - font.getlength(' ' + share))} {share}" for label, share, _ in rows

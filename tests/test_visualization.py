@@ -9,6 +9,7 @@ from cascade_clip_hf.visualization import (
     BASIC_COLOURS,
     class_colours,
     colour_word,
+    draws,
     legend_font,
     legend_rows,
     overlay_with_legend,
@@ -221,3 +222,13 @@ def test_the_legend_draws_accented_greek_and_cyrillic_letters():
     for letter in "éñßΩП":
         drawn = np.asarray(font.getmask(letter))
         assert drawn.shape != missing.shape or (drawn != missing).any(), letter
+
+
+def test_a_name_the_font_cannot_draw_is_listed_by_its_class_index():
+    font = legend_font(20)
+    assert not draws(font, "猫") and draws(font, "café terrace")
+    segmentation = block_segmentation([0, 1])
+    image = PIL.Image.new("RGB", segmentation.shape[::-1], "black")
+    drawn = overlay_with_legend(image, segmentation, ["猫", "sky"], min_side=1)
+    expected = overlay_with_legend(image, segmentation, ["class 0", "sky"], min_side=1)
+    np.testing.assert_array_equal(np.asarray(drawn), np.asarray(expected))
