@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 
 from .errors import counted, one_line
+from .hub import check_hub_dataset
 from .image_processing_cascade_clip import ImageInputError, to_label_array, to_rgb_uint8
 from .labels import IGNORE_INDEX, LOOKUP_SIZE, identity_lookup, raw_coco_lookup, reduce_zero_lookup
 from .presets import BENCHMARKS, benchmark_facts
@@ -274,6 +275,7 @@ def hub_split(
             )
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     else:
+        check_hub_dataset(dataset_name_or_path)
         dataset = datasets.load_dataset(dataset_name_or_path, split=split)
     for column in (image_column, label_column):
         if column not in dataset.column_names:
@@ -375,6 +377,7 @@ def evaluation_split(source: DataSource) -> str:
             return "val"  # one split, which `hub_split` serves under any name
         names = list(loaded)
     else:
+        check_hub_dataset(source.dataset_name)
         names = datasets.get_dataset_split_names(source.dataset_name)
     found = [name for name in EVALUATION_SPLITS if name in names]
     if len(found) != 1:

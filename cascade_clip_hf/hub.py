@@ -42,6 +42,26 @@ def is_transient(error: HfHubHTTPError) -> bool:
     return status is None or status >= 500 or status in (408, 429)
 
 
+def hub_out_of_reach(repo_id: str, filename: str, repo_type: str | None = None) -> Exception | None:
+    """
+    Asks the Hub once, without retries, about a file of a repository: None when it answers with the file, else the
+    error saying why it cannot be reached (offline mode, no connection, a server error, too many requests).
+
+    Raises:
+        HfHubHTTPError: the Hub's definite answers (4xx: RepositoryNotFoundError, GatedRepoError,
+            RemoteEntryNotFoundError, ...).
+    """
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, repo_type=repo_type))
+    except HfHubHTTPError as error:
+        if not is_transient(error):
+            raise
+        return error
+    except Exception as error:  # offline mode, and the transport errors of huggingface_hub's HTTP client (httpx's)
+        return error
+    return None
+
+
 def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
     """
     A file of a Hub repository: downloaded, or the cache's copy when the Hub cannot be reached. Without a copy, this
@@ -57,16 +77,9 @@ def download_from_hub(repo_id: str, filename: str) -> tuple[Path, bool]:
             GatedRepoError, RemoteEntryNotFoundError, and other 4xx errors.
     """
     validate_repo_id(repo_id)
-    try:
-        # One request without retries first: the Hub answers, refuses with a definite error, or is out of reach.
-        get_hf_file_metadata(hf_hub_url(repo_id, filename))
+    unreachable = hub_out_of_reach(repo_id, filename)
+    if unreachable is None:
         return Path(hf_hub_download(repo_id, filename)), True
-    except HfHubHTTPError as error:
-        if not is_transient(error):
-            raise
-        unreachable = error
-    except Exception as error:  # offline mode, and the transport errors of huggingface_hub's HTTP client (httpx's)
-        unreachable = error
     cached = try_to_load_from_cache(repo_id, filename)
     if not isinstance(cached, str):
         raise LocalEntryNotFoundError(f"the Hub cannot be reached ({one_line(unreachable)})") from unreachable
@@ -96,6 +109,29 @@ def pretrained_options(name_or_path: str | os.PathLike, filename: str = "config.
     except (HFValidationError, HfHubHTTPError):
         return {}  # not a Hub id, or no such repository or file: from_pretrained says so in its own words
     return {} if reachable else {"local_files_only": True}
+
+
+def check_hub_dataset(name: str) -> None:
+    """
+    Before `datasets` loads the Hub dataset `name`, which would retry each file for about 25 seconds when the Hub
+    cannot be reached: that case ends at once. Nothing is checked for a folder, with HF_HUB_OFFLINE set (then
+    `datasets` reads its cache alone), or for a name the Hub answers for (`datasets` then says what it has).
+
+    Raises:
+        ValueError: one line, when the Hub cannot be reached.
+    """
+    if Path(name).is_dir() or is_offline_mode():
+        return
+    try:
+        validate_repo_id(name)
+        unreachable = hub_out_of_reach(name, "README.md", repo_type="dataset")
+    except (HFValidationError, HfHubHTTPError):
+        return
+    if unreachable is not None:
+        raise ValueError(
+            f"the dataset {name}: the Hub cannot be reached ({one_line(unreachable)}); to use a copy in the cache, "
+            "set HF_HUB_OFFLINE=1."
+        )
 
 
 def check_push(repo_id: str, token: str | None = None) -> None:

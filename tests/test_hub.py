@@ -4,12 +4,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
 import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard
+from huggingface_hub.errors import HfHubHTTPError
 from transformers.testing_utils import CaptureLogger
 
 from cascade_clip_hf import CascadeClipConfig, CascadeClipForZeroShotSegmentation, CascadeClipProcessor, hub
@@ -302,3 +305,33 @@ def test_the_card_of_a_hub_parent_is_read_from_the_cache_when_the_hub_is_out_of_
     card.save(tmp_path / "README.md")
     monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo_id, filename: str(tmp_path / filename))
     assert card_data_of("org/parent").license == "apache-2.0"
+
+
+@pytest.mark.parametrize(
+    "answer, refused",
+    [
+        (ConnectionError("[Errno 111] Connection refused"), True),
+        (
+            HfHubHTTPError("500 Server Error", response=SimpleNamespace(status_code=500, headers={}, request=None)),
+            True,
+        ),
+        (HfHubHTTPError("404 Not Found", response=SimpleNamespace(status_code=404, headers={}, request=None)), False),
+        (None, False),
+    ],
+    ids=["no-connection", "server-error", "answered-not-found", "answered"],
+)
+def test_a_hub_dataset_out_of_reach_is_refused_at_once(answer, refused, monkeypatch):
+    def hub_answer(url):
+        if answer is not None:
+            raise answer
+
+    monkeypatch.setattr(hub, "get_hf_file_metadata", hub_answer)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    if refused:
+        with pytest.raises(ValueError, match=r"^the dataset org/ds: the Hub cannot be reached .*HF_HUB_OFFLINE=1"):
+            hub.check_hub_dataset("org/ds")
+    else:
+        hub.check_hub_dataset("org/ds")
+    # Offline, datasets reads its cache alone: nothing to ask.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub.check_hub_dataset("org/ds")
