@@ -198,6 +198,8 @@ def refusal(folder: Path, record: Record, name: str, kind: str) -> str | None:
     if written_as != kind:
         return f"which cascade-clip wrote as {written_as} output, not {kind} output"
     if not is_as_written(folder, name, record):
+        if (folder / name).is_dir() and not (folder / name).is_symlink():
+            return "which is not the folder cascade-clip wrote there (what it holds was replaced or changed since)"
         return "which is not the file cascade-clip wrote there (it was replaced or changed since)"
     return None
 

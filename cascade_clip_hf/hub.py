@@ -103,8 +103,8 @@ def pretrained_options(name_or_path: str | os.PathLike, filename: str = "config.
     except LocalEntryNotFoundError as error:
         reason = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached"
         raise ValueError(
-            f"{name_or_path}: no such folder here, and {reason}, with no copy of it in the cache; give a folder, or "
-            "download it once while online."
+            f"{name_or_path}: no such folder here, and {reason}, with no copy of its {filename} in the cache; give a "
+            "folder, or download it once while online."
         ) from error
     except (HFValidationError, HfHubHTTPError):
         return {}  # not a Hub id, or no such repository or file: from_pretrained says so in its own words

@@ -22,8 +22,10 @@ from cascade_clip_hf.atomic import (
     RECORD,
     RECORD_FORMAT,
     SCENES,
+    SPACE,
     STAGING,
     OutputFolderError,
+    atomic_directory,
     check_output_folder,
     identity,
     read_record,
@@ -690,3 +692,14 @@ def test_a_checkpoint_is_saved_again_only_over_its_own_untouched_files(tmp_path,
     ) as error:
         save_checkpoint(accelerator, tmp_path / "out", 2, position)
     assert "\n" not in str(error.value) and snapshot(tmp_path / "out/checkpoint-2") == before
+
+
+def test_a_folder_output_changed_inside_is_refused_as_a_folder(tmp_path):
+    target = tmp_path / "space"
+    with atomic_directory(target, kind=SPACE) as staging:
+        (staging / "package").mkdir()
+        (staging / "package" / "module.py").write_text("x = 1\n")
+    (target / "package" / "mine.py").write_text("y = 2\n")
+    with pytest.raises(OutputFolderError, match=r"it holds package, which is not the folder cascade-clip wrote there"):
+        check_output_folder(target, kind=SPACE)
+    assert (target / "package" / "mine.py").read_text() == "y = 2\n"

@@ -90,8 +90,8 @@ except ValueError as error:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Retry" not in result.stderr
     assert result.stdout.splitlines() == [
-        "org/not-cached: no such folder here, and the Hub cannot be reached, with no copy of it in the cache; give "
-        "a folder, or download it once while online."
+        "org/not-cached: no such folder here, and the Hub cannot be reached, with no copy of its "
+        "tokenizer_config.json in the cache; give a folder, or download it once while online."
     ]
 
 
