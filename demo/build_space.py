@@ -77,7 +77,8 @@ def build_space(output_dir: Path) -> None:
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         shutil.copytree(PACKAGE, staging / PACKAGE.name, ignore=NOT_SHIPPED)
     logger.info(
-        f"Space written to {output_dir}: upload it with hf upload OWNER/SPACE {output_dir} . --repo-type space"
+        f"Space written to {output_dir}; upload it with: hf upload OWNER/SPACE {output_dir} . --repo-type space "
+        f"--exclude {RECORD}"
     )
 
 

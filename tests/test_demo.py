@@ -110,6 +110,8 @@ def test_the_space_folder_runs_its_own_copy_of_the_package_and_requires_only_pub
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    # The record of what was written stays off the Space.
+    assert "--repo-type space --exclude .cascade-clip-outputs" in result.stderr
     setup = ConfigParser()
     setup.read(EXAMPLES.parent / "setup.cfg")
     lines = (space / "requirements.txt").read_text().splitlines()
