@@ -62,9 +62,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     configure_logging(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     accelerator = Accelerator()
+    # The data first: a dataset that cannot be read stops the run before the model is loaded.
+    data = load_segmentation_data(data_source(args), args.split)
     model, processor = load_for_inference(args.model)
     model = model.to(accelerator.device)
-    data = load_segmentation_data(data_source(args), args.split)
 
     cross_dataset = model.config.class_names != data.class_names
     if cross_dataset:

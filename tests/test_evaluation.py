@@ -117,3 +117,15 @@ def test_unreadable_evaluation_images_are_counted_and_named(tmp_path, voc_model_
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["num_unreadable"] == 1 and results["num_images"] == 3
     assert "val_0002.jpg" in result.stderr
+
+
+def test_a_dataset_that_cannot_be_read_stops_evaluation_before_the_model_loads(tmp_path):
+    # The model folder is damaged too: the run must stop at the dataset, which is read first.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    empty = tmp_path / "VOC2012"
+    empty.mkdir()
+    result = run_script("evaluate_cascade_clip.py", evaluate_args(model, empty, tmp_path / "r.json"), returncode=2)
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert str(empty) in error and "model" not in error.split(str(empty))[-1]
