@@ -88,6 +88,7 @@ def word_colour(word: str) -> np.ndarray:
 
 
 PALETTE_OKLAB = converted(PALETTE, "oklab")
+NEUTRALS_OKLAB = converted(NEUTRALS, "oklab")
 
 
 def hue_and_chroma(oklab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +97,7 @@ def hue_and_chroma(oklab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
-def word_candidates(word: str) -> np.ndarray:
+def word_candidates(word: str) -> tuple[np.ndarray, np.ndarray]:
     """
     The colours a class named with the colour name `word` may take, in order of preference: the word's own colour,
     then the palette's colours that could be called by the word, the nearest (OKLab) first, then the neutral greys,
@@ -105,7 +106,7 @@ def word_candidates(word: str) -> np.ndarray:
     (`MIN_CHROMA_SHARE`); for a neutral word, when it is neutral too (there are none: Glasbey left them out).
 
     Returns:
-        `np.ndarray` of shape `(num_candidates, 3)`, uint8 RGB.
+        The candidates as uint8 RGB and as OKLab coordinates, each `np.ndarray` of shape `(num_candidates, 3)`.
     """
     reference = word_colour(word)
     reference_oklab = converted(reference[None], "oklab")
@@ -121,14 +122,16 @@ def word_candidates(word: str) -> np.ndarray:
         fitting = (hue_difference <= HUE_TOLERANCE) & (chroma >= MIN_CHROMA_SHARE * reference_chroma)
     matching = np.flatnonzero((to_reference <= to_prototypes) & fitting)
     matching = matching[np.argsort(to_reference[matching], kind="stable")]
-    neutral_order = np.argsort(np.linalg.norm(converted(NEUTRALS, "oklab") - reference_oklab, axis=1), kind="stable")
-    return np.concatenate([reference[None], PALETTE[matching], NEUTRALS[neutral_order]])
+    neutral_order = np.argsort(np.linalg.norm(NEUTRALS_OKLAB - reference_oklab, axis=1), kind="stable")
+    candidates = (reference[None], PALETTE[matching], NEUTRALS[neutral_order])
+    candidates_oklab = (reference_oklab, PALETTE_OKLAB[matching], NEUTRALS_OKLAB[neutral_order])
+    return np.concatenate(candidates), np.concatenate(candidates_oklab)
 
 
 def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarray:
     """
-    A colour for each class, distinct among the classes present in one image, and never one that contradicts a
-    colour named in a class name.
+    A colour for each class, distinct among the classes present in one image, and while the shades of a colour
+    named in a class name last, one that stands for it.
 
     Classes named with a colour word (see `colour_word`) go first, largest first: each takes the first of its
     word's candidates (its own colour, then palette colours of its hue, then greys; see `word_candidates`) that is
@@ -149,10 +152,10 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
     colours = np.zeros((len(class_names), 3), dtype=np.uint8)
     given_oklab = np.empty((0, 3))
 
-    def give(class_index: int, rgb) -> None:
+    def give(class_index: int, rgb: np.ndarray, oklab: np.ndarray) -> None:
         nonlocal given_oklab
         colours[class_index] = rgb
-        given_oklab = np.vstack([given_oklab, converted(np.asarray(rgb)[None], "oklab")])
+        given_oklab = np.vstack([given_oklab, oklab[None]])
 
     def distance_to_given(candidates_oklab: np.ndarray) -> np.ndarray:
         if not len(given_oklab):
@@ -163,10 +166,13 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
     unmatched = []
     for class_index in present:
         word = colour_word(class_names[class_index])
-        candidates = word_candidates(word) if word else np.empty((0, 3), dtype=np.uint8)
-        far_enough = np.flatnonzero(distance_to_given(converted(candidates, "oklab")) >= MIN_COLOUR_DISTANCE)
+        if word is None:
+            unmatched.append(class_index)
+            continue
+        candidates, candidates_oklab = word_candidates(word)
+        far_enough = np.flatnonzero(distance_to_given(candidates_oklab) >= MIN_COLOUR_DISTANCE)
         if len(far_enough):
-            give(class_index, candidates[far_enough[0]])
+            give(class_index, candidates[far_enough[0]], candidates_oklab[far_enough[0]])
         else:
             unmatched.append(class_index)
     choices = min(max(len(present), COLOUR_CHOICES), len(PALETTE))
@@ -178,7 +184,7 @@ def class_colours(class_names: list[str], pixel_counts: np.ndarray) -> np.ndarra
             free[palette_index] = False
         else:
             palette_index = len(given_oklab) % len(PALETTE)
-        give(class_index, PALETTE[palette_index])
+        give(class_index, PALETTE[palette_index], PALETTE_OKLAB[palette_index])
     return colours
 
 
