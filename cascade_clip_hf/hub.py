@@ -35,6 +35,11 @@ NOT_PUBLISHED = ["checkpoint-*", "checkpoint-*/**", ".*", ".*/**", "*.partial/**
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 
 
+def out_of_reach_reason() -> str:
+    """Why the Hub was not asked, for an error when the cache lacks what it would have given."""
+    return "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached"
+
+
 def is_transient(error: HfHubHTTPError) -> bool:
     """Whether the Hub's HTTP error says it is out of service for now (5xx, a timeout, too many requests) rather
     than answering (no such repository or file, no access)."""
@@ -101,10 +106,9 @@ def pretrained_options(name_or_path: str | os.PathLike, filename: str = "config.
     try:
         _, reachable = download_from_hub(str(name_or_path), filename)
     except LocalEntryNotFoundError as error:
-        reason = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached"
         raise ValueError(
-            f"{name_or_path}: no such folder here, and {reason}, with no copy of its {filename} in the cache; give a "
-            "folder, or download it once while online."
+            f"{name_or_path}: no such folder here, and {out_of_reach_reason()}, with no copy of its {filename} in the "
+            "cache; give a folder, or download it once while online."
         ) from error
     except (HFValidationError, HfHubHTTPError):
         return {}  # not a Hub id, or no such repository or file: from_pretrained says so in its own words

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from huggingface_hub import is_offline_mode
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -20,7 +19,7 @@ from transformers.utils import logging as transformers_logging
 
 from .configuration_cascade_clip import CascadeClipConfig
 from .errors import INPUT_ERRORS, counted, one_line
-from .hub import download_from_hub
+from .hub import download_from_hub, out_of_reach_reason
 from .modeling_cascade_clip import CascadeClipForZeroShotSegmentation
 from .pipeline_cascade_clip import CascadeClipZeroShotSegmentationPipeline
 from .processing_cascade_clip import CascadeClipProcessor
@@ -96,10 +95,9 @@ def find_model_config(model_name: str) -> ModelLocation:
     except RemoteEntryNotFoundError as error:
         raise ValueError(f"the Hub repository {model_name!r} holds no config.json: it is not a model.") from error
     except LocalEntryNotFoundError as error:
-        reason = "HF_HUB_OFFLINE is set" if is_offline_mode() else "the Hub cannot be reached"
         raise ValueError(
-            f"{unknown}: no such folder here, and {reason}, with no copy of it in the cache; give a model folder, "
-            "or download the model once while online."
+            f"{unknown}: no such folder here, and {out_of_reach_reason()}, with no copy of it in the cache; give a "
+            "model folder, or download the model once while online."
         ) from error
     except OSError as error:
         raise ValueError(f"{unknown}: the Hub cannot give it ({one_line(error)}).") from error
@@ -209,8 +207,7 @@ def load_for_inference(
             keys = sorted(key if isinstance(key, str) else key[0] for key in keys)
             raise ValueError(
                 f"{model_name}: the weights {what} {counted(len(keys), 'tensor')}, e.g. {keys[:3]}; the file is "
-                "incomplete or "
-                "belongs to another model."
+                "incomplete or belongs to another model."
             )
     return model.eval(), processor
 
